@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Prepare a fresh Debian/Ubuntu machine (run as root) to run llamafleet from this checkout:
+#   - .venv with the pinned Python packages (requirements.txt)
+#   - the Ansible collections, unpacked from the pinned `ansible` wheel (Galaxy may be unreachable)
+#   - Docker engine (Debian's docker.io) and a running daemon, started by hand where there is no systemd
+#   - the local base image llamafleet/debian:bookworm (debootstrap; no registry is needed)
+#   - the lab's inputs in .cache/: the llama.cpp source archive and nothing else
+# Idempotent: every step checks before it acts, so a second run takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PYTHON=${PYTHON:-python3}
+ANSIBLE_BUNDLE_VERSION=12.3.0      # carries community.docker 4.8.5, community.general 11.4.2, ansible.posix 2.1.0
+LLAMA_CPP_PYTHON_VERSION=0.3.36    # its sdist vendors llama.cpp 0c1e570, the lab's pinned source
+BASE_IMAGE=llamafleet/debian:bookworm
+CACHE=$ROOT/.cache
+
+say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*"; }
+
+# 1. virtualenv ---------------------------------------------------------------------------------
+req_hash=$(sha256sum requirements.txt | cut -c1-16)
+if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.requirements-hash 2>/dev/null)" != "$req_hash" ]; then
+  say "creating .venv with pinned packages"
+  "$PYTHON" -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+  echo "$req_hash" > .venv/.requirements-hash
+else
+  say ".venv is current"
+fi
+
+# 2. collections (offline path: unpack from the ansible wheel) -----------------------------------
+if [ ! -f "collections/ansible_collections/.from-ansible-$ANSIBLE_BUNDLE_VERSION" ]; then
+  say "unpacking collections from ansible==$ANSIBLE_BUNDLE_VERSION"
+  mkdir -p "$CACHE/wheels" collections
+  .venv/bin/pip download --quiet --disable-pip-version-check --no-deps -d "$CACHE/wheels" "ansible==$ANSIBLE_BUNDLE_VERSION"
+  rm -rf collections/ansible_collections
+  .venv/bin/python - "$CACHE/wheels/ansible-$ANSIBLE_BUNDLE_VERSION-py3-none-any.whl" <<'PY'
+import sys, zipfile
+wanted = ("ansible_collections/community/docker/", "ansible_collections/community/general/",
+          "ansible_collections/ansible/posix/")
+with zipfile.ZipFile(sys.argv[1]) as wheel:
+    members = [m for m in wheel.namelist() if m.startswith(wanted) or
+               (m.startswith("ansible_collections/") and m.count("/") == 2 and m.endswith(".info/"))]
+    wheel.extractall("collections", members)
+PY
+  touch "collections/ansible_collections/.from-ansible-$ANSIBLE_BUNDLE_VERSION"
+else
+  say "collections are current"
+fi
+
+# 3. Docker engine -------------------------------------------------------------------------------
+if ! command -v dockerd >/dev/null 2>&1; then
+  say "installing docker.io"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io rsync debootstrap >/dev/null
+fi
+for tool in rsync debootstrap; do
+  command -v "$tool" >/dev/null 2>&1 || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$tool" >/dev/null; }
+done
+if ! docker info >/dev/null 2>&1; then
+  if [ -d /run/systemd/system ]; then
+    say "starting docker.service"
+    systemctl start docker
+  else
+    # No systemd: start the daemon ourselves. No bridge and no iptables: every container of
+    # llamafleet uses host networking and binds to loopback.
+    say "starting dockerd (no systemd on this machine)"
+    nohup dockerd --bridge=none --iptables=false --ip-masq=false >/var/log/llamafleet-dockerd.log 2>&1 &
+  fi
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || { echo "dockerd did not answer within 60 s; see /var/log/llamafleet-dockerd.log" >&2; exit 1; }
+fi
+say "docker $(docker version --format '{{.Server.Version}}') is answering"
+
+# 4. base image ----------------------------------------------------------------------------------
+if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+  say "building $BASE_IMAGE with debootstrap (about 30 s)"
+  rootfs=$(mktemp -d)
+  debootstrap --variant=minbase bookworm "$rootfs" >/dev/null
+  tar -C "$rootfs" -c . | docker import - "$BASE_IMAGE" >/dev/null
+  rm -rf "$rootfs"
+else
+  say "$BASE_IMAGE is present"
+fi
+
+# 5. lab inputs ----------------------------------------------------------------------------------
+archive="$CACHE/sources/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
+if [ ! -f "$archive" ]; then
+  say "downloading the llama.cpp source archive (llama-cpp-python $LLAMA_CPP_PYTHON_VERSION sdist)"
+  mkdir -p "$CACHE/sources"
+  .venv/bin/pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: --no-build-isolation \
+    -d "$CACHE/sources" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" 2>/dev/null \
+    || .venv/bin/pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+    -d "$CACHE/sources" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
+fi
+say "ready: .venv/bin/ansible-playbook <playbook> from $ROOT"
