@@ -1,0 +1,111 @@
+# -*- coding: utf-8 -*-
+# Copyright: llamafleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Thin filters over llamafleet's pure-Python core (plugins/module_utils).
+
+Documentation of each filter is in the YAML file of the same name beside this one, so that
+``ansible-doc -t filter <name>`` works.
+"""
+from __future__ import annotations
+
+import os
+
+import ansible.module_utils
+from ansible.errors import AnsibleFilterError
+
+# Ansible maps a configured module_utils directory into ansible.module_utils only for modules
+# it ships to hosts. These filters run on the controller, so they add the same directory to the
+# package path themselves: one import name (ansible.module_utils.llamafleet_*) everywhere.
+_MODULE_UTILS = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "module_utils"))
+if _MODULE_UTILS not in ansible.module_utils.__path__:
+    ansible.module_utils.__path__.append(_MODULE_UTILS)
+
+from ansible.module_utils.llamafleet_gpus import GPUError, describe_gpu  # noqa: E402
+from ansible.module_utils.llamafleet_inventory import InventoryError, normalize_host  # noqa: E402
+from ansible.module_utils.llamafleet_plan import PlanError, cuda_architectures_for, describe_model, plan  # noqa: E402
+from ansible.module_utils.llamafleet_report import console, markdown  # noqa: E402
+from ansible.module_utils.llamafleet_server_args import render_args, parse_help_flags, unknown_flags  # noqa: E402
+
+HOST_KEYS = (
+    "llamafleet_backend", "llamafleet_gpus", "llamafleet_models", "llamafleet_servers",
+    "llamafleet_server_layout", "llamafleet_host_memory_mib", "llamafleet_host_cpu_cores",
+    "llamafleet_host_reserved_mib", "llamafleet_host_cpu", "llamafleet_workload",
+    "llamafleet_cuda_overhead_mib", "llamacpp_build_cuda_architectures", "llamacpp_build_cuda_version",
+)
+
+
+def _host_vars(hostvars, host: str) -> dict:
+    hv = hostvars[host]
+    out = {}
+    for key in HOST_KEYS:
+        if key in hv:
+            out[key] = hv[key]
+    return out
+
+
+def llamafleet_servers(hostvars, host: str) -> list:
+    """The validated, layout-expanded servers of one host."""
+    try:
+        return normalize_host(host, _host_vars(hostvars, host))["servers"]
+    except InventoryError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+
+
+def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str = ".") -> dict:
+    """The memory and speed plan of these hosts (see plugins/module_utils/llamafleet_plan.py)."""
+    normalized, models = [], {}
+    problems = []
+    for host in hosts:
+        try:
+            spec = normalize_host(host, _host_vars(hostvars, host))
+        except InventoryError as exc:
+            problems.append(str(exc))
+            continue
+        normalized.append(spec)
+        models[host] = {}
+        for name, model in spec["models"].items():
+            try:
+                models[host][name] = describe_model(name, model, cache_dir, controller_root)
+            except PlanError as exc:
+                problems.append(f"{host}: {exc}")
+    if problems:
+        raise AnsibleFilterError("\n".join(problems))
+    return plan(normalized, models)
+
+
+def llamafleet_plan_console(plan_result: dict) -> str:
+    return console(plan_result)
+
+
+def llamafleet_plan_markdown(plan_result: dict) -> str:
+    return markdown(plan_result)
+
+
+def llamafleet_render_args(args: dict) -> list:
+    return render_args(args)
+
+
+def llamafleet_unknown_flags(args: dict, help_text: str) -> list:
+    """Flags of args the built llama-server does not know, with hints: [] when all are known."""
+    return [f"{u.flag} (args.{u.key}): {u.hint}" for u in unknown_flags(args, parse_help_flags(help_text))]
+
+
+def llamafleet_cuda_architectures(gpus: list) -> str:
+    """CMAKE_CUDA_ARCHITECTURES for the declared GPUs (catalogue fills in compute capability)."""
+    try:
+        return cuda_architectures_for([describe_gpu(g, f"llamafleet_gpus[{i}]") for i, g in enumerate(gpus)])
+    except GPUError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "llamafleet_servers": llamafleet_servers,
+            "llamafleet_plan": llamafleet_plan,
+            "llamafleet_plan_console": llamafleet_plan_console,
+            "llamafleet_plan_markdown": llamafleet_plan_markdown,
+            "llamafleet_render_args": llamafleet_render_args,
+            "llamafleet_unknown_flags": llamafleet_unknown_flags,
+            "llamafleet_cuda_architectures": llamafleet_cuda_architectures,
+        }

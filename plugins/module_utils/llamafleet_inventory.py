@@ -1,0 +1,250 @@
+# -*- coding: utf-8 -*-
+# Copyright: llamafleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The typed server inventory: validation and the per-GPU layout expansion.
+
+One host's llamafleet_* variables in, a normalized description out, or an InventoryError that
+lists every problem with the variable's name and what would be valid. Nothing here touches a
+host; the preflight play runs it before any role changes anything.
+"""
+from __future__ import annotations
+
+import copy
+import re
+
+from ansible.module_utils.llamafleet_gpus import GPUError, describe_gpu
+from ansible.module_utils.llamafleet_server_args import ArgsError, validate_args
+
+ROLES = ("chat", "embed")
+BACKENDS = ("cpu", "cuda")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+MEMORY_RE = re.compile(r"^([0-9]+)([kmg])$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+SERVER_KEYS = {"name", "role", "model", "gpu", "port", "container_memory", "args", "ulimits"}
+LAYOUT_KEYS = {"role", "model", "port_base", "container_memory", "args", "ulimits"}
+MODEL_KEYS = {"path", "sha256", "src", "url", "shape", "quantization", "family"}
+
+
+class InventoryError(ValueError):
+    """Every problem found in one host's inventory, one per line."""
+
+    def __init__(self, host: str, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"inventory of {host} is not valid:\n  - " + "\n  - ".join(problems))
+
+
+def memory_mib(value: str) -> int:
+    """'1536m' / '2g' / '524288k' -> MiB (Docker's memory limit syntax, lower case)."""
+    match = MEMORY_RE.match(str(value))
+    if not match:
+        raise ValueError(value)
+    number, unit = int(match.group(1)), match.group(2)
+    return {"k": number // 1024, "m": number, "g": number * 1024}[unit]
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def expand_layout(layout: dict | None, servers: list | None, gpu_indexes: list[int]) -> list[dict]:
+    """Servers from a per-GPU layout, with explicit entries overriding by name.
+
+    A layout entry of role R becomes server ``R-<gpu>`` on each GPU, on port
+    ``port_base + <gpu>``. An explicit server with the same name is merged over it (its args
+    merged knob by knob); explicit servers with new names are added.
+    """
+    problems: list[str] = []
+    expanded: list[dict] = []
+    if layout:
+        if not isinstance(layout, dict) or not isinstance(layout.get("per_gpu"), list):
+            raise InventoryError("layout", ["llamafleet_server_layout must be a mapping with a per_gpu list"])
+        gpus = layout.get("gpus", gpu_indexes)
+        if not isinstance(gpus, list) or not all(isinstance(g, int) and not isinstance(g, bool) for g in gpus):
+            raise InventoryError("layout", [f"llamafleet_server_layout.gpus must be a list of GPU indexes, got {gpus!r}"])
+        for i, entry in enumerate(layout["per_gpu"]):
+            where = f"llamafleet_server_layout.per_gpu[{i}]"
+            if not isinstance(entry, dict):
+                problems.append(f"{where} must be a mapping")
+                continue
+            unknown = set(entry) - LAYOUT_KEYS
+            if unknown:
+                problems.append(f"{where} has unknown keys {sorted(unknown)}; valid: {sorted(LAYOUT_KEYS)}")
+            base = entry.get("port_base")
+            if isinstance(base, bool) or not isinstance(base, int):
+                problems.append(f"{where}.port_base must be an integer (port = port_base + gpu index)")
+                continue
+            for gpu in gpus:
+                server = {k: copy.deepcopy(v) for k, v in entry.items() if k != "port_base"}
+                server.update(name=f"{entry.get('role')}-{gpu}", gpu=gpu, port=base + gpu)
+                expanded.append(server)
+    if problems:
+        raise InventoryError("layout", problems)
+    by_name = {s["name"]: s for s in expanded}
+    for server in servers or []:
+        name = server.get("name") if isinstance(server, dict) else None
+        if name in by_name:
+            merged = _deep_merge(by_name[name], server)
+            expanded[expanded.index(by_name[name])] = merged
+            by_name[name] = merged
+        else:
+            expanded.append(copy.deepcopy(server))
+    return expanded
+
+
+def normalize_host(host: str, hv: dict) -> dict:
+    """Validate one host's llamafleet_* variables and return the normalized description."""
+    problems: list[str] = []
+    backend = hv.get("llamafleet_backend", "cpu")
+    if backend not in BACKENDS:
+        problems.append(f"llamafleet_backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+    gpus: list[dict] = []
+    raw_gpus = hv.get("llamafleet_gpus", [])
+    if not isinstance(raw_gpus, list):
+        problems.append("llamafleet_gpus must be a list of {index, name, ...}")
+        raw_gpus = []
+    for i, gpu in enumerate(raw_gpus):
+        try:
+            gpus.append(describe_gpu(gpu, f"llamafleet_gpus[{i}]"))
+        except GPUError as exc:
+            problems.append(str(exc))
+    indexes = [g["index"] for g in gpus]
+    if len(set(indexes)) != len(indexes):
+        problems.append(f"llamafleet_gpus has duplicate indexes {indexes}")
+    if backend == "cuda" and not raw_gpus:
+        problems.append("llamafleet_backend is cuda but llamafleet_gpus is empty: declare the GPUs "
+                        "(index, name; memory_mib etc. when the name is not in the catalogue)")
+
+    models = hv.get("llamafleet_models", {})
+    if not isinstance(models, dict) or not models:
+        problems.append("llamafleet_models must be a non-empty mapping of model name -> {path, sha256, ...}")
+        models = {}
+    for name, spec in models.items():
+        where = f"llamafleet_models.{name}"
+        if not isinstance(spec, dict):
+            problems.append(f"{where} must be a mapping with path and sha256")
+            continue
+        unknown = set(spec) - MODEL_KEYS
+        if unknown:
+            problems.append(f"{where} has unknown keys {sorted(unknown)}; valid: {sorted(MODEL_KEYS)}")
+        path = spec.get("path")
+        if not isinstance(path, str) or not path.startswith("/") or not path.endswith(".gguf"):
+            problems.append(f"{where}.path must be an absolute path to a .gguf file on the host, got {path!r}")
+        sha = spec.get("sha256")
+        if not isinstance(sha, str) or not SHA256_RE.match(sha):
+            problems.append(f"{where}.sha256 must be 64 lower-case hex digits, got {sha!r}")
+        if "src" in spec and "url" in spec:
+            problems.append(f"{where}: give src (a file on the controller) or url, not both")
+
+    try:
+        servers = expand_layout(hv.get("llamafleet_server_layout"), hv.get("llamafleet_servers", []),
+                                indexes or [0])
+    except InventoryError as exc:
+        problems.extend(exc.problems)
+        servers = []
+    if not isinstance(hv.get("llamafleet_servers", []), list):
+        problems.append("llamafleet_servers must be a list of servers")
+        servers = []
+    if not servers:
+        problems.append("no servers: set llamafleet_servers and/or llamafleet_server_layout")
+
+    seen_names: dict[str, int] = {}
+    seen_ports: dict[int, str] = {}
+    clean_servers = []
+    for i, server in enumerate(servers):
+        where = f"llamafleet_servers[{i}]"
+        if not isinstance(server, dict):
+            problems.append(f"{where} must be a mapping")
+            continue
+        name = server.get("name")
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            problems.append(f"{where}.name must match {NAME_RE.pattern}, got {name!r}")
+            continue
+        where = f"server {name}"
+        unknown = set(server) - SERVER_KEYS
+        if unknown:
+            problems.append(f"{where} has unknown keys {sorted(unknown)}; valid: {sorted(SERVER_KEYS)}")
+        if name in seen_names:
+            problems.append(f"{where}: the name is used twice")
+        seen_names[name] = i
+        role = server.get("role")
+        if role not in ROLES:
+            problems.append(f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}")
+        model = server.get("model")
+        if model not in models:
+            problems.append(f"{where}.model '{model}' is not in llamafleet_models "
+                            f"(defined: {', '.join(sorted(models)) or 'none'})")
+        port = server.get("port")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1024 <= port <= 65535:
+            problems.append(f"{where}.port must be an integer in 1024..65535, got {port!r}")
+        elif port in seen_ports:
+            problems.append(f"{where}.port {port} is already used by server {seen_ports[port]}")
+        else:
+            seen_ports[port] = name
+        gpu = server.get("gpu")
+        if backend == "cuda":
+            if isinstance(gpu, bool) or not isinstance(gpu, int):
+                problems.append(f"{where}.gpu must be the index of one of llamafleet_gpus ({indexes}), got {gpu!r}")
+            elif gpu not in indexes:
+                problems.append(f"{where}.gpu {gpu} does not exist on {host}: llamafleet_gpus has indexes {indexes}")
+        cm = server.get("container_memory")
+        try:
+            cm_mib = memory_mib(cm)
+        except ValueError:
+            problems.append(f"{where}.container_memory must look like 1536m or 2g, got {cm!r}")
+            cm_mib = 0
+        try:
+            args = validate_args(name, server.get("args", {}) or {})
+        except ArgsError as exc:
+            problems.append(str(exc))
+            args = {}
+        if role == "embed" and args.get("embeddings") is False:
+            problems.append(f"{where}: an embed server needs embeddings; remove args.embeddings: false")
+        ulimits = server.get("ulimits", [])
+        if not isinstance(ulimits, list) or not all(isinstance(u, str) and u.count(":") == 2 for u in ulimits):
+            problems.append(f"{where}.ulimits must be a list like ['memlock:-1:-1'], got {ulimits!r}")
+            ulimits = []
+        clean_servers.append({"name": name, "role": role, "model": model, "gpu": gpu if backend == "cuda" else None,
+                              "port": port, "container_memory": cm, "container_memory_mib": cm_mib,
+                              "args": args, "ulimits": ulimits})
+
+    for key in ("llamafleet_host_memory_mib", "llamafleet_host_cpu_cores"):
+        value = hv.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            problems.append(f"{key} must be a positive integer, got {value!r}")
+
+    workload = hv.get("llamafleet_workload", {}) or {}
+    if not isinstance(workload, dict):
+        problems.append("llamafleet_workload must map model name -> {requests_per_minute, prompt_tokens, reply_tokens}")
+        workload = {}
+    for model, spec in workload.items():
+        where = f"llamafleet_workload.{model}"
+        if model not in models:
+            problems.append(f"{where}: '{model}' is not in llamafleet_models")
+        if not isinstance(spec, dict):
+            problems.append(f"{where} must be a mapping")
+            continue
+        for key in ("requests_per_minute", "prompt_tokens", "reply_tokens"):
+            value = spec.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                problems.append(f"{where}.{key} must be a positive number, got {value!r}")
+
+    if problems:
+        raise InventoryError(host, problems)
+    return {
+        "host": host, "backend": backend, "gpus": gpus, "models": models, "servers": clean_servers,
+        "host_memory_mib": hv.get("llamafleet_host_memory_mib"),
+        "host_cpu_cores": hv.get("llamafleet_host_cpu_cores"),
+        "host_reserved_mib": hv.get("llamafleet_host_reserved_mib", 1024),
+        "host_cpu": hv.get("llamafleet_host_cpu", {}) or {},
+        "workload": workload,
+        "cuda_overhead_mib": hv.get("llamafleet_cuda_overhead_mib"),
+        "cuda_architectures": hv.get("llamacpp_build_cuda_architectures"),
+        "cuda_version": hv.get("llamacpp_build_cuda_version"),
+    }

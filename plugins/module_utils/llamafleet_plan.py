@@ -1,0 +1,452 @@
+# -*- coding: utf-8 -*-
+# Copyright: llamafleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The plan: memory and speed of every server, GPU and host, and the findings, before deploying.
+
+Inputs are normalized hosts (llamafleet_inventory.normalize_host) and a description of every
+model (llamafleet_gguf / llamafleet_shapes). The output is a JSON-friendly dict (plan.json) that
+the markdown report and the console table are rendered from. Each finding has a level
+(error | warning | info), a stable code (docs/findings.md) and a message naming the server, the
+numbers and the cheapest fixes.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+from ansible.module_utils.llamafleet_gguf import GGUFError, ModelInfo, read_model_info, read_remote_model_info
+from ansible.module_utils.llamafleet_gpus import cc_int
+from ansible.module_utils.llamafleet_memory import MIB, ServerMemory, server_memory
+from ansible.module_utils.llamafleet_server_args import QUANTIZED_KV_TYPES, effective
+from ansible.module_utils.llamafleet_shapes import ShapeError, model_info_from_shape
+from ansible.module_utils.llamafleet_speed import Device, server_speed, workload
+
+CAPACITY_WARN = 0.8      # utilisation above which queueing makes TTFT p95 climb steeply
+LAST_CUDA_FOR_PASCAL = (12, 9)  # CUDA 13 removed offline compilation for sm_5x/6x/7.0 (facts.md #2)
+DEFAULT_PROMPT, DEFAULT_REPLY = 512, 256
+
+
+class PlanError(ValueError):
+    """A model that cannot be described; names the model and the source that failed."""
+
+
+# -- models ------------------------------------------------------------------------------------------
+def describe_model(name: str, spec: dict, cache_dir: str, controller_root: str = ".") -> ModelInfo:
+    """The best description available without touching a host.
+
+    Order: a file on the controller (src, or path when the controller is the host) -> the
+    declared shape and quantization -> the header behind url (HTTP range requests, cached).
+    """
+    src = spec.get("src")
+    if src:
+        src = src if os.path.isabs(src) else os.path.join(controller_root, src)
+    try:
+        for candidate in (src, spec.get("path")):
+            if candidate and os.path.isfile(candidate):
+                return read_model_info(candidate, source=f"llamafleet_models.{name} ({candidate})")
+        if src:
+            raise PlanError(f"llamafleet_models.{name}.src: {src} does not exist on the controller")
+        if spec.get("shape"):
+            return model_info_from_shape(spec["shape"], spec.get("quantization", ""), f"llamafleet_models.{name}")
+        if spec.get("url"):
+            return read_remote_model_info(spec["url"], cache_dir)
+    except (GGUFError, ShapeError) as exc:
+        raise PlanError(f"llamafleet_models.{name}: {exc}") from exc
+    except OSError as exc:
+        raise PlanError(f"llamafleet_models.{name}: cannot read the GGUF header ({exc})") from exc
+    raise PlanError(f"llamafleet_models.{name}: nothing to plan from: {spec.get('path')} is not on the "
+                    f"controller and there is no src, url or shape + quantization")
+
+
+# -- CUDA architectures -------------------------------------------------------------------------------
+def cuda_architectures_for(gpus: list[dict]) -> str:
+    """CMAKE_CUDA_ARCHITECTURES for these GPUs: real code for each compute capability."""
+    ccs = sorted({cc_int(g["compute_capability"]) for g in gpus})
+    return ";".join(f"{cc}-real" for cc in ccs)
+
+
+def arch_covers(architectures: str, cc: int) -> bool:
+    """Whether a build for these CMAKE_CUDA_ARCHITECTURES runs on a GPU of compute capability cc."""
+    for item in str(architectures).replace(",", ";").split(";"):
+        item = item.strip()
+        if not item:
+            continue
+        if item in ("native", "all", "all-major"):
+            return True
+        number, _, kind = item.partition("-")
+        number = "".join(ch for ch in number if ch.isdigit())
+        if not number:
+            continue
+        arch = int(number)
+        if kind in ("", "real") and arch // 10 == cc // 10 and arch <= cc:
+            return True  # SASS runs on the same major generation at an equal or higher minor
+        if kind in ("", "virtual") and arch <= cc:
+            return True  # PTX is JIT-compiled for any newer GPU (at first start)
+    return False
+
+
+# -- findings -----------------------------------------------------------------------------------------
+def finding(level: str, code: str, host: str, server: str | None, message: str, **data) -> dict:
+    out = {"level": level, "code": code, "host": host, "server": server, "message": message}
+    out.update(data)
+    return out
+
+
+def _fmt(mib: float) -> str:
+    return "unlimited" if math.isinf(mib) else f"{mib:,.0f} MiB"
+
+
+def _device_for(spec: dict, host: dict) -> Device:
+    cpu = host["host_cpu"]
+    cores = host.get("host_cpu_cores") or 2
+    host_bw = float(cpu.get("memory_bandwidth_gbs", 10.0))
+    host_gflops = float(cpu.get("gflops", 16.0 * cores))
+    if spec is None:
+        return Device("cpu", host_bw, host_gflops / 1000.0, host_bw, host_gflops)
+    int8 = spec["int8_tops"] or spec["fp32_tflops"]
+    return Device("cuda", spec["bandwidth_gbs"], int8, host_bw, host_gflops)
+
+
+def plan_host(host: dict, models: dict[str, ModelInfo]) -> dict:
+    """Plan one normalized host: servers, devices, workloads and findings."""
+    name = host["host"]
+    backend = host["backend"]
+    gpus = {g["index"]: g for g in host["gpus"]}
+    findings: list[dict] = []
+    servers_out: list[dict] = []
+    mems: dict[str, ServerMemory] = {}
+    overhead = host.get("cuda_overhead_mib")
+
+    def memory_of(server: dict, args: dict, model: ModelInfo) -> ServerMemory:
+        device = f"cuda:{server['gpu']}" if backend == "cuda" else "cpu"
+        kwargs = {"cuda_overhead_mib": overhead} if overhead is not None else {}
+        return server_memory(model, args, backend, device, **kwargs)
+
+    for server in host["servers"]:
+        model = models[server["model"]]
+        mem = memory_of(server, server["args"], model)
+        mems[server["name"]] = mem
+        findings.extend(server_findings(host, server, model, mem, gpus.get(server["gpu"])))
+
+    # -- devices ------------------------------------------------------------------------------
+    devices: list[dict] = []
+    if backend == "cuda":
+        for index, gpu in sorted(gpus.items()):
+            on_it = [s for s in host["servers"] if s["gpu"] == index]
+            planned = sum(mems[s["name"]].total for s in on_it)
+            capacity = float(gpu["memory_mib"])
+            fits = planned <= capacity
+            devices.append({"host": name, "device": f"cuda:{index}", "name": gpu["name"],
+                            "capacity_mib": round(capacity), "planned_mib": round(planned, 1),
+                            "free_mib": round(capacity - planned, 1), "fits": fits,
+                            "servers": [s["name"] for s in on_it]})
+            if not fits and on_it:
+                biggest = max(on_it, key=lambda s: mems[s["name"]].total)
+                alternatives = suggest(host, biggest, models, mems, capacity, planned, _device_for(gpu, host))
+                parts = ", ".join(f"{s['name']} {mems[s['name']].total:,.0f} MiB "
+                                  f"(model {mems[s['name']].model:,.0f} + context {mems[s['name']].context:,.0f} + "
+                                  f"compute {mems[s['name']].compute:,.0f} + CUDA {mems[s['name']].overhead:,.0f})"
+                                  for s in on_it)
+                fixes = "; ".join(a["change"] + f" -> {a['device_total_mib']:,.0f} MiB" +
+                                  (f", {a['decode_tps']:.1f} tok/s" if a.get("decode_tps") else "")
+                                  for a in alternatives if a["fits"]) or "no single change fits; move a server to another GPU"
+                findings.append(finding(
+                    "error", "does-not-fit", name, biggest["name"],
+                    f"cuda:{index} ({gpu['name']}, {capacity:,.0f} MiB) needs {planned:,.0f} MiB: {parts}. "
+                    f"Fixes for {biggest['name']}: {fixes}",
+                    device=f"cuda:{index}", planned_mib=round(planned, 1), capacity_mib=capacity,
+                    alternatives=alternatives))
+
+    # -- host RAM -----------------------------------------------------------------------------
+    host_mem = host.get("host_memory_mib")
+    reserved = float(host.get("host_reserved_mib") or 0)
+    # mmap'd weights of one file sit once in the page cache however many servers map them
+    shared_weights: dict[str, float] = {}
+    private = 0.0
+    for server in host["servers"]:
+        mem = mems[server["name"]]
+        args = effective(server["args"])
+        weights = mem.model if backend == "cpu" else mem.host_model
+        own = (mem.context + mem.compute if backend == "cpu" else mem.host_compute) + mem.host_overhead
+        cache = mem.host_prompt_cache
+        limit = float(server["container_memory_mib"] or math.inf)
+        if args.get("load_mode") in ("none", "dio"):
+            private += min(weights + own + cache, limit)
+        else:
+            shared_weights[server["model"]] = max(shared_weights.get(server["model"], 0.0), weights)
+            private += min(own + cache, max(limit - weights, 0.0))
+    host_planned = sum(shared_weights.values()) + private + reserved
+    limits = sum(s["container_memory_mib"] for s in host["servers"])
+    host_out = {"host": name, "memory_mib": host_mem, "reserved_mib": reserved,
+                "planned_mib": round(host_planned, 1), "container_limits_mib": limits}
+    if backend == "cpu":
+        capacity = float(host_mem) if host_mem else math.inf
+        devices.append({"host": name, "device": "cpu", "name": "host RAM",
+                        "capacity_mib": host_mem, "planned_mib": round(host_planned, 1),
+                        "free_mib": round(capacity - host_planned, 1) if host_mem else None,
+                        "fits": host_planned <= capacity, "servers": [s["name"] for s in host["servers"]]})
+    if host_mem:
+        if host_planned > host_mem:
+            findings.append(finding(
+                "error", "host-memory-overcommitted", name, None,
+                f"{name}: planned host RAM {host_planned:,.0f} MiB (weights {sum(shared_weights.values()):,.0f} + "
+                f"per-server {private:,.0f} + reserved {reserved:,.0f}) exceeds {host_mem:,} MiB. "
+                f"Fixes: lower cache_ram on chat servers, fewer servers, or more RAM"))
+        elif limits + reserved > host_mem:
+            findings.append(finding(
+                "warning", "host-memory-overcommitted", name, None,
+                f"{name}: container limits add up to {limits:,} MiB + {reserved:,.0f} MiB reserved > {host_mem:,} MiB "
+                f"of RAM; if every container grows to its limit the kernel OOM killer picks a victim. Planned use "
+                f"is {host_planned:,.0f} MiB; lower container_memory to what the plan shows each server needs"))
+
+    # -- speed and workload -------------------------------------------------------------------
+    speeds = {}
+    workloads = []
+    for server in host["servers"]:
+        model = models[server["model"]]
+        mem = mems[server["name"]]
+        wl = host["workload"].get(server["model"], {})
+        dev = _device_for(gpus.get(server["gpu"]) if backend == "cuda" else None, host)
+        args = effective(server["args"])
+        speeds[server["name"]] = server_speed(
+            model, mem, dev, int(wl.get("prompt_tokens", DEFAULT_PROMPT)), int(wl.get("reply_tokens", DEFAULT_REPLY)),
+            n_ubatch=min(int(args["ubatch_size"]), int(args["batch_size"])))
+    for model_name, wl in sorted(host["workload"].items()):
+        chat = [s for s in host["servers"] if s["model"] == model_name and s["role"] == "chat"]
+        if not chat:
+            continue
+        result = workload(model_name, float(wl["requests_per_minute"]), int(wl["prompt_tokens"]),
+                          int(wl["reply_tokens"]), [speeds[s["name"]] for s in chat])
+        workloads.append(dict(result.to_dict(), host=name))
+        demand = float(wl["requests_per_minute"]) * int(wl["reply_tokens"]) / 60.0
+        if not result.stable or result.utilisation > CAPACITY_WARN:
+            level = "error" if not result.stable else "warning"
+            findings.append(finding(
+                level, "capacity-exceeded", name, None,
+                f"model {model_name}: {wl['requests_per_minute']} requests/min x {wl['reply_tokens']} reply tokens "
+                f"= {demand:.0f} tok/s across {result.slots} slot(s); each request holds a slot "
+                f"{result.service_s:.1f} s, utilisation {result.utilisation:.0%}"
+                + (" (the queue grows without bound)" if not result.stable else
+                   f", TTFT p95 {result.ttft_p95_s:.1f} s")
+                + ". Fixes: more slots per server (parallel: 2-4; batched decode reads the weights once for all), "
+                  "a smaller quantization, or more servers", model=model_name))
+
+    for server in host["servers"]:
+        mem = mems[server["name"]]
+        servers_out.append({
+            "host": name, "name": server["name"], "role": server["role"], "model": server["model"],
+            "device": mem.device, "memory_mib": mem.columns(),
+            "host_memory_mib": {"model": round(mem.host_model if backend == "cuda" else mem.model, 1),
+                                "compute": round(mem.host_compute, 1),
+                                "prompt_cache": None if math.isinf(mem.host_prompt_cache) else round(mem.host_prompt_cache, 1),
+                                "overhead": round(mem.host_overhead, 1),
+                                "container_limit": server["container_memory_mib"]},
+            "gpu_layers": f"{mem.gpu_layers}/{mem.n_layer}" + ("+output" if mem.output_on_device else "")
+                          if backend == "cuda" else "cpu",
+            "kv": {"cells": mem.kv.cells_base, "swa_cells": mem.kv.cells_swa, "streams": mem.kv.streams,
+                   "slots": mem.kv.n_seq, "unified": mem.kv.unified} if mem.kv else None,
+            "speed": speeds[server["name"]].to_dict(),
+            "findings": [f for f in findings if f["server"] == server["name"]],
+        })
+    return {"servers": servers_out, "devices": devices, "hosts": [host_out], "workloads": workloads,
+            "findings": findings}
+
+
+def server_findings(host: dict, server: dict, model: ModelInfo, mem: ServerMemory, gpu: dict | None) -> list[dict]:
+    """Findings about one server on its own (fit per device is checked with its neighbours)."""
+    name, hname = server["name"], host["host"]
+    raw = server["args"]
+    args = effective(raw)
+    out = []
+
+    def add(level, code, message, **data):
+        out.append(finding(level, code, hname, name, message, **data))
+
+    batch, ubatch = int(args["batch_size"]), int(args["ubatch_size"])
+    if ubatch > batch:
+        add("warning", "ubatch-exceeds-batch",
+            f"{name}: ubatch_size {ubatch} > batch_size {batch}; llama.cpp silently clamps the physical "
+            f"batch to {batch}. Set ubatch_size <= batch_size (e.g. ubatch_size: {batch})")
+    if args["cache_type_v"] in QUANTIZED_KV_TYPES and args["flash_attn"] == "off":
+        add("error", "quantized-v-needs-flash-attn",
+            f"{name}: cache_type_v {args['cache_type_v']} needs flash attention, but flash_attn is off; "
+            f"llama.cpp refuses to start. Set flash_attn: on (or auto), or cache_type_v: f16")
+    if not model.has_kv_cache and ("cache_type_k" in raw or "cache_type_v" in raw):
+        add("info", "kv-cache-type-no-effect",
+            f"{name}: {model.architecture} creates no KV cache, so cache_type_k/cache_type_v save 0 MiB; "
+            f"remove them (its memory is weights {mem.model:,.0f} MiB + compute {mem.compute:,.0f} MiB)")
+    if server["role"] == "embed":
+        wl = host["workload"].get(server["model"])
+        limit = min(ubatch, batch)
+        longest = int(wl["prompt_tokens"]) if wl else (mem.kv.n_ctx_seq if mem.kv else model.n_ctx_train)
+        if longest > limit:
+            add("error" if wl else "warning", "embed-input-exceeds-ubatch",
+                f"{name}: an embedding input must fit in one physical batch; inputs longer than {limit} tokens "
+                f"are rejected ('input is too large to process. increase the physical batch size'), and "
+                f"{'the workload declares' if wl else 'the context allows'} {longest}. "
+                f"Set ubatch_size and batch_size to {longest} (compute buffer grows with it)")
+    cache_reuse = int(args.get("cache_reuse", 0))
+    if cache_reuse > 0:
+        reason = None
+        if not model.has_kv_cache:
+            reason = f"{model.architecture} has no KV cache"
+        elif any(model.swa_layers) and not args.get("swa_full"):
+            reason = "its sliding-window cache cannot shift unless swa_full: true"
+        elif int(args.get("cache_ram", 8192)) == 0:
+            reason = "the prompt cache is off (cache_ram: 0)"
+        if reason:
+            add("warning", "cache-reuse-without-shift",
+                f"{name}: cache_reuse {cache_reuse} is switched off by llama-server because {reason}. "
+                f"Note cache_reuse is the minimum chunk length reused by KV shifting, not a slot count; "
+                f"remove it or fix the cause")
+    if server["role"] == "chat" and mem.kv and mem.kv.n_seq == 1 and args.get("cont_batching", True):
+        add("info", "cont-batching-single-slot",
+            f"{name}: continuous batching (on by default) mixes new prompts into other slots' decoding; "
+            f"with parallel: 1 there is no other slot, so it does nothing. Use parallel >= 2 for it to help")
+    limit = float(server["container_memory_mib"])
+    if host["backend"] == "cuda":
+        need = mem.host_total_without_cache
+        parts = f"CPU weights {mem.host_model:,.0f} + CPU compute {mem.host_compute:,.0f} + process {mem.host_overhead:,.0f}"
+    else:
+        need = mem.model + mem.context + mem.compute + mem.host_overhead
+        parts = (f"weights {mem.model:,.0f} + KV {mem.context:,.0f} + compute {mem.compute:,.0f} + "
+                 f"process {mem.host_overhead:,.0f}")
+    if need > limit:
+        add("error", "container-memory-too-small",
+            f"{name}: needs {need:,.0f} MiB of RAM ({parts}) but container_memory is {server['container_memory']}; "
+            f"it would be OOM-killed while loading or at the first long prompt. Set container_memory: "
+            f"{math.ceil((need + 64) / 64) * 64}m")
+    elif mem.host_prompt_cache and need + mem.host_prompt_cache > limit:
+        room = max(int((limit - need) // 64 * 64), 0)
+        add("error", "prompt-cache-exceeds-container",
+            f"{name}: the host prompt cache may grow to {_fmt(mem.host_prompt_cache)} "
+            f"(cache_ram {'default 8192' if 'cache_ram' not in raw else raw['cache_ram']}) on top of "
+            f"{need:,.0f} MiB, past container_memory {server['container_memory']} -> OOM kill under load. "
+            f"Set cache_ram: {room} (what fits) or 0 to turn it off")
+    load_mode = args.get("load_mode", "auto")
+    if "mlock" in str(load_mode) and not any(u.startswith("memlock:") for u in server.get("ulimits", [])):
+        add("warning", "mlock-without-memlock-limit",
+            f"{name}: load_mode {load_mode} asks to lock memory, but Docker's default RLIMIT_MEMLOCK is 64 KiB-8 MiB; "
+            f"llama.cpp warns 'failed to mlock' and goes on unlocked. Add ulimits: ['memlock:-1:-1'] or drop mlock")
+    if host["backend"] == "cuda" and gpu is not None:
+        cc = cc_int(gpu["compute_capability"])
+        if cc < 70:
+            add("info", "cuda-graphs-inactive",
+                f"{name}: CUDA graphs are built in but llama.cpp turns them off at run time below compute "
+                f"capability 7.0; {gpu['name']} is {gpu['compute_capability']}, so rebuilding 'with CUDA graphs' "
+                f"changes nothing here")
+        archs = host.get("cuda_architectures") or cuda_architectures_for(host["gpus"])
+        version = str(host.get("cuda_version") or "")
+        major_minor = tuple(int(p) for p in version.split(".")[:2]) if version[:1].isdigit() else None
+        if not arch_covers(archs, cc):
+            add("error", "cuda-arch-unsupported",
+                f"{name}: the image is built for CMAKE_CUDA_ARCHITECTURES={archs}, which has no code for "
+                f"{gpu['name']} (compute capability {gpu['compute_capability']}); kernels fail to load. "
+                f"Set llamacpp_build_cuda_architectures: '{cc}-real' (or leave it unset)")
+        elif major_minor and major_minor > LAST_CUDA_FOR_PASCAL and cc < 75:
+            add("error", "cuda-arch-unsupported",
+                f"{name}: CUDA {version} cannot build for compute capability {gpu['compute_capability']} "
+                f"(CUDA 13 dropped sm_5x/6x/7.0); use llamacpp_build_cuda_version: 12.9.1 and driver branch 580")
+        if mem.gpu_layers < mem.n_layer or not mem.output_on_device:
+            add("warning", "partial-offload",
+                f"{name}: only {mem.gpu_layers}/{mem.n_layer} layers"
+                f"{'' if mem.output_on_device else ' (output layer on the CPU)'} are on {gpu['name']}; "
+                f"{mem.host_model:,.0f} MiB of weights are read by the CPU for every token, which dominates decode "
+                f"speed. Fit the model (smaller quantization or context) to offload all {mem.n_layer + 1} layers")
+    return out
+
+
+def suggest(host: dict, server: dict, models: dict[str, ModelInfo], mems: dict[str, ServerMemory],
+            capacity: float, planned: float, dev: Device) -> list[dict]:
+    """Single changes to one server that would make its GPU fit, cheapest first, with predictions."""
+    model = models[server["model"]]
+    current = mems[server["name"]].total
+    others = planned - current
+    wl = host["workload"].get(server["model"], {})
+    prompt, reply = int(wl.get("prompt_tokens", DEFAULT_PROMPT)), int(wl.get("reply_tokens", DEFAULT_REPLY))
+    base_args = dict(server["args"])
+    out: list[dict] = []
+
+    def trial(change: str, model_name: str, args: dict) -> dict:
+        m = models[model_name]
+        overhead = host.get("cuda_overhead_mib")
+        kwargs = {"cuda_overhead_mib": overhead} if overhead is not None else {}
+        mem = server_memory(m, args, "cuda", f"cuda:{server['gpu']}", **kwargs)
+        total = others + mem.total
+        eff = effective(args)
+        speed = server_speed(m, mem, dev, prompt, reply, min(int(eff["ubatch_size"]), int(eff["batch_size"])))
+        out = {"change": change, "device_total_mib": round(total, 1), "fits": total <= capacity,
+               "decode_tps": round(speed.decode_tps, 1), "ttft_s": round(speed.ttft_s, 2),
+               "gpu_layers": f"{mem.gpu_layers}/{mem.n_layer}" + ("+output" if mem.output_on_device else "")}
+        if wl:
+            # the declared load, served by every chat server of this model with the same change
+            n_servers = sum(1 for s in host["servers"] if s["model"] == server["model"] and s["role"] == "chat")
+            result = workload(server["model"], float(wl["requests_per_minute"]), prompt, reply, [speed] * n_servers)
+            out["workload"] = result.to_dict()
+        return out
+
+    family = host["models"][server["model"]].get("family")
+    same_shape = [n for n, m in models.items() if n != server["model"] and m.architecture == model.architecture
+                  and m.n_layer == model.n_layer and m.n_embd == model.n_embd and m.weights_bytes < model.weights_bytes
+                  and host["models"][n].get("family") == family]
+    for other in sorted(same_shape, key=lambda n: -models[n].weights_bytes):
+        out.append(trial(f"model: {other} ({models[other].file_type})", other, base_args))
+    eff = effective(base_args)
+    if eff["cache_type_k"] != "q4_0" and model.has_kv_cache:
+        out.append(trial("cache_type_k/v: q4_0", server["model"],
+                         dict(base_args, cache_type_k="q4_0", cache_type_v="q4_0", flash_attn="on")))
+    ctx = int(eff["ctx_size"]) or model.n_ctx_train
+    for smaller in (ctx * 3 // 4, ctx // 2, ctx // 4):
+        if smaller >= 1024 and model.has_kv_cache:
+            result = trial(f"ctx_size: {smaller}", server["model"], dict(base_args, ctx_size=smaller))
+            out.append(result)
+            if result["fits"]:
+                break
+    n_seq = int(eff["parallel"])
+    if n_seq > 1:
+        out.append(trial(f"parallel: {n_seq - 1}", server["model"], dict(base_args, parallel=n_seq - 1)))
+    for ngl in range(model.n_layer, -1, -1):
+        result = trial(f"n_gpu_layers: {ngl}", server["model"], dict(base_args, n_gpu_layers=ngl))
+        if result["fits"]:
+            out.append(result)
+            break
+    # A change that fits but cannot carry the load is half a fix: add slots to the first one that
+    # fits (with a per-slot KV split, more slots at the same ctx_size cost no KV memory).
+    first = next((a for a in out if a["fits"]), None)
+    if first and first.get("workload") and first["workload"]["utilisation"] > CAPACITY_WARN and n_seq >= 1:
+        fitted = dict(base_args, **_change_args(first["change"], base_args))
+        fitted_model = first["change"].split()[1] if first["change"].startswith("model:") else server["model"]
+        for slots in (2, 3, 4):
+            if slots <= n_seq:
+                continue
+            result = trial(f"{first['change']} + parallel: {slots}", fitted_model, dict(fitted, parallel=slots))
+            out.append(result)
+            if result["fits"] and result["workload"]["utilisation"] <= CAPACITY_WARN:
+                break
+    return out
+
+
+def _change_args(change: str, base: dict) -> dict:
+    """The args a suggestion label such as 'ctx_size: 4096' stands for (model changes: none)."""
+    key, _, value = change.partition(": ")
+    if key == "cache_type_k/v":
+        return {"cache_type_k": value, "cache_type_v": value, "flash_attn": "on"}
+    if key in ("ctx_size", "parallel", "n_gpu_layers"):
+        return {key: int(value.split()[0])}
+    return {}
+
+
+def plan(hosts: list[dict], models: dict[str, dict[str, ModelInfo]]) -> dict:
+    """Plan every host. models maps host -> model name -> ModelInfo."""
+    result = {"servers": [], "devices": [], "hosts": [], "workloads": [], "findings": []}
+    for host in hosts:
+        part = plan_host(host, models[host["host"]])
+        for key in result:
+            result[key].extend(part[key])
+    result["summary"] = {
+        "errors": sum(f["level"] == "error" for f in result["findings"]),
+        "warnings": sum(f["level"] == "warning" for f in result["findings"]),
+        "infos": sum(f["level"] == "info" for f in result["findings"]),
+        "fits": all(d["fits"] for d in result["devices"]),
+    }
+    return result

@@ -1,0 +1,112 @@
+# -*- coding: utf-8 -*-
+# Copyright: llamafleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Readable renderings of a plan: the console table and plan.md."""
+from __future__ import annotations
+
+import re
+
+LEVEL_MARK = {"error": "ERROR", "warning": "WARN ", "info": "info "}
+
+
+def _table(headers: list[str], rows: list[list]) -> list[str]:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.rjust(w) if c[:1].isdigit() else c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    return out
+
+
+def _md_table(headers: list[str], rows: list[list]) -> list[str]:
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return out + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def device_rows(plan: dict) -> tuple[list[str], list[list]]:
+    rows = []
+    for d in plan["devices"]:
+        rows.append([d["host"], d["device"], d["name"], f"{d['capacity_mib'] or '?'}", f"{d['planned_mib']:,.0f}",
+                     "yes" if d["fits"] else "NO", ", ".join(d["servers"])])
+    return ["host", "device", "name", "capacity MiB", "planned MiB", "fits", "servers"], rows
+
+
+def server_rows(plan: dict) -> tuple[list[str], list[list]]:
+    rows = []
+    for s in plan["servers"]:
+        m, sp = s["memory_mib"], s["speed"]
+        rows.append([s["name"], s["role"], s["model"], s["device"], s["gpu_layers"], f"{m['model']:,.0f}",
+                     f"{m['context']:,.0f}", f"{m['compute']:,.0f}", f"{m['overhead']:,.0f}", f"{m['total']:,.0f}",
+                     f"{sp['decode_tps']:.1f}", f"{sp['ttft_s']:.2f}"])
+    return ["server", "role", "model", "device", "layers", "model", "context", "compute", "overhead",
+            "total MiB", "tok/s", "TTFT s"], rows
+
+
+def console(plan: dict) -> str:
+    """The per-GPU table and findings as the plan playbook prints them."""
+    lines = ["Devices:"] + _table(*device_rows(plan))
+    lines += ["", "Servers (MiB on their device; speed for one request alone):"] + _table(*server_rows(plan))
+    if plan["workloads"]:
+        lines += ["", "Workloads (Poisson arrivals, one slot pool per model):"]
+        lines += _table(["model", "req/min", "slots", "busy s/req", "utilisation", "TTFT p50", "TTFT p95"],
+                        [[w["model"], w["requests_per_minute"], w["slots"], f"{w['service_s']:.1f}",
+                          f"{w['utilisation']:.0%}", _s(w["ttft_p50_s"]), _s(w["ttft_p95_s"])]
+                         for w in plan["workloads"]])
+    lines += ["", "Findings (identical findings of several servers shown once):"]
+    for f, others in grouped(plan["findings"], [s["name"] for s in plan["servers"]]):
+        also = f" [also: {', '.join(others)}]" if others else ""
+        lines.append(f"  {LEVEL_MARK[f['level']]} [{f['code']}] {f['message']}{also}")
+    s = plan["summary"]
+    lines += ["", f"{s['errors']} error(s), {s['warnings']} warning(s), {s['infos']} info"]
+    return "\n".join(lines)
+
+
+def grouped(findings: list[dict], server_names: list[str] = ()) -> list[tuple[dict, list[str]]]:
+    """Findings that differ only by server names (and GPU) folded into one, errors first."""
+    names = re.compile("|".join(re.escape(n) for n in sorted(server_names, key=len, reverse=True)) or "(?!)")
+    groups: dict[tuple, tuple[dict, list[str]]] = {}
+    for f in findings:
+        text = names.sub("<server>", f["message"])
+        text = re.sub(r"cuda:\d+", "cuda:N", text)
+        key = (f["level"], f["code"], f["host"], text)
+        if key in groups:
+            groups[key][1].append(f["server"] or f["host"])
+        else:
+            groups[key] = (f, [])
+    order = ("error", "warning", "info")
+    return sorted(groups.values(), key=lambda g: order.index(g[0]["level"]))
+
+
+def _s(value) -> str:
+    return "unbounded" if value is None else f"{value:.2f} s"
+
+
+def markdown(plan: dict) -> str:
+    lines = ["# llamafleet plan", "",
+             "Predicted from GGUF metadata and the inventory, before deployment. Memory columns are "
+             "llama.cpp's own (model, context = KV cache, compute = graph buffers) plus the per-process "
+             "CUDA overhead; speeds are roofline estimates (see docs/plan.md).", "", "## Devices", ""]
+    lines += _md_table(*device_rows(plan))
+    lines += ["", "## Servers", ""] + _md_table(*server_rows(plan))
+    if plan["workloads"]:
+        lines += ["", "## Workloads", "", "| model | req/min | slots | utilisation | TTFT p50 | TTFT p95 |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {w['model']} | {w['requests_per_minute']} | {w['slots']} | {w['utilisation']:.0%} | "
+                  f"{_s(w['ttft_p50_s'])} | {_s(w['ttft_p95_s'])} |" for w in plan["workloads"]]
+    lines += ["", "## Findings", ""]
+    for f, others in grouped(plan["findings"], [s["name"] for s in plan["servers"]]):
+        where = f"{f['host']}/{f['server']}" if f["server"] else f["host"]
+        also = f" (also {', '.join(others)})" if others else ""
+        lines.append(f"- **{f['level']}** `{f['code']}` ({where}{also}): {f['message']}")
+        if f.get("alternatives"):
+            lines += ["", "  | change | GPU total MiB | fits | layers | tok/s alone | TTFT alone | "
+                      "utilisation at declared load | TTFT p50 | TTFT p95 |", "  |---|---|---|---|---|---|---|---|---|"]
+        for alt in f.get("alternatives", []):
+            w = alt.get("workload") or {}
+            lines.append(f"  | {alt['change']} | {alt['device_total_mib']:,.0f} | {'yes' if alt['fits'] else 'no'} | "
+                         f"{alt['gpu_layers']} | {alt['decode_tps']} | {alt['ttft_s']} s | "
+                         f"{format(w['utilisation'], '.0%') if w else '-'} | {_s(w.get('ttft_p50_s')) if w else '-'} | "
+                         f"{_s(w.get('ttft_p95_s')) if w else '-'} |")
+        if f.get("alternatives"):
+            lines.append("")
+    return "\n".join(lines) + "\n"

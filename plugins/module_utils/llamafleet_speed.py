@@ -1,0 +1,152 @@
+# -*- coding: utf-8 -*-
+# Copyright: llamafleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Speed model: roofline for decode and prefill, queueing for a declared workload.
+
+Decode is memory-bound: every generated token reads the offloaded weights and the KV cache
+written so far, so tok/s <= bandwidth / bytes per token. Batched decode with several slots reads
+the weights once per step for all of them. Prefill is compute-bound: 2 x params FLOP per prompt
+token at the integer throughput llama.cpp's quantized matmuls reach. Efficiency factors are the
+ones facts.md derives from public P40 / GTX 1080 measurements (decode 55-65% of peak bandwidth,
+prefill 25-30% of dp4a peak); they are estimates, which the bench playbook measures against.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ansible.module_utils.llamafleet_gguf import ModelInfo
+from ansible.module_utils.llamafleet_memory import MIB, ServerMemory
+
+DECODE_EFFICIENCY = 0.6       # share of peak bandwidth a decode step achieves
+PREFILL_EFFICIENCY = 0.27     # share of peak integer throughput prefill achieves (dp4a / MMQ)
+PCIE_GBS = 3.0                # effective host->device copy rate for CPU-resident layers (x4-x16 gen3 riser mix)
+
+
+@dataclass
+class Device:
+    """Throughput figures of the device a server runs on."""
+    kind: str                  # "cuda" or "cpu"
+    bandwidth_gbs: float
+    compute_tops: float        # effective peak for quantized matmuls (INT8 or FP32)
+    host_bandwidth_gbs: float  # CPU memory bandwidth, for layers left on the CPU
+    host_gflops: float = 50.0  # CPU throughput, for prefill of CPU layers
+
+
+@dataclass
+class Speed:
+    decode_tps: float          # one stream alone
+    prefill_tps: float
+    ttft_s: float              # for the workload's prompt (or 512 tokens)
+    batch_decode_tps: float    # all slots decoding together (aggregate)
+    slots: int
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+def _params(model: ModelInfo, n_bytes: float) -> float:
+    """Parameters behind n_bytes of weights, at the model's average bits per weight."""
+    return n_bytes * _param_count(model) / max(model.weights_bytes, 1)
+
+
+def _param_count(model: ModelInfo) -> float:
+    # attention + FFN per layer plus embeddings (and a separate output matrix)
+    per_layer = (max(model.n_head) * model.head_dim_k * 2 * model.n_embd
+                 + 2 * max(model.n_head_kv) * model.head_dim_k * model.n_embd
+                 + 3 * model.n_embd * model.n_ff)
+    embd = model.n_embd * model.n_vocab * (1 if model.tied_output else 2)
+    return float(per_layer * model.n_layer + embd)
+
+
+def server_speed(model: ModelInfo, mem: ServerMemory, dev: Device, prompt_tokens: int = 512,
+                 reply_tokens: int = 256, n_ubatch: int = 512) -> Speed:
+    """Roofline speed of one server for one request alone and for all its slots together."""
+    slots = mem.kv.n_seq if mem.kv else 1
+    # weights read per decode step on each side (token_embd is a row lookup, not read whole)
+    dev_w = mem.model * MIB if dev.kind == "cuda" else (model.weights_bytes - model.token_embd_bytes
+                                                         + (model.token_embd_bytes if model.tied_output else 0))
+    host_w = 0.0
+    if dev.kind == "cuda":
+        host_w = max(mem.host_model * MIB - model.token_embd_bytes, 0.0)
+    avg_ctx = prompt_tokens + reply_tokens / 2
+    kv_per_token = (mem.context * MIB / max(mem.kv.cells_base * mem.kv.streams, 1)) if mem.kv and mem.context else 0.0
+    kv_read = kv_per_token * avg_ctx
+    bw = dev.bandwidth_gbs * 1e9 * DECODE_EFFICIENCY
+    host_bw = dev.host_bandwidth_gbs * 1e9 * DECODE_EFFICIENCY
+    t_weights = dev_w / bw + host_w / host_bw
+    t_step1 = t_weights + kv_read / bw
+    decode = 1.0 / t_step1
+    t_stepn = t_weights + slots * kv_read / bw
+    batch = slots / t_stepn
+
+    # prefill: 2 FLOP per parameter per prompt token; with partial offload the GPU still runs the
+    # big-batch matmuls, after CPU-resident weights cross PCIe once per ubatch
+    flops_tok = 2 * _params(model, dev_w + host_w)
+    prefill = dev.compute_tops * 1e12 * PREFILL_EFFICIENCY / max(flops_tok, 1.0)
+    upload = math.ceil(prompt_tokens / max(n_ubatch, 1)) * host_w / (PCIE_GBS * 1e9) if host_w else 0.0
+    ttft = prompt_tokens / prefill + upload + t_step1
+    return Speed(decode, prompt_tokens / max(ttft - t_step1, 1e-9), ttft, batch, slots)
+
+
+# -- queueing --------------------------------------------------------------------------------------
+def erlang_c(servers: int, offered: float) -> float:
+    """Probability that an arrival waits in an M/M/c queue with offered load a = lambda/mu."""
+    if offered >= servers:
+        return 1.0
+    term = 1.0
+    total = 1.0
+    for k in range(1, servers):
+        term *= offered / k
+        total += term
+    term *= offered / servers
+    last = term * servers / (servers - offered)
+    return last / (total + last)
+
+
+@dataclass
+class WorkloadResult:
+    model: str
+    requests_per_minute: float
+    slots: int
+    service_s: float
+    utilisation: float
+    ttft_p50_s: float
+    ttft_p95_s: float
+    tokens_per_s_per_request: float
+    stable: bool
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 3) if isinstance(v, float) and math.isfinite(v) else
+                    (None if isinstance(v, float) else v)) for k, v in self.__dict__.items()}
+
+
+def workload(model_name: str, rpm: float, prompt_tokens: int, reply_tokens: int,
+             servers: list[Speed]) -> WorkloadResult:
+    """Expected utilisation and TTFT of one model's servers under Poisson arrivals.
+
+    All slots of all servers of the model form one pool (slot-aware routing: a request waits for
+    the first free slot anywhere). A slot's service time is its prefill plus reply_tokens at the
+    per-stream speed it gets while the other slots of its server decode too.
+    """
+    slots = sum(s.slots for s in servers)
+    if not slots:
+        raise ValueError(f"workload for {model_name}: no chat server serves this model")
+    per_stream = [s.batch_decode_tps / s.slots for s in servers]
+    # a slot's share when its server is busy; alone it runs at decode_tps
+    stream_tps = sum(p * s.slots for p, s in zip(per_stream, servers)) / slots
+    ttft0 = sum(s.ttft_s * s.slots for s in servers) / slots
+    service = ttft0 + reply_tokens / stream_tps
+    lam = rpm / 60.0
+    offered = lam * service
+    util = offered / slots
+    if util >= 1.0:
+        return WorkloadResult(model_name, rpm, slots, service, util, math.inf, math.inf, stream_tps, False)
+    p_wait = erlang_c(slots, offered)
+    rate = slots / service - lam  # decay rate of the waiting-time tail
+
+    def wait_quantile(q: float) -> float:
+        return 0.0 if p_wait <= 1 - q else math.log(p_wait / (1 - q)) / rate
+
+    return WorkloadResult(model_name, rpm, slots, service, util, ttft0 + wait_quantile(0.5),
+                          ttft0 + wait_quantile(0.95), stream_tps, True)
