@@ -144,13 +144,32 @@ def _per_layer(value, n_layer: int, what: str, source: str) -> list[int]:
     return [int(value)] * n_layer
 
 
-def read_model_info(path: str, source: str | None = None) -> ModelInfo:
-    """Read a local GGUF file (a real one, a sparse stand-in, or a cached header)."""
-    import gguf  # the official package; imported here so that callers without it get a clear error
+def read_model_info(path: str, source: str | None = None, cache_dir: str | None = None) -> ModelInfo:
+    """Read a local GGUF file (a real one, a sparse stand-in, or a cached header).
 
+    GGUFReader parses every vocabulary string (seconds for a 256k vocabulary), so with a
+    cache_dir the description is kept as JSON keyed by the file's path, size and mtime.
+    """
     source = source or path
     if not os.path.isfile(path):
         raise GGUFError(f"{source}: no such file")
+    if cache_dir:
+        st = os.stat(path)
+        key = hashlib.sha256(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
+        cached = os.path.join(cache_dir, key + ".model.json")
+        if os.path.exists(cached):
+            with open(cached, encoding="utf-8") as handle:
+                info = ModelInfo.from_dict(json.load(handle))
+            info.source = source
+            return info
+        info = read_model_info(path, source)
+        os.makedirs(cache_dir, exist_ok=True)
+        with open(cached + ".tmp", "w", encoding="utf-8") as handle:
+            json.dump(info.to_dict(), handle)
+        os.replace(cached + ".tmp", cached)
+        return info
+    import gguf  # the official package; imported here so that callers without it get a clear error
+
     with open(path, "rb") as handle:
         if handle.read(4) != b"GGUF":
             raise GGUFError(f"{source}: not a GGUF file (the first four bytes are not 'GGUF')")

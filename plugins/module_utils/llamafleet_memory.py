@@ -160,7 +160,7 @@ def compute_bytes(model: ModelInfo, args: dict, layout: KVLayout, fa: bool) -> f
     masks = n_kv_base * n_tok_pad * mask_el * (layout.streams if not layout.unified else 1)
     if layout.cells_swa:
         masks += layout.cells_swa * n_tok_pad * mask_el * (layout.streams if not layout.unified else 1)
-    residual = 2 * model.n_embd * n_tokens * f32
+    residual = 3 * model.n_embd * n_tokens * f32  # layer input, residual stream and the norm output
     ffn = 3 * model.n_ff * n_tokens * f32
     attn = (n_embd_q + 2 * model.n_head_kv[0] * model.head_dim_k) * n_tokens * f32 * 2
     if not fa:

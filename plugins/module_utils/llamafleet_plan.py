@@ -43,7 +43,7 @@ def describe_model(name: str, spec: dict, cache_dir: str, controller_root: str =
     try:
         for candidate in (src, spec.get("path")):
             if candidate and os.path.isfile(candidate):
-                return read_model_info(candidate, source=f"llamafleet_models.{name} ({candidate})")
+                return read_model_info(candidate, f"llamafleet_models.{name} ({candidate})", cache_dir)
         if src:
             raise PlanError(f"llamafleet_models.{name}.src: {src} does not exist on the controller")
         if spec.get("shape"):
