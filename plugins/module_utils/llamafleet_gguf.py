@@ -292,7 +292,8 @@ def read_remote_model_info(url: str, cache_dir: str, first_chunk: int = 4 << 20,
     try:
         while True:
             body, total = _range_get(url, fetched, want - 1, timeout)
-            with open(tmp, "ab" if fetched else "wb") as handle:
+            with open(tmp, "r+b" if fetched else "wb") as handle:
+                handle.seek(fetched)
                 handle.write(body)
                 fetched += len(body)
                 handle.truncate(total)  # sparse: the tensor data is a hole

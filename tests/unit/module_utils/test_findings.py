@@ -1,0 +1,145 @@
+"""Every finding code: one case that makes it fire and one that keeps it quiet."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from ansible.module_utils.llamafleet_inventory import normalize_host
+from ansible.module_utils.llamafleet_plan import plan
+from ansible.module_utils.llamafleet_shapes import model_info_from_shape
+
+SHA = "b" * 64
+MODELS = {
+    "q6": model_info_from_shape("llama-3.1-8b", "Q6_K", "q6"),
+    "q4": model_info_from_shape("llama-3.1-8b", "Q4_K_M", "q4"),
+    "gemma": model_info_from_shape("gemma-3-270m", "Q8_0", "gemma"),
+    "nomic": model_info_from_shape("nomic-embed-text-v1.5", "F16", "nomic"),
+}
+GOOD_CHAT = {"ctx_size": 8192, "parallel": 2, "batch_size": 512, "ubatch_size": 256, "flash_attn": "on",
+             "cache_type_k": "q8_0", "cache_type_v": "q8_0", "n_gpu_layers": 99, "cache_ram": 256}
+GOOD_EMBED = {"embeddings": True, "ctx_size": 2048, "batch_size": 2048, "ubatch_size": 2048, "n_gpu_layers": 99}
+
+
+def cuda_host(**changes):
+    hv = {
+        "llamafleet_backend": "cuda",
+        "llamafleet_gpus": [{"index": 0, "name": "P106-100"}],
+        "llamafleet_host_memory_mib": 15890,
+        "llamafleet_models": {n: {"path": f"/m/{n}.gguf", "sha256": SHA, "family": "l8" if n in ("q6", "q4") else n}
+                              for n in MODELS},
+        "llamafleet_servers": [
+            {"name": "chat-0", "role": "chat", "model": "q4", "gpu": 0, "port": 8100, "container_memory": "1536m",
+             "args": dict(GOOD_CHAT)},
+            {"name": "embed-0", "role": "embed", "model": "nomic", "gpu": 0, "port": 8200, "container_memory": "512m",
+             "args": dict(GOOD_EMBED)},
+        ],
+        "llamafleet_workload": {"q4": {"requests_per_minute": 3, "prompt_tokens": 500, "reply_tokens": 256}},
+    }
+    for key, value in changes.items():
+        if key in ("chat", "embed"):
+            server = hv["llamafleet_servers"][0 if key == "chat" else 1]
+            server.update(copy.deepcopy(value))
+        else:
+            hv[key] = value
+    return hv
+
+
+def findings(hv, host="h"):
+    spec = normalize_host(host, hv)
+    return plan([spec], {host: MODELS})["findings"]
+
+
+def codes(hv):
+    return {f["code"] for f in findings(hv)}
+
+
+def test_the_good_configuration_has_no_warnings_or_errors():
+    bad = [f for f in findings(cuda_host()) if f["level"] != "info"]
+    assert bad == []
+
+
+CASES = [
+    # code, changes that make it fire
+    ("does-not-fit", {"chat": {"model": "q6", "args": dict(GOOD_CHAT, parallel=1)}}),
+    ("partial-offload", {"chat": {"args": dict(GOOD_CHAT, n_gpu_layers=20)}}),
+    ("cuda-arch-unsupported", {"llamacpp_build_cuda_architectures": "75-real;86-real"}),
+    ("ubatch-exceeds-batch", {"chat": {"args": dict(GOOD_CHAT, ubatch_size=1024, batch_size=512)}}),
+    ("quantized-v-needs-flash-attn", {"chat": {"args": dict(GOOD_CHAT, flash_attn="off")}}),
+    ("kv-cache-type-no-effect", {"embed": {"args": dict(GOOD_EMBED, cache_type_k="q8_0")}}),
+    ("embed-input-exceeds-ubatch", {"embed": {"args": dict(GOOD_EMBED, ubatch_size=512, batch_size=512)}}),
+    ("prompt-cache-exceeds-container", {"chat": {"args": {k: v for k, v in GOOD_CHAT.items() if k != "cache_ram"}}}),
+    ("container-memory-too-small", {"chat": {"container_memory": "256m"}}),
+    ("mlock-without-memlock-limit", {"chat": {"args": dict(GOOD_CHAT, load_mode="mmap+mlock")}}),
+    ("host-memory-overcommitted", {"llamafleet_host_memory_mib": 2048}),
+    ("capacity-exceeded", {"llamafleet_workload": {"q4": {"requests_per_minute": 30, "prompt_tokens": 500,
+                                                          "reply_tokens": 512}}}),
+    ("cache-reuse-without-shift", {"chat": {"model": "gemma", "args": dict(GOOD_CHAT, cache_reuse=256)},
+                                   "llamafleet_workload": {}}),
+    ("cont-batching-single-slot", {"chat": {"args": dict(GOOD_CHAT, parallel=1)}}),
+]
+QUIET = {
+    # the same knob set so that the finding must stay quiet
+    "partial-offload": {"chat": {"args": dict(GOOD_CHAT, n_gpu_layers=33)}},
+    "cuda-arch-unsupported": {"llamacpp_build_cuda_architectures": "61-real", "llamacpp_build_cuda_version": "12.9.1"},
+    "ubatch-exceeds-batch": {"chat": {"args": dict(GOOD_CHAT, ubatch_size=512, batch_size=512)}},
+    "quantized-v-needs-flash-attn": {"chat": {"args": dict(GOOD_CHAT, flash_attn="auto")}},
+    "kv-cache-type-no-effect": {"chat": {"args": dict(GOOD_CHAT, cache_type_k="q4_0", cache_type_v="q4_0")}},
+    "embed-input-exceeds-ubatch": {"embed": {"args": dict(GOOD_EMBED, ctx_size=512, ubatch_size=512, batch_size=512)}},
+    "prompt-cache-exceeds-container": {"chat": {"args": dict(GOOD_CHAT, cache_ram=0)}},
+    "container-memory-too-small": {"chat": {"container_memory": "1g"}},
+    "mlock-without-memlock-limit": {"chat": {"args": dict(GOOD_CHAT, load_mode="mmap+mlock"), "ulimits": ["memlock:-1:-1"]}},
+    "host-memory-overcommitted": {"llamafleet_host_memory_mib": 4096},
+    "capacity-exceeded": {"llamafleet_workload": {"q4": {"requests_per_minute": 2, "prompt_tokens": 500, "reply_tokens": 512}}},
+    "cache-reuse-without-shift": {"chat": {"model": "gemma", "args": dict(GOOD_CHAT, cache_reuse=256, swa_full=True)},
+                                  "llamafleet_workload": {}},
+    "cont-batching-single-slot": {"chat": {"args": dict(GOOD_CHAT, parallel=1, cont_batching=False)}},
+    "does-not-fit": {"chat": {"model": "q4", "args": dict(GOOD_CHAT, parallel=1)}},
+}
+
+
+@pytest.mark.parametrize("code,changes", CASES, ids=[c for c, _ in CASES])
+def test_finding_fires(code, changes):
+    assert code in codes(cuda_host(**changes))
+
+
+@pytest.mark.parametrize("code", sorted(QUIET))
+def test_finding_stays_quiet(code):
+    assert code not in codes(cuda_host(**QUIET[code]))
+
+
+def test_cuda_graphs_inactive_on_pascal_only():
+    assert "cuda-graphs-inactive" in codes(cuda_host())
+    turing = cuda_host(llamafleet_gpus=[{"index": 0, "name": "Tesla T4"}])
+    assert "cuda-graphs-inactive" not in codes(turing)
+
+
+def test_cuda_13_cannot_build_for_pascal():
+    msgs = [f["message"] for f in findings(cuda_host(llamacpp_build_cuda_version="13.0.1"))
+            if f["code"] == "cuda-arch-unsupported"]
+    assert msgs and "12.9.1" in msgs[0]
+
+
+def test_does_not_fit_proposes_what_fits_with_numbers():
+    fit = [f for f in findings(cuda_host(chat={"model": "q6", "args": dict(GOOD_CHAT, parallel=1)}))
+           if f["code"] == "does-not-fit"][0]
+    assert fit["level"] == "error" and fit["planned_mib"] > fit["capacity_mib"]
+    fitting = [a for a in fit["alternatives"] if a["fits"]]
+    assert fitting[0]["change"].startswith("model: q4")  # the user's smaller quantization comes first
+    assert all(a["device_total_mib"] <= fit["capacity_mib"] for a in fitting)
+    assert any(a["change"].startswith("n_gpu_layers") and a["decode_tps"] < fitting[0]["decode_tps"] for a in fitting)
+
+
+def test_embed_limit_error_when_workload_declares_longer_inputs():
+    hv = cuda_host(embed={"args": dict(GOOD_EMBED, ubatch_size=256, batch_size=256)},
+                   llamafleet_workload={"nomic": {"requests_per_minute": 5, "prompt_tokens": 400, "reply_tokens": 1}})
+    [f] = [f for f in findings(hv) if f["code"] == "embed-input-exceeds-ubatch"]
+    assert f["level"] == "error" and "400" in f["message"]
+
+
+def test_cpu_backend_host_fit():
+    hv = cuda_host(llamafleet_backend="cpu", llamafleet_host_memory_mib=4096)
+    result = plan([normalize_host("h", hv)], {"h": MODELS})
+    [dev] = result["devices"]
+    assert dev["device"] == "cpu" and not dev["fits"]
+    assert "host-memory-overcommitted" in {f["code"] for f in result["findings"]}

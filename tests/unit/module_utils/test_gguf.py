@@ -1,0 +1,133 @@
+"""GGUF description: real and synthetic files, damaged files, remote headers by HTTP range."""
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+
+import pytest
+
+from ansible.module_utils.llamafleet_gguf import GGUFError, read_model_info, read_remote_model_info
+from ansible.module_utils.llamafleet_shapes import SHAPES
+from tests.support.synthetic_gguf import write_model
+
+SMALL = dict(architecture="llama", n_layer=4, n_embd=512, n_head=8, n_head_kv=2, head_dim=64, n_ff=1536,
+             n_vocab=4096, n_ctx_train=8192)
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    return write_model(str(tmp_path_factory.mktemp("m") / "small.gguf"), SMALL, "Q8_0")
+
+
+def test_reads_shape_and_tensor_sizes(small_model):
+    info = read_model_info(small_model)
+    assert (info.architecture, info.n_layer, info.n_embd, info.n_vocab) == ("llama", 4, 512, 4096)
+    assert info.n_head_kv == [2] * 4 and info.head_dim_k == 64 and info.causal and info.has_kv_cache
+    # Q8_0: 34 bytes per 32 values; token_embd is 512 x 4096
+    assert info.token_embd_bytes == 512 * 4096 // 32 * 34
+    assert info.layer_bytes(0) == sum(t.n_bytes for t in info.tensors if t.name.startswith("blk.0."))
+    assert not any(info.swa_layers)
+
+
+def test_sliding_window_layers_follow_the_arch_pattern(tmp_path):
+    shape = dict(SHAPES["gemma-3-270m"], n_vocab=4096)
+    info = read_model_info(write_model(str(tmp_path / "g.gguf"), shape, "Q8_0"))
+    # gemma3: pattern 6 -> every sixth layer is global
+    assert info.swa_layers == [(i % 6) < 5 for i in range(18)]
+    assert info.n_swa == 512 and info.tied_output
+
+
+def test_not_gguf(tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"<html>404</html>" * 10)
+    with pytest.raises(GGUFError, match="not a GGUF file"):
+        read_model_info(str(bad))
+
+
+def test_truncated(small_model, tmp_path):
+    cut = tmp_path / "cut.gguf"
+    with open(small_model, "rb") as src:
+        cut.write_bytes(src.read(os.path.getsize(small_model) // 2))
+    with pytest.raises(GGUFError, match="truncated|unreadable"):
+        read_model_info(str(cut))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(GGUFError, match="no such file"):
+        read_model_info(str(tmp_path / "nope.gguf"))
+
+
+def test_unknown_architecture(tmp_path):
+    path = write_model(str(tmp_path / "x.gguf"), SMALL, "Q8_0")
+    data = bytearray(open(path, "rb").read(4096))
+    at = data.find(b"llama")  # general.architecture value comes first
+    data[at:at + 5] = b"zzzzz"
+    with open(path, "r+b") as handle:
+        handle.write(bytes(data))
+    with pytest.raises(GGUFError, match="architecture 'zzzzz' is not known"):
+        read_model_info(path)
+
+
+def test_cache_reuses_the_description(small_model, tmp_path):
+    first = read_model_info(small_model, cache_dir=str(tmp_path))
+    assert len(list(tmp_path.iterdir())) == 1
+    again = read_model_info(small_model, cache_dir=str(tmp_path))
+    assert again.to_dict() == first.to_dict()
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """A file server that answers Range requests (Python's own ignores them) and counts bytes."""
+    served = 0
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        path = self.translate_path(self.path)
+        size = os.path.getsize(path)
+        start, _, end = self.headers["Range"].removeprefix("bytes=").partition("-")
+        start, end = int(start), min(int(end), size - 1)
+        with open(path, "rb") as handle:
+            handle.seek(start)
+            body = handle.read(end - start + 1)
+        RangeHandler.served += len(body)
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), lambda *a, **k: RangeHandler(*a, directory=str(root), **k))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_remote_header_by_range_requests(http_dir, tmp_path):
+    root, base = http_dir
+    shape = dict(SHAPES["llama-3.1-8b"], n_vocab=32000)
+    write_model(str(root / "big.gguf"), shape, "Q6_K")
+    RangeHandler.served = 0
+    info = read_remote_model_info(f"{base}/big.gguf", str(tmp_path / "cache"), first_chunk=64 << 10)
+    assert info.n_layer == 32 and info.file_size == os.path.getsize(root / "big.gguf")
+    # only the header crossed the wire, not the 6 GB of (sparse) weights
+    assert RangeHandler.served < 4 << 20
+    served = RangeHandler.served
+    again = read_remote_model_info(f"{base}/big.gguf", str(tmp_path / "cache"))
+    assert again.weights_bytes == info.weights_bytes and RangeHandler.served == served
+
+
+def test_remote_not_gguf(http_dir, tmp_path):
+    root, base = http_dir
+    (root / "page.gguf").write_bytes(b"not a model" * 1000)
+    with pytest.raises(GGUFError, match="not a GGUF file"):
+        read_remote_model_info(f"{base}/page.gguf", str(tmp_path / "cache"))
+    assert not any((tmp_path / "cache").glob("*.gguf-header*"))
