@@ -23,3 +23,14 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 LAB_MODEL = os.path.join(ROOT, ".cache", "models", "gemma-3-270m-q4_k_m.gguf")
+
+# Rows of the memory accuracy table (tests/integration/test_memory_accuracy.py), printed at the end.
+ACCURACY_ROWS: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The memory accuracy table, predicted/measured, whenever accuracy tests ran."""
+    if ACCURACY_ROWS:
+        terminalreporter.write_sep("=", "memory accuracy: predicted/measured MiB (llama-server -lv 4 fit projection)")
+        for row in ACCURACY_ROWS:
+            terminalreporter.write_line(row)

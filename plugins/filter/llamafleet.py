@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: llamafleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Thin filters over llamafleet's pure-Python core (plugins/module_utils).
@@ -24,7 +23,7 @@ from ansible.module_utils.llamafleet_gpus import GPUError, describe_gpu  # noqa:
 from ansible.module_utils.llamafleet_inventory import InventoryError, normalize_host  # noqa: E402
 from ansible.module_utils.llamafleet_plan import PlanError, cuda_architectures_for, describe_model, plan  # noqa: E402
 from ansible.module_utils.llamafleet_report import console, markdown  # noqa: E402
-from ansible.module_utils.llamafleet_server_args import render_args, parse_help_flags, unknown_flags  # noqa: E402
+from ansible.module_utils.llamafleet_server_args import parse_help_flags, render_args, unknown_flags  # noqa: E402
 
 HOST_KEYS = (
     "llamafleet_backend", "llamafleet_gpus", "llamafleet_models", "llamafleet_servers",

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: llamafleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Describe a GGUF model from its metadata and tensor table.
@@ -114,7 +113,7 @@ class ModelInfo:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelInfo":
+    def from_dict(cls, data: dict) -> ModelInfo:
         data = dict(data)
         data["tensors"] = [TensorInfo(**t) for t in data.get("tensors", [])]
         return cls(**data)
@@ -186,7 +185,7 @@ def read_model_info(path: str, source: str | None = None, cache_dir: str | None 
         try:
             return fld.contents()
         except Exception:  # pragma: no cover - damaged field
-            raise GGUFError(f"{source}: metadata key {key} is damaged")
+            raise GGUFError(f"{source}: metadata key {key} is damaged") from None
 
     arch = get("general.architecture")
     if not arch:

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: llamafleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The plan: memory and speed of every server, GPU and host, and the findings, before deploying.
@@ -16,7 +15,7 @@ import os
 
 from ansible.module_utils.llamafleet_gguf import GGUFError, ModelInfo, read_model_info, read_remote_model_info
 from ansible.module_utils.llamafleet_gpus import cc_int
-from ansible.module_utils.llamafleet_memory import MIB, ServerMemory, server_memory
+from ansible.module_utils.llamafleet_memory import ServerMemory, server_memory
 from ansible.module_utils.llamafleet_server_args import QUANTIZED_KV_TYPES, effective
 from ansible.module_utils.llamafleet_shapes import ShapeError, model_info_from_shape
 from ansible.module_utils.llamafleet_speed import Device, server_speed, workload

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: llamafleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Models described by their published shape and a quantization, before any file exists.

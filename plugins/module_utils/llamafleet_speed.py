@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: llamafleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Speed model: roofline for decode and prefill, queueing for a declared workload.
@@ -134,7 +133,7 @@ def workload(model_name: str, rpm: float, prompt_tokens: int, reply_tokens: int,
         raise ValueError(f"workload for {model_name}: no chat server serves this model")
     per_stream = [s.batch_decode_tps / s.slots for s in servers]
     # a slot's share when its server is busy; alone it runs at decode_tps
-    stream_tps = sum(p * s.slots for p, s in zip(per_stream, servers)) / slots
+    stream_tps = sum(p * s.slots for p, s in zip(per_stream, servers, strict=True)) / slots
     ttft0 = sum(s.ttft_s * s.slots for s in servers) / slots
     service = ttft0 + reply_tokens / stream_tps
     lam = rpm / 60.0

@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # Copyright: llamafleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import annotations
@@ -10,7 +9,7 @@ module: gguf_info
 short_description: Describe a GGUF model file on the host, or fail if it is not one
 description:
   - Reads the header of a GGUF file (metadata and tensor table, never the weights) and returns what
-    llamafleet's memory model needs: architecture, layers, heads, context, vocabulary, sizes.
+    llamafleet's memory model needs (architecture, layers, heads, context, vocabulary, sizes).
   - Fails with a clear message when the file is missing, is not GGUF, is truncated (its tensor data
     ends past the end of the file) or has an architecture llamafleet cannot plan.
   - Uses the official C(gguf) Python package when the host has it; without it only the magic bytes

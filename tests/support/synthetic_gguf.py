@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter
-
 from ansible.module_utils.llamafleet_shapes import tensor_bytes, tensor_table
+from gguf import GGMLQuantizationType, GGUFWriter
 
 
 def write_model(path: str, shape: dict, quantization: str, name: str = "synthetic") -> str:

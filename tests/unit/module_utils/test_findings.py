@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 
 import pytest
-
 from ansible.module_utils.llamafleet_inventory import normalize_host
 from ansible.module_utils.llamafleet_plan import plan
 from ansible.module_utils.llamafleet_shapes import model_info_from_shape

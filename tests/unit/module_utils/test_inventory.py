@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 
 import pytest
-
 from ansible.module_utils.llamafleet_inventory import InventoryError, memory_mib, normalize_host
 
 SHA = "a" * 64

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-
 from ansible.module_utils.llamafleet_memory import kv_layout, placement, server_memory
 from ansible.module_utils.llamafleet_shapes import model_info_from_shape
 

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import pytest
-
-from ansible.module_utils.llamafleet_server_args import (ArgsError, parse_help_flags, render_args,
-                                                         unknown_flags, validate_args)
+from ansible.module_utils.llamafleet_server_args import ArgsError, parse_help_flags, render_args, unknown_flags, validate_args
 
 HELP = """
 -c,    --ctx-size N                     size of the prompt context

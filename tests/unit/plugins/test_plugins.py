@@ -1,0 +1,30 @@
+"""Every plugin imports, and ansible-doc renders every plugin's documentation."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+FILTERS = sorted(f[:-4] for f in os.listdir(os.path.join(ROOT, "plugins", "filter")) if f.endswith(".yml"))
+MODULES = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "plugins", "modules")) if f.endswith(".py"))
+ANSIBLE_DOC = os.path.join(os.path.dirname(sys.executable), "ansible-doc")
+
+
+def test_filter_plugin_exports_every_documented_filter():
+    import llamafleet  # plugins/filter/llamafleet.py
+    assert sorted(llamafleet.FilterModule().filters()) == FILTERS
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_imports(name):
+    __import__(name)
+
+
+@pytest.mark.parametrize("kind,name", [("filter", f) for f in FILTERS] + [("module", m) for m in MODULES])
+def test_ansible_doc(kind, name):
+    result = subprocess.run([ANSIBLE_DOC, "-t", kind, name], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "EXAMPLES" in result.stdout and "RETURN" in result.stdout
