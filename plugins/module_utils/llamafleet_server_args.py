@@ -48,6 +48,7 @@ SCHEMA: dict[str, tuple[str, object]] = {
     "fit": ("enum", ("on", "off")),
     "n_predict": ("int", -2),
     "alias": ("str", None),
+    "chat_template": ("str", None),
     "verbosity": ("int", 0),
     "timeout": ("int", 1),
     "jinja": ("bool", None),
