@@ -1,0 +1,167 @@
+"""End to end on the lab inventory: site.yml brings real llama-servers up and keeps them as declared.
+
+Real Docker, the real llama.cpp build, the real Gemma 3 270M model, real HTTP requests. The
+tests run in order: deploy, idempotence, requests, container contract, a one-server args change,
+then bad input that must be refused with every container left as it was.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.integration.conftest import playbook
+
+SERVERS = {"chat-0": 8101, "chat-1": 8102, "embed-0": 8201, "embed-1": 8202}
+
+
+def api_key() -> str:
+    with open(os.path.join(ROOT, ".cache", "lab-api-key"), encoding="utf-8") as handle:
+        return handle.read().split()[0]
+
+
+def post(port: int, path: str, body: dict, key: str | None) -> tuple[int, dict]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json",
+                                          **({"Authorization": f"Bearer {key}"} if key else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def containers() -> dict[str, dict]:
+    """Inspect output of the lab's llama-server containers, by server label."""
+    ids = subprocess.run(["docker", "ps", "-aq", "--filter", "label=llamafleet.server"], capture_output=True,
+                         text=True, check=True).stdout.split()
+    out = json.loads(subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, check=True).stdout)
+    return {c["Config"]["Labels"]["llamafleet.server"]: c for c in out if c["Name"].startswith("/llamafleet-")}
+
+
+def recap_changed(output: str) -> int:
+    return sum(int(n) for n in re.findall(r"^\S+\s+: ok=\d+\s+changed=(\d+)", output, re.M))
+
+
+@pytest.fixture(scope="module")
+def deployed():
+    playbook("site.yml")
+    return containers()
+
+
+def test_second_run_changes_nothing(deployed):
+    result = playbook("site.yml")
+    assert recap_changed(result.stdout) == 0, result.stdout[-3000:]
+
+
+def test_chat_completion_answers(deployed):
+    for name in ("chat-0", "chat-1"):
+        status, body = post(SERVERS[name], "/v1/chat/completions",
+                            {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 8}, api_key())
+        assert status == 200, body
+        assert body["choices"][0]["message"]["content"] is not None
+        assert body["usage"]["completion_tokens"] >= 1
+
+
+def test_embedding_answers(deployed):
+    for name in ("embed-0", "embed-1"):
+        status, body = post(SERVERS[name], "/v1/embeddings", {"input": "a lamp"}, api_key())
+        assert status == 200, body
+        vector = body["data"][0]["embedding"]
+        assert len(vector) == 640 and any(abs(v) > 0 for v in vector)
+
+
+def test_requests_without_the_key_are_refused(deployed):
+    status, _ = post(SERVERS["chat-0"], "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}, None)
+    assert status == 401
+    status, _ = post(SERVERS["embed-0"], "/v1/embeddings", {"input": "x"}, "wrong-key")
+    assert status == 401
+
+
+def test_container_contract(deployed):
+    for name, c in deployed.items():
+        host = c["HostConfig"]
+        assert c["State"]["Running"], name
+        assert c["Config"]["Labels"]["llamafleet.role"] == name.split("-")[0]
+        assert c["Config"]["User"] == "10001:10001"
+        assert host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"]
+        assert "no-new-privileges:true" in host["SecurityOpt"]
+        assert host["Memory"] == (768 if name.startswith("chat") else 512) * 2**20
+        assert host["LogConfig"]["Type"] == "json-file" and host["LogConfig"]["Config"]["max-size"] == "10m"
+        assert host["NetworkMode"] == "host"
+        args = c["Args"]
+        assert args[args.index("--host") + 1] == "127.0.0.1"
+        assert args[args.index("--port") + 1] == str(SERVERS[name])
+        model = [m for m in c["Mounts"] if m["Destination"].startswith("/models/")]
+        assert len(model) == 1 and model[0]["RW"] is False
+        assert c["Config"]["Healthcheck"]["Test"][:2] == ["CMD", "curl"]
+
+
+def test_changed_args_restart_exactly_that_server(deployed):
+    before = containers()
+    override = json.dumps({"llamafleet_servers": [{"name": "chat-1", "args": {"ctx_size": 2048}}]})
+    result = playbook("site.yml", "-e", override)
+    after = containers()
+    try:
+        assert after["chat-1"]["Id"] != before["chat-1"]["Id"]
+        assert "2048" in after["chat-1"]["Args"]
+        for name in ("chat-0", "embed-0", "embed-1"):
+            assert after[name]["Id"] == before[name]["Id"], f"{name} was restarted"
+            assert after[name]["State"]["StartedAt"] == before[name]["State"]["StartedAt"]
+        assert "chat-1" in result.stdout
+    finally:
+        playbook("site.yml")  # back to the inventory as written
+    assert containers()["chat-1"]["Args"] == before["chat-1"]["Args"]
+
+
+BAD_INPUT = [
+    ({"llamafleet_servers": [{"name": "embed-1", "port": 8101}]}, "port 8101 is already used by server chat-0"),
+    ({"llamafleet_servers": [{"name": "chat-0", "role": "judge"}]}, "role must be one of chat, embed"),
+    ({"llamafleet_servers": [{"name": "chat-0", "model": "ghost"}]}, "model 'ghost' is not in llamafleet_models"),
+    ({"llamafleet_servers": [{"name": "chat-0", "args": {"ctx_size": "lots"}}]}, "args.ctx_size must be an integer"),
+    ({"llamafleet_backend": "cuda", "llamafleet_gpus": [{"index": 0, "name": "P106-100"}],
+      "llamafleet_servers": [{"name": "chat-1", "gpu": 3}]}, "gpu 3 does not exist"),
+    ({"llamafleet_servers": [{"name": "chat-0", "args": {"mlock": True}}]}, "load_mode"),
+    ({"llamafleet_servers": [{"name": "chat-0", "args": {"cache_ram": 4096}}]}, "prompt-cache-exceeds-container"),
+    ({"llamafleet_models": {"lab-gemma": {"src": "/etc/hostname", "path": "/var/lib/llamafleet/models/other.gguf",
+                                          "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"}}},
+     "not a GGUF file"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD_INPUT, ids=[m for _, m in BAD_INPUT])
+def test_bad_input_is_refused_and_changes_nothing(deployed, override, message):
+    before = {n: (c["Id"], c["State"]["StartedAt"]) for n, c in containers().items()}
+    result = playbook("site.yml", "-e", json.dumps(override), check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr, result.stdout[-4000:]
+    after = {n: (c["Id"], c["State"]["StartedAt"]) for n, c in containers().items()}
+    assert after == before
+
+
+def test_unknown_flag_is_refused_before_any_container_changes(deployed):
+    """A flag the plan accepts but the built binary does not know stops the servers play."""
+    before = {n: c["Id"] for n, c in containers().items()}
+    override = {"llamafleet_servers": [{"name": "chat-0", "args": {"no_such_flag": 3}}]}
+    result = playbook("site.yml", "-e", json.dumps(override), check=False)
+    assert result.returncode != 0
+    assert "--no-such-flag" in result.stdout and "No container was changed" in result.stdout
+    assert {n: c["Id"] for n, c in containers().items()} == before
+
+
+def test_sha256_mismatch_is_refused_and_changes_nothing(deployed, tmp_path):
+    before = {n: c["Id"] for n, c in containers().items()}
+    target = "/var/lib/llamafleet/models/mismatch.gguf"
+    override = {"llamafleet_models": {"lab-gemma": {
+        "src": os.path.join(ROOT, ".cache", "models", "gemma-3-270m-q4_k_m.gguf"), "path": target, "sha256": "1" * 64}}}
+    result = playbook("site.yml", "-e", json.dumps(override), check=False)
+    assert result.returncode != 0
+    assert "sha256" in result.stdout and "Nothing was placed" in result.stdout
+    assert not os.path.exists(target) and not os.path.exists(target + ".part")
+    assert {n: c["Id"] for n, c in containers().items()} == before
