@@ -58,9 +58,11 @@ ROWS = ACCURACY_ROWS  # printed at the end of the session (conftest.pytest_termi
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
+    root.chmod(0o755)  # the image runs llama-server as an unprivileged user
     files = {}
     for name, spec in MODELS.items():
         files[name] = LAB_MODEL if spec is None else write_model(str(root / f"{name}.gguf"), *spec, name=name)
+        os.chmod(files[name], 0o644)
     cache = os.path.join(ROOT, ".cache", "gguf-headers")
     return {name: (path, read_model_info(path, cache_dir=cache)) for name, path in files.items()}
 
