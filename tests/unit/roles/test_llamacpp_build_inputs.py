@@ -1,0 +1,66 @@
+"""The CUDA build path, argument-checked without a GPU: toolkit, architectures, image naming."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+GIT = {"type": "git", "repo_url": "http://git-mirror.invalid/llama.cpp.git", "ref": "b6700"}
+P106 = [{"index": 0, "name": "P106-100"}, {"index": 1, "name": "P106-100"}]
+
+
+def inputs(tmp_path, **extra):
+    out = tmp_path / "decision.json"
+    variables = {"llamacpp_build_source": GIT, "out_file": str(out), **extra}
+    result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
+                             "tests/support/build_inputs.yml", "-e", json.dumps(variables)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return result, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def test_pascal_gets_real_sm61_code_and_cuda_12(tmp_path):
+    result, got = inputs(tmp_path, llamacpp_build_backend="cuda", llamacpp_build_gpus=P106)
+    assert result.returncode == 0, result.stdout
+    assert "-DGGML_CUDA=ON" in got["cmake"] and "-DCMAKE_CUDA_ARCHITECTURES=61-real" in got["cmake"]
+    # the Celeron has no AVX2: the CPU part is built for every x86 level and picked at run time
+    assert "-DGGML_CPU_ALL_VARIANTS=ON" in got["cmake"]
+    assert got["images"]["build"] == "nvidia/cuda:12.9.1-devel-ubuntu22.04"
+    repo, tag = got["image"].split(":")
+    assert repo == "llamafleet/llama-server" and tag.startswith("b6700-cuda-sm61-") and len(tag.split("-")[-1]) == 12
+
+
+def test_mixed_generations_get_code_for_each(tmp_path):
+    gpus = [{"index": 0, "name": "P106-100"}, {"index": 1, "name": "RTX 3060"}]
+    _, got = inputs(tmp_path, llamacpp_build_backend="cuda", llamacpp_build_gpus=gpus)
+    assert "-DCMAKE_CUDA_ARCHITECTURES=61-real;86-real" in got["cmake"]
+
+
+def test_cuda_13_is_refused_for_pascal(tmp_path):
+    result, got = inputs(tmp_path, llamacpp_build_backend="cuda", llamacpp_build_gpus=P106,
+                         llamacpp_build_cuda_version="13.0.1")
+    assert result.returncode != 0 and got is None
+    assert "CUDA 13 cannot compile for compute capability below 7.5" in result.stdout
+
+
+def test_cuda_without_gpus_or_architectures_is_refused(tmp_path):
+    result, got = inputs(tmp_path, llamacpp_build_backend="cuda")
+    assert result.returncode != 0 and got is None
+
+
+@pytest.mark.parametrize("bad", [{"type": "svn", "ref": "x"}, {"type": "git", "ref": "b1"}, {"type": "archive", "ref": "r"}])
+def test_bad_source_is_refused(tmp_path, bad):
+    result, got = inputs(tmp_path, llamacpp_build_source=bad)
+    assert result.returncode != 0 and got is None
+    assert "llamacpp_build_source" in result.stdout
+
+
+def test_cpu_image_has_no_cuda_and_its_tag_follows_its_inputs(tmp_path):
+    _, cpu = inputs(tmp_path, llamacpp_build_cpu_variants="avx2")
+    assert "GGML_CUDA" not in cpu["cmake"] and cpu["image"].split(":")[1].startswith("b6700-cpu-")
+    _, portable = inputs(tmp_path, llamacpp_build_cpu_variants="portable")
+    assert portable["image"] != cpu["image"]  # another input, another image; the old one stays
