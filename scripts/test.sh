@@ -16,6 +16,9 @@ ansible-lint -q
 section "unit tests"
 pytest -q tests/unit
 
+section "the lab's llama.cpp image (built once, about 8 minutes on 2 cores; reused while its inputs stay the same)"
+ansible-playbook playbooks/build.yml
+
 section "molecule role scenarios"
 for scenario in docker_engine llm_models llamacpp_build llama_server; do
   molecule test -s "$scenario"

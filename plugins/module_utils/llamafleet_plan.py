@@ -146,9 +146,8 @@ def plan_host(host: dict, models: dict[str, ModelInfo]) -> dict:
                                   f"(model {mems[s['name']].model:,.0f} + context {mems[s['name']].context:,.0f} + "
                                   f"compute {mems[s['name']].compute:,.0f} + CUDA {mems[s['name']].overhead:,.0f})"
                                   for s in on_it)
-                fixes = "; ".join(a["change"] + f" -> {a['device_total_mib']:,.0f} MiB" +
-                                  (f", {a['decode_tps']:.1f} tok/s" if a.get("decode_tps") else "")
-                                  for a in alternatives if a["fits"]) or "no single change fits; move a server to another GPU"
+                fixes = "; ".join(_alternative_text(a) for a in alternatives if a["fits"]) \
+                    or "no single change fits; move a server to another GPU"
                 findings.append(finding(
                     "error", "does-not-fit", name, biggest["name"],
                     f"cuda:{index} ({gpu['name']}, {capacity:,.0f} MiB) needs {planned:,.0f} MiB: {parts}. "
@@ -355,6 +354,15 @@ def server_findings(host: dict, server: dict, model: ModelInfo, mem: ServerMemor
     return out
 
 
+def _alternative_text(alt: dict) -> str:
+    text = f"{alt['change']} -> {alt['device_total_mib']:,.0f} MiB, {alt['decode_tps']:.1f} tok/s, TTFT {alt['ttft_s']:.1f} s"
+    wl = alt.get("workload")
+    if wl:
+        text += (f", at the declared load {wl['utilisation']:.0%} busy, TTFT p95 {wl['ttft_p95_s']:.1f} s" if wl["stable"]
+                 else f", at the declared load {wl['utilisation']:.0%} busy (overloaded)")
+    return text
+
+
 def suggest(host: dict, server: dict, models: dict[str, ModelInfo], mems: dict[str, ServerMemory],
             capacity: float, planned: float, dev: Device) -> list[dict]:
     """Single changes to one server that would make its GPU fit, cheapest first, with predictions."""
@@ -418,10 +426,7 @@ def suggest(host: dict, server: dict, models: dict[str, ModelInfo], mems: dict[s
         for slots in (2, 3, 4):
             if slots <= n_seq:
                 continue
-            result = trial(f"{first['change']} + parallel: {slots}", fitted_model, dict(fitted, parallel=slots))
-            out.append(result)
-            if result["fits"] and result["workload"]["utilisation"] <= CAPACITY_WARN:
-                break
+            out.append(trial(f"{first['change']} + parallel: {slots}", fitted_model, dict(fitted, parallel=slots)))
     return out
 
 

@@ -36,7 +36,8 @@ def server_rows(plan: dict) -> tuple[list[str], list[list]]:
         m, sp = s["memory_mib"], s["speed"]
         rows.append([s["name"], s["role"], s["model"], s["device"], s["gpu_layers"], f"{m['model']:,.0f}",
                      f"{m['context']:,.0f}", f"{m['compute']:,.0f}", f"{m['overhead']:,.0f}", f"{m['total']:,.0f}",
-                     f"{sp['decode_tps']:.1f}", f"{sp['ttft_s']:.2f}"])
+                     f"{sp['decode_tps']:.1f}" if s["role"] == "chat" else "-",
+                     f"{sp['ttft_s']:.2f}" if s["role"] == "chat" else "-"])
     return ["server", "role", "model", "device", "layers", "model", "context", "compute", "overhead",
             "total MiB", "tok/s", "TTFT s"], rows
 
