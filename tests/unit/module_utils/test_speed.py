@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from ansible.module_utils.llamafleet_gpus import lookup
 from ansible.module_utils.llamafleet_memory import server_memory
 from ansible.module_utils.llamafleet_shapes import model_info_from_shape

@@ -1,0 +1,89 @@
+"""playbooks/plan.yml as a user runs it: reports written either way, non-zero exit on errors."""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+from ansible.module_utils.llamafleet_shapes import SHAPES
+
+from tests.conftest import ROOT
+from tests.support.synthetic_gguf import write_model
+from tests.unit.module_utils.test_gguf import RangeHandler
+
+
+def plan(tmp_path, *args):
+    result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "playbooks/plan.yml",
+                             "-e", f"llamafleet_report_dir={tmp_path}", *args],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    report = json.loads((tmp_path / "plan.json").read_text()) if (tmp_path / "plan.json").exists() else None
+    return result, report
+
+
+def test_production_example_is_refused_with_reasons_and_alternatives(tmp_path):
+    result, report = plan(tmp_path, "-i", "inventory/production.example")
+    assert result.returncode != 0
+    assert "Nothing was changed on any host" in result.stdout
+    codes = {f["code"] for f in report["findings"] if f["level"] == "error"}
+    assert {"does-not-fit", "prompt-cache-exceeds-container", "capacity-exceeded"} <= codes
+    chat0 = next(s for s in report["servers"] if s["name"] == "chat-0")
+    assert chat0["memory_mib"]["model"] == pytest.approx(5872, abs=2)
+    assert chat0["memory_mib"]["context"] == pytest.approx(544)
+    dev0 = next(d for d in report["devices"] if d["device"] == "cuda:0")
+    assert not dev0["fits"] and dev0["capacity_mib"] == 6063
+    fit = next(f for f in report["findings"] if f["code"] == "does-not-fit" and f["server"] == "chat-0")
+    winners = [a for a in fit["alternatives"] if a["fits"] and a.get("workload", {}).get("stable")]
+    assert winners and winners[0]["change"].startswith("model: stheno-q4km")
+    assert "does-not-fit" in (tmp_path / "plan.md").read_text()
+    # every server, device and finding carries the fields plan.json promises
+    assert set(chat0) >= {"host", "name", "role", "model", "device", "memory_mib", "host_memory_mib", "gpu_layers",
+                          "speed", "findings"}
+    assert set(chat0["memory_mib"]) >= {"model", "context", "compute", "overhead", "total"}
+    assert set(dev0) >= {"host", "device", "capacity_mib", "planned_mib", "fits"}
+    assert all(set(f) >= {"level", "code", "message", "host", "server"} for f in report["findings"])
+
+
+def test_lab_plan_passes(tmp_path):
+    result, report = plan(tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert report["summary"]["errors"] == 0 and report["devices"][0]["device"] == "cpu"
+
+
+def test_bad_inventory_is_named_and_no_report_pretends(tmp_path):
+    bad = json.dumps({"llamafleet_servers": [{"name": "chat-0", "args": {"cache_type_k": "q3"}}]})
+    result, report = plan(tmp_path, "-e", bad)
+    assert result.returncode != 0 and report is None
+    assert "server chat-0: args.cache_type_k must be one of" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_models_known_only_by_url_are_planned_from_their_header(tmp_path):
+    """Remove the declared shapes: the plan reads each GGUF header over HTTP range requests and
+    gets the same numbers as from the shape (the synthetic files have the published shapes)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    for name, quant in (("q6.gguf", "Q6_K"), ("q4.gguf", "Q4_K_M")):
+        write_model(str(www / name), SHAPES["llama-3.1-8b"], quant)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a, **k: RangeHandler(*a, directory=str(www), **k))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    sha = "0" * 64
+    models = {
+        "stheno-q6k": {"url": f"{base}/q6.gguf", "path": "/m/q6.gguf", "sha256": sha, "family": "stheno"},
+        "stheno-q4km": {"url": f"{base}/q4.gguf", "path": "/m/q4.gguf", "sha256": sha, "family": "stheno"},
+        "lumimaid-q6k": {"url": f"{base}/q6.gguf", "path": "/m/q6.gguf", "sha256": sha},
+        "nomic-embed": {"path": "/m/e.gguf", "sha256": sha, "shape": "nomic-embed-text-v1.5", "quantization": "F16"},
+    }
+    try:
+        result, report = plan(tmp_path / "out", "-i", "inventory/production.example",
+                              "-e", json.dumps({"llamafleet_models": models}))
+    finally:
+        server.shutdown()
+    assert report is not None, result.stdout[-3000:]
+    chat0 = next(s for s in report["servers"] if s["name"] == "chat-0")
+    assert chat0["memory_mib"]["model"] == pytest.approx(5872, abs=2)
+    assert chat0["memory_mib"]["context"] == pytest.approx(544)
