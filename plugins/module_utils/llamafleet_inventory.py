@@ -41,6 +41,11 @@ def memory_mib(value: str) -> int:
     return {"k": number // 1024, "m": number, "g": number * 1024}[unit]
 
 
+def _unknown_keys(where: str, mapping: dict, valid: set[str]) -> list[str]:
+    unknown = set(mapping) - valid
+    return [f"{where} has unknown keys {sorted(unknown)}; valid: {sorted(valid)}"] if unknown else []
+
+
 def _deep_merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():
@@ -71,9 +76,7 @@ def expand_layout(layout: dict | None, servers: list | None, gpu_indexes: list[i
             if not isinstance(entry, dict):
                 problems.append(f"{where} must be a mapping")
                 continue
-            unknown = set(entry) - LAYOUT_KEYS
-            if unknown:
-                problems.append(f"{where} has unknown keys {sorted(unknown)}; valid: {sorted(LAYOUT_KEYS)}")
+            problems.extend(_unknown_keys(where, entry, LAYOUT_KEYS))
             base = entry.get("port_base")
             if isinstance(base, bool) or not isinstance(base, int):
                 problems.append(f"{where}.port_base must be an integer (port = port_base + gpu index)")
@@ -129,9 +132,7 @@ def normalize_host(host: str, hv: dict) -> dict:
         if not isinstance(spec, dict):
             problems.append(f"{where} must be a mapping with path and sha256")
             continue
-        unknown = set(spec) - MODEL_KEYS
-        if unknown:
-            problems.append(f"{where} has unknown keys {sorted(unknown)}; valid: {sorted(MODEL_KEYS)}")
+        problems.extend(_unknown_keys(where, spec, MODEL_KEYS))
         path = spec.get("path")
         if not isinstance(path, str) or not path.startswith("/") or not path.endswith(".gguf"):
             problems.append(f"{where}.path must be an absolute path to a .gguf file on the host, got {path!r}")
@@ -166,9 +167,7 @@ def normalize_host(host: str, hv: dict) -> dict:
             problems.append(f"{where}.name must match {NAME_RE.pattern}, got {name!r}")
             continue
         where = f"server {name}"
-        unknown = set(server) - SERVER_KEYS
-        if unknown:
-            problems.append(f"{where} has unknown keys {sorted(unknown)}; valid: {sorted(SERVER_KEYS)}")
+        problems.extend(_unknown_keys(where, server, SERVER_KEYS))
         if name in seen_names:
             problems.append(f"{where}: the name is used twice")
         seen_names[name] = i

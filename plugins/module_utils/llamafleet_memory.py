@@ -130,8 +130,8 @@ def kv_bytes(model: ModelInfo, args: dict, layout: KVLayout, layers: list[int] |
     return total
 
 
-def flash_attn_enabled(args: dict, backend: str, compute_capability: str | None = None) -> bool:
-    """-fa auto resolves to on wherever the device supports it: CPU and every CUDA device."""
+def flash_attn_enabled(args: dict) -> bool:
+    """-fa auto resolves to on wherever the device supports it: the CPU and every CUDA device."""
     return args.get("flash_attn", "auto") != "off"
 
 
@@ -183,7 +183,7 @@ def server_memory(model: ModelInfo, args: dict, backend: str, device: str = "cpu
     """Predict the memory of one llama-server with these (validated) args."""
     args = effective(args)
     layout = kv_layout(model, args)
-    fa = flash_attn_enabled(args, backend)
+    fa = flash_attn_enabled(args)
     cache_ram = int(args.get("cache_ram", 8192))
     prompt_cache = math.inf if cache_ram < 0 else float(cache_ram)
     if not model.has_kv_cache or not model.causal:

@@ -53,6 +53,7 @@ def test_explicit_entries_override_the_layout_knob_by_knob():
     ({"llamafleet_servers": [{"name": "chat-1", "args": {"ctx_size": "8k"}}]}, "server chat-1: args.ctx_size must be an integer"),
     ({"llamafleet_servers": [{"name": "chat-1", "port": 80}]}, "port must be an integer in 1024..65535"),
     ({"llamafleet_servers": [{"name": "Chat One"}]}, "name must match"),
+    ({"llamafleet_servers": [{"name": "chat-0", "memory": "1g"}]}, "server chat-0 has unknown keys ['memory']"),
     ({"llamafleet_server_layout": {"per_gpu": [{"role": "chat", "model": "m"}]}}, "port_base must be an integer"),
     ({"llamafleet_workload": {"m": {"requests_per_minute": -1, "prompt_tokens": 1, "reply_tokens": 1}}},
      "llamafleet_workload.m.requests_per_minute must be a positive number"),
