@@ -100,10 +100,10 @@ def _device_for(spec: dict, host: dict) -> Device:
     cores = host.get("host_cpu_cores") or 2
     host_bw = float(cpu.get("memory_bandwidth_gbs", 10.0))
     host_gflops = float(cpu.get("gflops", 16.0 * cores))
-    if spec is None:
-        return Device("cpu", host_bw, host_gflops / 1000.0, host_bw, host_gflops)
+    if spec is None:  # the CPU backend: both "device" and host are the CPU
+        return Device("cpu", host_bw, host_gflops / 1000.0, host_bw)
     int8 = spec["int8_tops"] or spec["fp32_tflops"]
-    return Device("cuda", spec["bandwidth_gbs"], int8, host_bw, host_gflops)
+    return Device("cuda", spec["bandwidth_gbs"], int8, host_bw)
 
 
 def plan_host(host: dict, models: dict[str, ModelInfo]) -> dict:

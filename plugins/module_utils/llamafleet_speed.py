@@ -29,7 +29,6 @@ class Device:
     bandwidth_gbs: float
     compute_tops: float        # effective peak for quantized matmuls (INT8 or FP32)
     host_bandwidth_gbs: float  # CPU memory bandwidth, for layers left on the CPU
-    host_gflops: float = 50.0  # CPU throughput, for prefill of CPU layers
 
 
 @dataclass

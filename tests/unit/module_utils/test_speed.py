@@ -10,7 +10,7 @@ from ansible.module_utils.llamafleet_shapes import model_info_from_shape
 from ansible.module_utils.llamafleet_speed import Device, erlang_c, server_speed, workload
 
 P106 = lookup("P106-100")
-DEV = Device("cuda", P106["bandwidth_gbs"], P106["int8_tops"], 12.0, 20.0)
+DEV = Device("cuda", P106["bandwidth_gbs"], P106["int8_tops"], 12.0)
 ARGS = {"ctx_size": 8192, "parallel": 1, "batch_size": 512, "ubatch_size": 512, "flash_attn": "on",
         "cache_type_k": "q8_0", "cache_type_v": "q8_0", "n_gpu_layers": 99}
 
