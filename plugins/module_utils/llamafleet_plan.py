@@ -290,8 +290,8 @@ def server_findings(host: dict, server: dict, model: ModelInfo, mem: ServerMemor
             reason = f"{model.architecture} has no KV cache"
         elif any(model.swa_layers) and not args.get("swa_full"):
             reason = "its sliding-window cache cannot shift unless swa_full: true"
-        elif int(args.get("cache_ram", 8192)) == 0:
-            reason = "the prompt cache is off (cache_ram: 0)"
+        elif args.get("cache_prompt") is False:
+            reason = "prompt caching is off (cache_prompt: false)"
         if reason:
             add("warning", "cache-reuse-without-shift",
                 f"{name}: cache_reuse {cache_reuse} is switched off by llama-server because {reason}. "

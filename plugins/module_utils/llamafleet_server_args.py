@@ -36,6 +36,7 @@ SCHEMA: dict[str, tuple[str, object]] = {
     "kv_unified": ("bool", None),
     "cache_ram": ("int", -1),
     "cache_reuse": ("int", 0),
+    "cache_prompt": ("bool", None),
     "cont_batching": ("bool", None),
     "context_shift": ("bool", None),
     "mlock": ("bool", None),

@@ -107,6 +107,12 @@ def test_finding_stays_quiet(code):
     assert code not in codes(cuda_host(**QUIET[code]))
 
 
+def test_cache_reuse_needs_prompt_caching():
+    hv = cuda_host(chat={"args": dict(GOOD_CHAT, cache_reuse=256, cache_prompt=False)})
+    assert "cache-reuse-without-shift" in codes(hv)
+    assert "cache-reuse-without-shift" not in codes(cuda_host(chat={"args": dict(GOOD_CHAT, cache_reuse=256)}))
+
+
 def test_cuda_graphs_inactive_on_pascal_only():
     assert "cuda-graphs-inactive" in codes(cuda_host())
     turing = cuda_host(llamafleet_gpus=[{"index": 0, "name": "Tesla T4"}])
