@@ -93,3 +93,53 @@ def cc_int(compute_capability: str) -> int:
     """'6.1' -> 61, the form CMAKE_CUDA_ARCHITECTURES uses."""
     major, minor = str(compute_capability).split(".")
     return int(major) * 10 + int(minor)
+
+
+# -- the GPUs a host actually has ------------------------------------------------------------------
+NVIDIA_SMI_QUERY = "index,name,memory.total,compute_cap,driver_version"
+
+
+def parse_nvidia_smi(csv_text: str) -> list[dict]:
+    """Rows of `nvidia-smi --query-gpu=<NVIDIA_SMI_QUERY> --format=csv,noheader,nounits`."""
+    gpus = []
+    for line in csv_text.strip().splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) != 5:
+            raise GPUError(f"unexpected nvidia-smi line {line!r} (expected {NVIDIA_SMI_QUERY})")
+        index, name, memory, cc, driver = fields
+        gpus.append({"index": int(index), "name": name, "memory_mib": int(float(memory)),
+                     "compute_capability": cc, "driver_version": driver})
+    return gpus
+
+
+def _same_model(declared: str, observed: str) -> bool:
+    known = lookup(declared)
+    if known is not None and known is lookup(observed):
+        return True
+    def norm(name: str) -> str:
+        return name.lower().removeprefix("nvidia ").removeprefix("geforce ").strip()
+    return norm(declared) == norm(observed)
+
+
+def compare_gpus(declared: list[dict], observed: list[dict], tolerance: float = 0.03) -> list[str]:
+    """What differs between llamafleet_gpus (completed from the catalogue) and the host's GPUs."""
+    problems = []
+    seen = {g["index"]: g for g in observed}
+    for i, gpu in enumerate(declared):
+        where = f"llamafleet_gpus[{i}] (index {gpu['index']})"
+        real = seen.get(gpu["index"])
+        if real is None:
+            problems.append(f"{where}: the host has no GPU {gpu['index']}; nvidia-smi lists {sorted(seen)}")
+            continue
+        if not _same_model(gpu["name"], real["name"]):
+            problems.append(f"{where}: declared {gpu['name']!r}, the host has {real['name']!r}")
+        if abs(real["memory_mib"] - gpu["memory_mib"]) > tolerance * gpu["memory_mib"]:
+            problems.append(f"{where}: the plan assumed {gpu['memory_mib']} MiB, the card has {real['memory_mib']} MiB; "
+                            f"set memory_mib: {real['memory_mib']}")
+        if str(real["compute_capability"]) != str(gpu["compute_capability"]):
+            problems.append(f"{where}: compute capability declared {gpu['compute_capability']}, "
+                            f"the card reports {real['compute_capability']}")
+    undeclared = sorted(set(seen) - {g["index"] for g in declared})
+    if undeclared:
+        problems.append(f"the host has GPUs {undeclared} that llamafleet_gpus does not declare (they stay unused)")
+    return problems
