@@ -18,17 +18,31 @@ from ansible.module_utils.llamafleet_gguf import ModelInfo
 from ansible.module_utils.llamafleet_memory import MIB, ServerMemory
 
 DECODE_EFFICIENCY = 0.6       # share of peak bandwidth a decode step achieves
-PREFILL_EFFICIENCY = 0.27     # share of peak integer throughput prefill achieves (dp4a / MMQ)
+# facts.md fits eta = 0.27 with all 8.03 B parameters of Llama-3.1-8B; per block parameter (6.98 B,
+# the ones a prompt token is multiplied through) the same P40 data give 0.235.
+PREFILL_EFFICIENCY = 0.235    # share of peak integer throughput prefill achieves (dp4a / MMQ)
 PCIE_GBS = 3.0                # effective host->device copy rate for CPU-resident layers (x4-x16 gen3 riser mix)
 
 
 @dataclass
 class Device:
-    """Throughput figures of the device a server runs on."""
+    """Throughput figures of the device a server runs on.
+
+    GPU figures are peak specifications, scaled by the efficiencies above. CPU figures
+    (llamafleet_host_cpu) are declared as what the host achieves, measured: efficiency 1.
+    """
     kind: str                  # "cuda" or "cpu"
     bandwidth_gbs: float
-    compute_tops: float        # effective peak for quantized matmuls (INT8 or FP32)
-    host_bandwidth_gbs: float  # CPU memory bandwidth, for layers left on the CPU
+    compute_tops: float        # quantized-matmul throughput (INT8 or FP32), TOPS
+    host_bandwidth_gbs: float  # CPU memory bandwidth, for layers left on the CPU (effective)
+
+    @property
+    def decode_efficiency(self) -> float:
+        return DECODE_EFFICIENCY if self.kind == "cuda" else 1.0
+
+    @property
+    def prefill_efficiency(self) -> float:
+        return PREFILL_EFFICIENCY if self.kind == "cuda" else 1.0
 
 
 @dataclass
@@ -43,18 +57,16 @@ class Speed:
         return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
-def _params(model: ModelInfo, n_bytes: float) -> float:
-    """Parameters behind n_bytes of weights, at the model's average bits per weight."""
-    return n_bytes * _param_count(model) / max(model.weights_bytes, 1)
+def layer_params(model: ModelInfo) -> float:
+    """Parameters of the repeated blocks: what every prompt token is multiplied through.
 
-
-def _param_count(model: ModelInfo) -> float:
-    # attention + FFN per layer plus embeddings (and a separate output matrix)
+    token_embd is a row lookup and the output projection runs for the last token of each
+    sequence only, so neither counts towards prefill FLOPs.
+    """
     per_layer = (max(model.n_head) * model.head_dim_k * 2 * model.n_embd
                  + 2 * max(model.n_head_kv) * model.head_dim_k * model.n_embd
                  + 3 * model.n_embd * model.n_ff)
-    embd = model.n_embd * model.n_vocab * (1 if model.tied_output else 2)
-    return float(per_layer * model.n_layer + embd)
+    return float(per_layer * model.n_layer)
 
 
 def server_speed(model: ModelInfo, mem: ServerMemory, dev: Device, prompt_tokens: int = 512,
@@ -70,18 +82,18 @@ def server_speed(model: ModelInfo, mem: ServerMemory, dev: Device, prompt_tokens
     avg_ctx = prompt_tokens + reply_tokens / 2
     kv_per_token = (mem.context * MIB / max(mem.kv.cells_base * mem.kv.streams, 1)) if mem.kv and mem.context else 0.0
     kv_read = kv_per_token * avg_ctx
-    bw = dev.bandwidth_gbs * 1e9 * DECODE_EFFICIENCY
-    host_bw = dev.host_bandwidth_gbs * 1e9 * DECODE_EFFICIENCY
+    bw = dev.bandwidth_gbs * 1e9 * dev.decode_efficiency
+    host_bw = dev.host_bandwidth_gbs * 1e9  # declared as measured: no efficiency factor
     t_weights = dev_w / bw + host_w / host_bw
     t_step1 = t_weights + kv_read / bw
     decode = 1.0 / t_step1
     t_stepn = t_weights + slots * kv_read / bw
     batch = slots / t_stepn
 
-    # prefill: 2 FLOP per parameter per prompt token; with partial offload the GPU still runs the
-    # big-batch matmuls, after CPU-resident weights cross PCIe once per ubatch
-    flops_tok = 2 * _params(model, dev_w + host_w)
-    prefill = dev.compute_tops * 1e12 * PREFILL_EFFICIENCY / max(flops_tok, 1.0)
+    # prefill: 2 FLOP per block parameter per prompt token; with partial offload the GPU still
+    # runs the big-batch matmuls, after CPU-resident weights cross PCIe once per ubatch
+    flops_tok = 2 * layer_params(model)
+    prefill = dev.compute_tops * 1e12 * dev.prefill_efficiency / max(flops_tok, 1.0)
     upload = math.ceil(prompt_tokens / max(n_ubatch, 1)) * host_w / (PCIE_GBS * 1e9) if host_w else 0.0
     ttft = prompt_tokens / prefill + upload + t_step1
     return Speed(decode, prompt_tokens / max(ttft - t_step1, 1e-9), ttft, batch, slots)
