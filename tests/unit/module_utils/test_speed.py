@@ -31,8 +31,14 @@ def test_ttft_for_500_tokens_on_p106():
     assert 1.2 <= speed("Q4_K_M").ttft_s <= 2.5  # facts.md #8: ~1.7-2.5 s
 
 
-def test_partial_offload_costs_decode_speed():
-    assert speed("Q6_K", n_gpu_layers=28).decode_tps < speed("Q6_K").decode_tps / 3
+def test_partial_offload_reads_cpu_layers_at_host_bandwidth():
+    model = model_info_from_shape("llama-3.1-8b", "Q6_K", "t")
+    mem = server_memory(model, dict(ARGS, n_gpu_layers=28), "cuda", "cuda:0")
+    cpu_layers = sum(model.layer_bytes(i) for i in range(5))  # ngl 28: layers 5-31 on the GPU; 0-4 and output on the CPU
+    expected = 1 / (mem.model * 2**20 / (0.6 * 192.2e9) + (cpu_layers + model.output_bytes) / 12e9)
+    got = speed("Q6_K", n_gpu_layers=28).decode_tps
+    assert got == pytest.approx(expected, rel=0.05)  # the KV read is the rest
+    assert got < speed("Q6_K").decode_tps / 2
 
 
 def test_more_slots_raise_aggregate_throughput():
