@@ -106,6 +106,14 @@ def _device_for(spec: dict, host: dict) -> Device:
     return Device("cuda", spec["bandwidth_gbs"], int8, host_bw)
 
 
+def _memory(host: dict, server: dict, model: ModelInfo, args: dict) -> ServerMemory:
+    """The memory of one server on its host's backend and device, with the host's CUDA overhead."""
+    device = f"cuda:{server['gpu']}" if host["backend"] == "cuda" else "cpu"
+    overhead = host.get("cuda_overhead_mib")
+    kwargs = {"cuda_overhead_mib": overhead} if overhead is not None else {}
+    return server_memory(model, args, host["backend"], device, **kwargs)
+
+
 def plan_host(host: dict, models: dict[str, ModelInfo]) -> dict:
     """Plan one normalized host: servers, devices, workloads and findings."""
     name = host["host"]
@@ -114,16 +122,10 @@ def plan_host(host: dict, models: dict[str, ModelInfo]) -> dict:
     findings: list[dict] = []
     servers_out: list[dict] = []
     mems: dict[str, ServerMemory] = {}
-    overhead = host.get("cuda_overhead_mib")
-
-    def memory_of(server: dict, args: dict, model: ModelInfo) -> ServerMemory:
-        device = f"cuda:{server['gpu']}" if backend == "cuda" else "cpu"
-        kwargs = {"cuda_overhead_mib": overhead} if overhead is not None else {}
-        return server_memory(model, args, backend, device, **kwargs)
 
     for server in host["servers"]:
         model = models[server["model"]]
-        mem = memory_of(server, server["args"], model)
+        mem = _memory(host, server, model, server["args"])
         mems[server["name"]] = mem
         findings.extend(server_findings(host, server, model, mem, gpus.get(server["gpu"])))
 
@@ -376,9 +378,7 @@ def suggest(host: dict, server: dict, models: dict[str, ModelInfo], mems: dict[s
 
     def trial(change: str, model_name: str, args: dict) -> dict:
         m = models[model_name]
-        overhead = host.get("cuda_overhead_mib")
-        kwargs = {"cuda_overhead_mib": overhead} if overhead is not None else {}
-        mem = server_memory(m, args, "cuda", f"cuda:{server['gpu']}", **kwargs)
+        mem = _memory(host, server, m, args)
         total = others + mem.total
         eff = effective(args)
         speed = server_speed(m, mem, dev, prompt, reply, min(int(eff["ubatch_size"]), int(eff["batch_size"])))
