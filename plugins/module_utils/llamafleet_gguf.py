@@ -102,11 +102,6 @@ class ModelInfo:
         return sum(t.n_bytes for t in self.tensors
                    if t.layer is None and t.name not in ("token_embd.weight", "output.weight"))
 
-    def kv_elements_per_token(self, layers: list[int] | None = None) -> int:
-        """K plus V elements stored per token (per cell) over the given layers (default all)."""
-        idx = range(self.n_layer) if layers is None else layers
-        return sum(self.n_head_kv[i] * (self.head_dim_k + self.head_dim_v) for i in idx)
-
     def to_dict(self) -> dict:
         data = asdict(self)
         data["tensors"] = [asdict(t) for t in self.tensors]

@@ -78,10 +78,6 @@ class ServerMemory:
     def host_total_without_cache(self) -> float:
         return self.host_model + self.host_compute + self.host_overhead
 
-    @property
-    def host_total(self) -> float:
-        return self.host_total_without_cache + self.host_prompt_cache
-
     def columns(self) -> dict:
         return {"model": round(self.model, 1), "context": round(self.context, 1),
                 "compute": round(self.compute, 1), "overhead": round(self.overhead, 1),
