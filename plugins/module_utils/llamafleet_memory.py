@@ -50,6 +50,7 @@ class KVLayout:
     cells_base: int      # cells per stream of the full-attention cache
     cells_swa: int       # cells per stream of the sliding-window cache (0 without SWA layers)
     streams: int         # 1 when unified, n_seq otherwise
+    n_ubatch: int        # the physical batch: ubatch_size clamped to batch_size, as llama.cpp does
 
 
 @dataclass
@@ -110,7 +111,7 @@ def kv_layout(model: ModelInfo, args: dict) -> KVLayout:
         cells_swa = pad(min(cells_base, model.n_swa * (n_seq if unified else 1) + n_ubatch), 256)
         if args.get("swa_full"):
             cells_swa = cells_base
-    return KVLayout(n_ctx, n_ctx_seq, n_seq, unified, cells_base, cells_swa, streams)
+    return KVLayout(n_ctx, n_ctx_seq, n_seq, unified, cells_base, cells_swa, streams, n_ubatch)
 
 
 def kv_bytes(model: ModelInfo, args: dict, layout: KVLayout, layers: list[int] | None = None) -> float:
@@ -142,9 +143,8 @@ def compute_bytes(model: ModelInfo, args: dict, layout: KVLayout, fa: bool) -> f
     buffers (tests/integration/test_memory_accuracy.py).
     """
     n_seq = layout.n_seq
-    n_tokens = min(layout.n_ctx, int(args.get("ubatch_size", 512)), int(args.get("batch_size", 2048)))
-    if not model.causal:
-        n_tokens = min(int(args.get("ubatch_size", 512)), layout.n_ctx)
+    # non-causal models: llama-server sets n_batch = n_ubatch, so ubatch_size alone decides
+    n_tokens = min(layout.n_ctx, layout.n_ubatch if model.causal else int(args.get("ubatch_size", 512)))
     f32 = 4
     n_head = max(model.n_head)
     n_embd_q = n_head * model.head_dim_k
@@ -152,9 +152,7 @@ def compute_bytes(model: ModelInfo, args: dict, layout: KVLayout, fa: bool) -> f
     # the KQ mask: F16 with FA, F32 without; one per cache kind, rows padded to GGML_KQ_MASK_PAD
     mask_el = 2 if fa else 4
     n_tok_pad = pad(n_tokens, 64)
-    masks = n_kv_base * n_tok_pad * mask_el * (layout.streams if not layout.unified else 1)
-    if layout.cells_swa:
-        masks += layout.cells_swa * n_tok_pad * mask_el * (layout.streams if not layout.unified else 1)
+    masks = (n_kv_base + layout.cells_swa) * n_tok_pad * mask_el * layout.streams
     residual = 3 * model.n_embd * n_tokens * f32  # layer input, residual stream and the norm output
     ffn = 3 * model.n_ff * n_tokens * f32
     attn = (n_embd_q + 2 * model.n_head_kv[0] * model.head_dim_k) * n_tokens * f32 * 2
@@ -216,7 +214,7 @@ def server_memory(model: ModelInfo, args: dict, backend: str, device: str = "cpu
     mem.overhead = float(cuda_overhead_mib)
     mem.host_model = host_weights / MIB
     host_kv = kv_bytes(model, args, layout, cpu_layers) / MIB
-    mem.host_compute = host_kv + (model.n_embd * min(layout.n_ctx, int(args.get("ubatch_size", 512))) * 4 * 2) / MIB
+    mem.host_compute = host_kv + (model.n_embd * min(layout.n_ctx, layout.n_ubatch) * 4 * 2) / MIB
     mem.host_overhead = PROCESS_OVERHEAD_MIB + CUDA_HOST_OVERHEAD_MIB
     mem.host_prompt_cache = prompt_cache
     return mem

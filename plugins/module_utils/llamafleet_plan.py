@@ -207,10 +207,8 @@ def plan_host(host: dict, models: dict[str, ModelInfo]) -> dict:
         mem = mems[server["name"]]
         wl = host["workload"].get(server["model"], {})
         dev = _device_for(gpus.get(server["gpu"]) if backend == "cuda" else None, host)
-        args = effective(server["args"])
         speeds[server["name"]] = server_speed(
-            model, mem, dev, int(wl.get("prompt_tokens", DEFAULT_PROMPT)), int(wl.get("reply_tokens", DEFAULT_REPLY)),
-            n_ubatch=min(int(args["ubatch_size"]), int(args["batch_size"])))
+            model, mem, dev, int(wl.get("prompt_tokens", DEFAULT_PROMPT)), int(wl.get("reply_tokens", DEFAULT_REPLY)))
     for model_name, wl in sorted(host["workload"].items()):
         chat = [s for s in host["servers"] if s["model"] == model_name and s["role"] == "chat"]
         if not chat:
@@ -380,8 +378,7 @@ def suggest(host: dict, server: dict, models: dict[str, ModelInfo], mems: dict[s
         m = models[model_name]
         mem = _memory(host, server, m, args)
         total = others + mem.total
-        eff = effective(args)
-        speed = server_speed(m, mem, dev, prompt, reply, min(int(eff["ubatch_size"]), int(eff["batch_size"])))
+        speed = server_speed(m, mem, dev, prompt, reply)
         out = {"change": change, "device_total_mib": round(total, 1), "fits": total <= capacity,
                "decode_tps": round(speed.decode_tps, 1), "ttft_s": round(speed.ttft_s, 2),
                "gpu_layers": f"{mem.gpu_layers}/{mem.n_layer}" + ("+output" if mem.output_on_device else "")}

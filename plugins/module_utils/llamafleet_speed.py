@@ -70,7 +70,7 @@ def layer_params(model: ModelInfo) -> float:
 
 
 def server_speed(model: ModelInfo, mem: ServerMemory, dev: Device, prompt_tokens: int = 512,
-                 reply_tokens: int = 256, n_ubatch: int = 512) -> Speed:
+                 reply_tokens: int = 256) -> Speed:
     """Roofline speed of one server for one request alone and for all its slots together."""
     slots = mem.kv.n_seq if mem.kv else 1
     # weights read per decode step on each side (token_embd is a row lookup, not read whole)
@@ -94,6 +94,7 @@ def server_speed(model: ModelInfo, mem: ServerMemory, dev: Device, prompt_tokens
     # runs the big-batch matmuls, after CPU-resident weights cross PCIe once per ubatch
     flops_tok = 2 * layer_params(model)
     prefill = dev.compute_tops * 1e12 * dev.prefill_efficiency / max(flops_tok, 1.0)
+    n_ubatch = mem.kv.n_ubatch if mem.kv else 512
     upload = math.ceil(prompt_tokens / max(n_ubatch, 1)) * host_w / (PCIE_GBS * 1e9) if host_w else 0.0
     ttft = prompt_tokens / prefill + upload + t_step1
     return Speed(decode, prompt_tokens / max(ttft - t_step1, 1e-9), ttft, batch, slots)
