@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a fresh Debian/Ubuntu machine (run as root) to run llamafleet from this checkout:
 #   - .venv with the pinned Python packages (requirements.txt)
-#   - the Ansible collections, unpacked from the pinned `ansible` wheel (Galaxy may be unreachable)
+#   - the Ansible collections, unpacked from the pinned `ansible` wheel (Galaxy may be unreachable),
+#     and this checkout linked as the collection llamafleet.fleet
 #   - Docker engine (Debian's docker.io) and a running daemon, started by hand where there is no systemd
 #   - the local base image llamafleet/debian:bookworm (debootstrap; no registry is needed)
 #   - the lab's inputs in .cache/: the llama.cpp source archive and nothing else
@@ -46,6 +47,15 @@ PY
   touch "collections/ansible_collections/.from-ansible-$ANSIBLE_BUNDLE_VERSION"
 else
   say "collections are current"
+fi
+
+# The checkout itself is the collection llamafleet.fleet: link it where Ansible and Python look
+# (collections_path in ansible.cfg; tests put collections/ on sys.path). A relative link, so each
+# clone or worktree links to itself.
+if [ "$(readlink collections/ansible_collections/llamafleet/fleet 2>/dev/null)" != "../../.." ]; then
+  say "linking this checkout as the collection llamafleet.fleet"
+  mkdir -p collections/ansible_collections/llamafleet
+  ln -sfn ../../.. collections/ansible_collections/llamafleet/fleet
 fi
 
 # 3. Docker engine -------------------------------------------------------------------------------

@@ -1,26 +1,19 @@
-"""Make the repository's plugins importable exactly as Ansible imports them.
+"""Make the collection llamafleet.fleet importable exactly as Ansible imports it.
 
-module_utils are imported as ansible.module_utils.llamafleet_* everywhere (modules, filters,
-tests), so the test session adds plugins/module_utils to that package's path, as the filter
-plugin does on the controller.
+scripts/bootstrap.sh links this checkout as collections/ansible_collections/llamafleet/fleet; with
+collections/ on sys.path, `ansible_collections.llamafleet.fleet.plugins...` imports in tests as in
+plugins. No package path is patched.
 """
 from __future__ import annotations
 
 import os
 import sys
 
-import ansible.module_utils
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODULE_UTILS = os.path.join(ROOT, "plugins", "module_utils")
-if MODULE_UTILS not in ansible.module_utils.__path__:
-    ansible.module_utils.__path__.append(MODULE_UTILS)
-for sub in ("plugins/filter", "plugins/modules"):
-    path = os.path.join(ROOT, sub)
+COLLECTIONS = os.path.join(ROOT, "collections")
+for path in (COLLECTIONS, ROOT):
     if path not in sys.path:
         sys.path.insert(0, path)
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 LAB_MODEL = os.path.join(ROOT, ".cache", "models", "gemma-3-270m-q4_k_m.gguf")
 

@@ -1,29 +1,24 @@
 # Copyright: llamafleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Thin filters over llamafleet's pure-Python core (plugins/module_utils).
+"""Thin filters over llamafleet's pure-Python core (plugins/plugin_utils).
 
 Documentation of each filter is in the YAML file of the same name beside this one, so that
 ``ansible-doc -t filter <name>`` works.
 """
 from __future__ import annotations
 
-import os
-
-import ansible.module_utils
 from ansible.errors import AnsibleFilterError
 
-# Ansible maps a configured module_utils directory into ansible.module_utils only for modules
-# it ships to hosts. These filters run on the controller, so they add the same directory to the
-# package path themselves: one import name (ansible.module_utils.llamafleet_*) everywhere.
-_MODULE_UTILS = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "module_utils"))
-if _MODULE_UTILS not in ansible.module_utils.__path__:
-    ansible.module_utils.__path__.append(_MODULE_UTILS)
-
-from ansible.module_utils.llamafleet_gpus import GPUError, describe_gpu  # noqa: E402
-from ansible.module_utils.llamafleet_inventory import InventoryError, normalize_host  # noqa: E402
-from ansible.module_utils.llamafleet_plan import PlanError, cuda_architectures_for, describe_model, plan  # noqa: E402
-from ansible.module_utils.llamafleet_report import console, markdown  # noqa: E402
-from ansible.module_utils.llamafleet_server_args import parse_help_flags, render_args, unknown_flags  # noqa: E402
+from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import GPUError, describe_gpu
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import InventoryError, normalize_host
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._plan import (
+    PlanError,
+    cuda_architectures_for,
+    describe_model,
+    plan,
+)
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._report import console, markdown
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import parse_help_flags, render_args, unknown_flags
 
 HOST_KEYS = (
     "llamafleet_backend", "llamafleet_gpus", "llamafleet_models", "llamafleet_servers",
@@ -100,11 +95,11 @@ def llamafleet_cuda_architectures(gpus: list) -> str:
 class FilterModule:
     def filters(self):
         return {
-            "llamafleet_servers": llamafleet_servers,
-            "llamafleet_plan": llamafleet_plan,
-            "llamafleet_plan_console": llamafleet_plan_console,
-            "llamafleet_plan_markdown": llamafleet_plan_markdown,
-            "llamafleet_render_args": llamafleet_render_args,
-            "llamafleet_unknown_flags": llamafleet_unknown_flags,
-            "llamafleet_cuda_architectures": llamafleet_cuda_architectures,
+            "servers": llamafleet_servers,
+            "plan": llamafleet_plan,
+            "plan_console": llamafleet_plan_console,
+            "plan_markdown": llamafleet_plan_markdown,
+            "render_args": llamafleet_render_args,
+            "unknown_flags": llamafleet_unknown_flags,
+            "cuda_architectures": llamafleet_cuda_architectures,
         }

@@ -58,7 +58,8 @@ version:
 import struct
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llamafleet_gguf import GGUFError, read_model_info
+
+from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gguf import GGUFError, read_model_info
 
 
 def main():

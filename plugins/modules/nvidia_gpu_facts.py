@@ -51,7 +51,14 @@ driver_version:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.llamafleet_gpus import NVIDIA_SMI_QUERY, GPUError, compare_gpus, describe_gpu, parse_nvidia_smi
+
+from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import (
+    NVIDIA_SMI_QUERY,
+    GPUError,
+    compare_gpus,
+    describe_gpu,
+    parse_nvidia_smi,
+)
 
 
 def main():

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 
 import pytest
-from ansible.module_utils.llamafleet_gguf import read_model_info
-from ansible.module_utils.llamafleet_memory import server_memory
-from ansible.module_utils.llamafleet_server_args import render_args
-from ansible.module_utils.llamafleet_shapes import SHAPES
 
+from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gguf import read_model_info
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._memory import server_memory
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import render_args
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import SHAPES
 from tests.conftest import ACCURACY_ROWS, LAB_MODEL, ROOT
 from tests.support.breakdown import measure
 from tests.support.synthetic_gguf import write_model

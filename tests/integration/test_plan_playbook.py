@@ -9,11 +9,11 @@ import sys
 import threading
 
 import pytest
-from ansible.module_utils.llamafleet_shapes import SHAPES
 
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import SHAPES
 from tests.conftest import ROOT
 from tests.support.synthetic_gguf import write_model
-from tests.unit.module_utils.test_gguf import RangeHandler
+from tests.unit.plugins.module_utils.test_llamafleet_gguf import RangeHandler
 
 
 def plan(tmp_path, *args):

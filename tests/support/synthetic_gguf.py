@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from ansible.module_utils.llamafleet_shapes import tensor_bytes, tensor_table
 from gguf import GGMLQuantizationType, GGUFWriter
+
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import tensor_bytes, tensor_table
 
 
 def write_model(path: str, shape: dict, quantization: str, name: str = "synthetic") -> str:

@@ -14,17 +14,17 @@ ANSIBLE_DOC = os.path.join(os.path.dirname(sys.executable), "ansible-doc")
 
 
 def test_filter_plugin_exports_every_documented_filter():
-    import llamafleet  # plugins/filter/llamafleet.py
+    from ansible_collections.llamafleet.fleet.plugins.filter import llamafleet
     assert sorted(llamafleet.FilterModule().filters()) == FILTERS
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_module_imports(name):
-    __import__(name)
+    __import__(f"ansible_collections.llamafleet.fleet.plugins.modules.{name}")
 
 
 @pytest.mark.parametrize("kind,name", [("filter", f) for f in FILTERS] + [("module", m) for m in MODULES])
 def test_ansible_doc(kind, name):
-    result = subprocess.run([ANSIBLE_DOC, "-t", kind, name], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([ANSIBLE_DOC, "-t", kind, f"llamafleet.fleet.{name}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "EXAMPLES" in result.stdout and "RETURN" in result.stdout

@@ -7,8 +7,14 @@ import subprocess
 import sys
 
 import pytest
-from ansible.module_utils.llamafleet_gpus import GPUError, compare_gpus, describe_gpu, lookup, parse_nvidia_smi
 
+from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import (
+    GPUError,
+    compare_gpus,
+    describe_gpu,
+    lookup,
+    parse_nvidia_smi,
+)
 from tests.conftest import ROOT
 
 # The format `nvidia-smi --query-gpu=index,name,memory.total,compute_cap,driver_version
@@ -59,7 +65,7 @@ def run_module(tmp_path, smi_output: str | None, declared: list) -> dict:
     else:
         args["nvidia_smi"] = "no-such-nvidia-smi"
     result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible"), "localhost", "-m",
-                             "nvidia_gpu_facts", "-a", json.dumps(args)],
+                             "llamafleet.fleet.nvidia_gpu_facts", "-a", json.dumps(args)],
                             cwd=ROOT, capture_output=True, text=True, timeout=120,
                             env=dict(os.environ, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json"))
     return json.loads(result.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]

@@ -13,12 +13,17 @@ from __future__ import annotations
 import math
 import os
 
-from ansible.module_utils.llamafleet_gguf import GGUFError, ModelInfo, read_model_info, read_remote_model_info
-from ansible.module_utils.llamafleet_gpus import cc_int
-from ansible.module_utils.llamafleet_memory import ServerMemory, server_memory
-from ansible.module_utils.llamafleet_server_args import QUANTIZED_KV_TYPES, effective
-from ansible.module_utils.llamafleet_shapes import ShapeError, model_info_from_shape
-from ansible.module_utils.llamafleet_speed import Device, server_speed, workload
+from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gguf import (
+    GGUFError,
+    ModelInfo,
+    read_model_info,
+    read_remote_model_info,
+)
+from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import cc_int
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._memory import ServerMemory, server_memory
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import QUANTIZED_KV_TYPES, effective
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import ShapeError, model_info_from_shape
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import Device, server_speed, workload
 
 CAPACITY_WARN = 0.8      # utilisation above which queueing makes TTFT p95 climb steeply
 LAST_CUDA_FOR_PASCAL = (12, 9)  # CUDA 13 removed offline compilation for sm_5x/6x/7.0 (facts.md #2)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import pytest
-from ansible.module_utils.llamafleet_memory import kv_layout, placement, server_memory
-from ansible.module_utils.llamafleet_shapes import model_info_from_shape
+
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._memory import kv_layout, placement, server_memory
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import model_info_from_shape
 
 L8 = {q: model_info_from_shape("llama-3.1-8b", q, "t") for q in ("Q6_K", "Q5_K_M", "Q4_K_M")}
 GEMMA = model_info_from_shape("gemma-3-270m", "Q8_0", "t")

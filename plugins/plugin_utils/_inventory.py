@@ -11,8 +11,8 @@ from __future__ import annotations
 import copy
 import re
 
-from ansible.module_utils.llamafleet_gpus import GPUError, describe_gpu
-from ansible.module_utils.llamafleet_server_args import ArgsError, validate_args
+from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import GPUError, describe_gpu
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import ArgsError, validate_args
 
 ROLES = ("chat", "embed")
 BACKENDS = ("cpu", "cuda")

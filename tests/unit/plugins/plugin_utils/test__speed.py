@@ -4,10 +4,11 @@ from __future__ import annotations
 import math
 
 import pytest
-from ansible.module_utils.llamafleet_gpus import lookup
-from ansible.module_utils.llamafleet_memory import server_memory
-from ansible.module_utils.llamafleet_shapes import model_info_from_shape
-from ansible.module_utils.llamafleet_speed import Device, erlang_c, server_speed, workload
+
+from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import lookup
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._memory import server_memory
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import model_info_from_shape
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import Device, erlang_c, server_speed, workload
 
 P106 = lookup("P106-100")
 DEV = Device("cuda", P106["bandwidth_gbs"], P106["int8_tops"], 12.0)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ansible.module_utils.llamafleet_gguf import ModelInfo
-from ansible.module_utils.llamafleet_memory import MIB, ServerMemory
+from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gguf import ModelInfo
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._memory import MIB, ServerMemory
 
 DECODE_EFFICIENCY = 0.6       # share of peak bandwidth a decode step achieves
 # facts.md fits eta = 0.27 with all 8.03 B parameters of Llama-3.1-8B; per block parameter (6.98 B,

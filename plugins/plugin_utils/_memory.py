@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ansible.module_utils.llamafleet_gguf import ModelInfo
-from ansible.module_utils.llamafleet_server_args import KV_TYPE_BYTES, QUANTIZED_KV_TYPES, effective
+from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gguf import ModelInfo
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import KV_TYPE_BYTES, QUANTIZED_KV_TYPES, effective
 
 MIB = 1024 * 1024
 

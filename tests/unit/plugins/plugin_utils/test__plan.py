@@ -4,9 +4,10 @@ from __future__ import annotations
 import copy
 
 import pytest
-from ansible.module_utils.llamafleet_inventory import normalize_host
-from ansible.module_utils.llamafleet_plan import plan
-from ansible.module_utils.llamafleet_shapes import model_info_from_shape
+
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import normalize_host
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._plan import plan
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import model_info_from_shape
 
 SHA = "b" * 64
 MODELS = {

@@ -4,7 +4,8 @@ from __future__ import annotations
 import copy
 
 import pytest
-from ansible.module_utils.llamafleet_inventory import InventoryError, memory_mib, normalize_host
+
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import InventoryError, memory_mib, normalize_host
 
 SHA = "a" * 64
 BASE = {

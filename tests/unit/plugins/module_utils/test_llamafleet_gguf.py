@@ -6,9 +6,13 @@ import os
 import threading
 
 import pytest
-from ansible.module_utils.llamafleet_gguf import GGUFError, read_model_info, read_remote_model_info
-from ansible.module_utils.llamafleet_shapes import SHAPES
 
+from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gguf import (
+    GGUFError,
+    read_model_info,
+    read_remote_model_info,
+)
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import SHAPES
 from tests.support.synthetic_gguf import write_model
 
 SMALL = dict(architecture="llama", n_layer=4, n_embd=512, n_head=8, n_head_kv=2, head_dim=64, n_ff=1536,

@@ -11,7 +11,7 @@ A real file's header always wins over this: see llamafleet_plan.describe_model.
 """
 from __future__ import annotations
 
-from ansible.module_utils.llamafleet_gguf import ModelInfo, TensorInfo
+from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gguf import ModelInfo, TensorInfo
 
 # ggml block sizes: type -> (values per block, bytes per block) (ggml/src/ggml-common.h)
 BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34), "Q4_0": (32, 18),
@@ -119,7 +119,7 @@ def model_info_from_shape(shape_name: str, quantization: str, source: str) -> Mo
         tensors.append(TensorInfo(name, type_name, tensor_bytes(ne, type_name), layer))
     n_layer = s["n_layer"]
     n_swa = s.get("n_swa", 0)
-    from ansible.module_utils.llamafleet_gguf import NO_KV_CACHE_ARCHS, SWA_DEFAULT_PATTERN
+    from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gguf import NO_KV_CACHE_ARCHS, SWA_DEFAULT_PATTERN
     pattern = SWA_DEFAULT_PATTERN.get(s["architecture"], 0)
     swa = [bool(n_swa) and (pattern == 0 or i % pattern < pattern - 1) for i in range(n_layer)]
     no_kv = s["architecture"] in NO_KV_CACHE_ARCHS

@@ -2,7 +2,14 @@
 from __future__ import annotations
 
 import pytest
-from ansible.module_utils.llamafleet_server_args import ArgsError, parse_help_flags, render_args, unknown_flags, validate_args
+
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import (
+    ArgsError,
+    parse_help_flags,
+    render_args,
+    unknown_flags,
+    validate_args,
+)
 
 HELP = """
 -c,    --ctx-size N                     size of the prompt context
