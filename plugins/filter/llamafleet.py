@@ -7,6 +7,9 @@ Documentation of each filter is in the YAML file of the same name beside this on
 """
 from __future__ import annotations
 
+import json
+import os
+
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import GPUError, describe_gpu
@@ -24,7 +27,8 @@ HOST_KEYS = (
     "llamafleet_backend", "llamafleet_gpus", "llamafleet_models", "llamafleet_servers",
     "llamafleet_server_layout", "llamafleet_host_memory_mib", "llamafleet_host_cpu_cores",
     "llamafleet_host_reserved_mib", "llamafleet_host_cpu", "llamafleet_workload",
-    "llamafleet_cuda_overhead_mib", "llamacpp_build_cuda_architectures", "llamacpp_build_cuda_version",
+    "llamafleet_cuda_overhead_mib", "llamafleet_bind_address", "llamafleet_container_prefix",
+    "llamacpp_build_cuda_architectures", "llamacpp_build_cuda_version",
 )
 
 
@@ -37,16 +41,11 @@ def _host_vars(hostvars, host: str) -> dict:
     return out
 
 
-def llamafleet_servers(hostvars, host: str) -> list:
-    """The validated, layout-expanded servers of one host."""
-    try:
-        return normalize_host(host, _host_vars(hostvars, host))["servers"]
-    except InventoryError as exc:
-        raise AnsibleFilterError(str(exc)) from None
+def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str = ".", previous_plan: str = "") -> dict:
+    """The memory and speed plan and the fleet model of these hosts (plugins/plugin_utils/_plan.py).
 
-
-def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str = ".") -> dict:
-    """The memory and speed plan of these hosts (see plugins/module_utils/llamafleet_plan.py)."""
+    previous_plan: the last plan.json, when there is one; servers that left since are reported.
+    """
     normalized, models = [], {}
     problems = []
     for host in hosts:
@@ -64,7 +63,14 @@ def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str 
                 problems.append(f"{host}: {exc}")
     if problems:
         raise AnsibleFilterError("\n".join(problems))
-    return plan(normalized, models)
+    previous = None
+    if previous_plan and os.path.isfile(previous_plan):
+        try:
+            with open(previous_plan, encoding="utf-8") as handle:
+                previous = json.load(handle)
+        except (OSError, ValueError) as exc:
+            raise AnsibleFilterError(f"cannot read the previous plan {previous_plan}: {exc}; remove it to start afresh") from None
+    return plan(normalized, models, previous)
 
 
 def llamafleet_plan_console(plan_result: dict) -> str:
@@ -95,7 +101,6 @@ def llamafleet_cuda_architectures(gpus: list) -> str:
 class FilterModule:
     def filters(self):
         return {
-            "servers": llamafleet_servers,
             "plan": llamafleet_plan,
             "plan_console": llamafleet_plan_console,
             "plan_markdown": llamafleet_plan_markdown,

@@ -9,6 +9,7 @@ host; the preflight play runs it before any role changes anything.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import re
 
 from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import GPUError, describe_gpu
@@ -19,6 +20,7 @@ BACKENDS = ("cpu", "cuda")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 MEMORY_RE = re.compile(r"^([0-9]+)([kmg])$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 SERVER_KEYS = {"name", "role", "model", "gpu", "port", "container_memory", "args", "ulimits"}
 LAYOUT_KEYS = {"role", "model", "port_base", "container_memory", "args", "ulimits"}
 MODEL_KEYS = {"path", "sha256", "src", "url", "shape", "quantization", "family"}
@@ -202,8 +204,10 @@ def normalize_host(host: str, hv: dict) -> dict:
         except ArgsError as exc:
             problems.append(str(exc))
             args = {}
-        if role == "embed" and args.get("embeddings") is False:
-            problems.append(f"{where}: an embed server needs embeddings; remove args.embeddings: false")
+        if role == "embed":
+            if args.get("embeddings") is False:
+                problems.append(f"{where}: an embed server needs embeddings; remove args.embeddings: false")
+            args["embeddings"] = True  # what makes it an embedding server: the one place this is said
         ulimits = server.get("ulimits", [])
         if not isinstance(ulimits, list) or not all(isinstance(u, str) and u.count(":") == 2 for u in ulimits):
             problems.append(f"{where}.ulimits must be a list like ['memlock:-1:-1'], got {ulimits!r}")
@@ -211,6 +215,15 @@ def normalize_host(host: str, hv: dict) -> dict:
         clean_servers.append({"name": name, "role": role, "model": model, "gpu": gpu if backend == "cuda" else None,
                               "port": port, "container_memory": cm, "container_memory_mib": cm_mib,
                               "args": args, "ulimits": ulimits})
+
+    bind_address = hv.get("llamafleet_bind_address", "127.0.0.1")
+    try:
+        ipaddress.ip_address(bind_address)
+    except ValueError:
+        problems.append(f"llamafleet_bind_address must be an IP address the servers listen on, got {bind_address!r}")
+    prefix = hv.get("llamafleet_container_prefix", "llamafleet-")
+    if not isinstance(prefix, str) or not PREFIX_RE.match(prefix):
+        problems.append(f"llamafleet_container_prefix must match {PREFIX_RE.pattern} (a Docker name prefix), got {prefix!r}")
 
     for key in ("llamafleet_host_memory_mib", "llamafleet_host_cpu_cores"):
         value = hv.get(key)
@@ -237,6 +250,7 @@ def normalize_host(host: str, hv: dict) -> dict:
         raise InventoryError(host, problems)
     return {
         "host": host, "backend": backend, "gpus": gpus, "models": models, "servers": clean_servers,
+        "bind_address": bind_address, "container_prefix": prefix,
         "host_memory_mib": hv.get("llamafleet_host_memory_mib"),
         "host_cpu_cores": hv.get("llamafleet_host_cpu_cores"),
         "host_reserved_mib": hv.get("llamafleet_host_reserved_mib", 1024),

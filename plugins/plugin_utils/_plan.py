@@ -20,6 +20,7 @@ from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gguf i
     read_remote_model_info,
 )
 from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import cc_int
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._fleet import fleet_host
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._memory import ServerMemory, server_memory
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import QUANTIZED_KV_TYPES, effective
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import ShapeError, model_info_from_shape
@@ -442,13 +443,34 @@ def _change_args(change: str, base: dict) -> dict:
     return {}
 
 
-def plan(hosts: list[dict], models: dict[str, dict[str, ModelInfo]]) -> dict:
-    """Plan every host. models maps host -> model name -> ModelInfo."""
+def leaving_servers(previous: dict | None, fleet: dict) -> list[dict]:
+    """Info findings for servers of the previous plan that this one no longer has.
+
+    The previous plan.json is the controller's record of what was deployed; a server that left the
+    inventory is drained and removed by the servers play, and the plan says so before it happens.
+    """
+    out = []
+    for host, before in sorted(((previous or {}).get("fleet") or {}).items()):
+        if host not in fleet:
+            continue  # a host outside this run (--limit, another inventory): nothing to say
+        now = {s["name"] for s in fleet[host]["servers"]}
+        for server in before.get("servers", []):
+            if server["name"] not in now:
+                out.append(finding("info", "server-leaves", host, server["name"],
+                                   f"{server['name']} is no longer in the inventory: the servers play stops and removes "
+                                   f"its container {server['container_name']} (port {server['port']} and its memory are freed)"))
+    return out
+
+
+def plan(hosts: list[dict], models: dict[str, dict[str, ModelInfo]], previous: dict | None = None) -> dict:
+    """Plan every host. models maps host -> model name -> ModelInfo; previous is the last plan.json."""
     result = {"servers": [], "devices": [], "hosts": [], "workloads": [], "findings": []}
     for host in hosts:
         part = plan_host(host, models[host["host"]])
         for key in result:
             result[key].extend(part[key])
+    result["fleet"] = {host["host"]: fleet_host(host) for host in hosts}
+    result["findings"].extend(leaving_servers(previous, result["fleet"]))
     result["summary"] = {
         "errors": sum(f["level"] == "error" for f in result["findings"]),
         "warnings": sum(f["level"] == "warning" for f in result["findings"]),

@@ -59,7 +59,7 @@ SCHEMA: dict[str, tuple[str, object]] = {
 # Flags llamafleet renders itself: setting them in args would break the container contract.
 RESERVED = {
     "model": "the model is mounted from llamafleet_models; set the server's 'model' instead",
-    "host": "the bind address comes from llama_server_bind_address",
+    "host": "the bind address comes from llamafleet_bind_address",
     "port": "set the server's 'port' instead",
     "api_key": "API keys come from llama_server_api_key",
     "api_key_file": "API keys come from llama_server_api_key",

@@ -1,0 +1,64 @@
+# Copyright: llamafleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The fleet model: what runs, computed once by the preflight and applied by the roles.
+
+`_inventory.normalize_host` says what is declared; this module turns one normalized host into
+what runs on it: per server the container name, the address clients and pools use, the model
+mount and the exact llama-server argv. The plan publishes the result per host as the fact
+`llamafleet_fleet`; roles and plays read it and derive none of it again.
+"""
+from __future__ import annotations
+
+import os
+
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._memory import resolve_parallel
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import effective, render_args
+
+# The contract between the llama-server image and the llama_server role: where the model and the
+# API key file are mounted inside every container.
+MODEL_DIR = "/models"
+API_KEY_FILE = "/run/llamafleet/api_key"
+
+
+def server_argv(server: dict, model_target: str, address: str) -> list[str]:
+    """The exact llama-server command line of one server (without the binary).
+
+    The flags llamafleet owns come first (model, bind address, port, API key file; `_server_args.RESERVED`
+    keeps them out of `args`), then the typed args in a stable order.
+    """
+    return (["--model", model_target, "--host", address, "--port", str(server["port"]),
+             "--api-key-file", API_KEY_FILE] + render_args(server["args"]))
+
+
+def fleet_host(spec: dict) -> dict:
+    """What runs on one normalized host (see `_inventory.normalize_host`)."""
+    servers = []
+    for server in spec["servers"]:
+        model_path = spec["models"][server["model"]]["path"]
+        model_target = f"{MODEL_DIR}/{os.path.basename(model_path)}"
+        slots, unified = resolve_parallel(effective(server["args"]))
+        servers.append({
+            "name": server["name"],
+            "role": server["role"],
+            "model": server["model"],
+            "gpu": server["gpu"],
+            "port": server["port"],
+            "address": spec["bind_address"],
+            "url": f"http://{spec['bind_address']}:{server['port']}",
+            "container_name": spec["container_prefix"] + server["name"],
+            "container_memory": server["container_memory"],
+            "ulimits": server["ulimits"],
+            "slots": slots,
+            "kv_unified": unified,
+            "args": server["args"],
+            "model_path": model_path,
+            "model_target": model_target,
+            "api_key_target": API_KEY_FILE,
+            "argv": server_argv(server, model_target, spec["bind_address"]),
+        })
+    # The models this host's servers use, as the llm_models role places them (path, sha256, src or url).
+    used = sorted({server["model"] for server in spec["servers"]})
+    models = {name: {key: spec["models"][name][key] for key in ("path", "sha256", "src", "url") if key in spec["models"][name]}
+              for name in used}
+    return {"host": spec["host"], "backend": spec["backend"], "container_prefix": spec["container_prefix"],
+            "models": models, "servers": servers}

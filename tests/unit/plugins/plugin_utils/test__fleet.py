@@ -1,0 +1,89 @@
+"""The fleet model: what runs per server, written down by hand from llama-server's command line."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._fleet import fleet_host
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import InventoryError, normalize_host
+
+SHA = "b" * 64
+HOST = {
+    "llamafleet_backend": "cuda",
+    "llamafleet_gpus": [{"index": 0, "name": "P106-100"}],
+    "llamafleet_models": {
+        "chatm": {"path": "/srv/models/chat.gguf", "sha256": SHA, "shape": "llama-3.1-8b", "quantization": "Q4_K_M"},
+        "embm": {"path": "/srv/models/emb.gguf", "sha256": SHA, "shape": "llama-3.1-8b", "quantization": "Q4_K_M"},
+    },
+    "llamafleet_servers": [
+        {"name": "chat-0", "role": "chat", "model": "chatm", "gpu": 0, "port": 8101, "container_memory": "1536m",
+         "args": {"parallel": 3, "ctx_size": 8192, "flash_attn": "on"}},
+        {"name": "embed-0", "role": "embed", "model": "embm", "gpu": 0, "port": 8201, "container_memory": "512m",
+         "args": {"ubatch_size": 512}},
+        {"name": "auto-0", "role": "chat", "model": "chatm", "gpu": 0, "port": 8301, "container_memory": "1g"},
+    ],
+}
+
+
+def fleet(**changes):
+    hv = copy.deepcopy(HOST)
+    hv.update(changes)
+    return {s["name"]: s for s in fleet_host(normalize_host("gpu1", hv))["servers"]}
+
+
+def test_chat_argv_is_the_reserved_flags_then_the_knobs_sorted():
+    assert fleet()["chat-0"]["argv"] == [
+        "--model", "/models/chat.gguf", "--host", "127.0.0.1", "--port", "8101",
+        "--api-key-file", "/run/llamafleet/api_key",
+        "--ctx-size", "8192", "--flash-attn", "on", "--parallel", "3"]
+
+
+def test_an_embed_server_gets_embeddings_once_without_declaring_it():
+    argv = fleet()["embed-0"]["argv"]
+    assert argv.count("--embeddings") == 1
+    assert argv[-3:] == ["--embeddings", "--ubatch-size", "512"]
+
+
+def test_slots_follow_llama_server_defaults():
+    servers = fleet()
+    # -np 3 -> 3 slots, separate caches; no -np -> llama-server's auto: 4 slots, unified KV (facts.md #5)
+    assert (servers["chat-0"]["slots"], servers["chat-0"]["kv_unified"]) == (3, False)
+    assert (servers["auto-0"]["slots"], servers["auto-0"]["kv_unified"]) == (4, True)
+
+
+def test_names_addresses_and_mounts():
+    server = fleet(llamafleet_bind_address="10.0.0.5", llamafleet_container_prefix="lf2-")["chat-0"]
+    assert server["container_name"] == "lf2-chat-0"
+    assert server["url"] == "http://10.0.0.5:8101"
+    assert server["argv"][2:4] == ["--host", "10.0.0.5"]
+    assert (server["model_path"], server["model_target"]) == ("/srv/models/chat.gguf", "/models/chat.gguf")
+    assert server["gpu"] == 0
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("llamafleet_bind_address", "localhost", "llamafleet_bind_address must be an IP address"),
+    ("llamafleet_container_prefix", "Bad Prefix", "llamafleet_container_prefix must match"),
+])
+def test_bad_host_settings_are_refused(key, value, message):
+    with pytest.raises(InventoryError, match=message):
+        fleet(**{key: value})
+
+
+def test_a_server_that_left_the_inventory_is_reported():
+    from ansible_collections.llamafleet.fleet.plugins.plugin_utils._plan import leaving_servers
+    now = fleet_host(normalize_host("gpu1", HOST))
+    before = copy.deepcopy(now)
+    before["servers"].append({"name": "old-0", "container_name": "llamafleet-old-0", "port": 8401})
+    found = leaving_servers({"fleet": {"gpu1": before, "elsewhere": before}}, {"gpu1": now})
+    assert [(f["code"], f["level"], f["host"], f["server"]) for f in found] == [("server-leaves", "info", "gpu1", "old-0")]
+    assert "llamafleet-old-0" in found[0]["message"]
+    assert leaving_servers(None, {"gpu1": now}) == []
+
+
+def test_only_the_models_the_servers_use_are_placed():
+    hv = copy.deepcopy(HOST)
+    hv["llamafleet_models"]["unused"] = {"path": "/srv/models/unused.gguf", "sha256": SHA, "url": "http://mirror.invalid/u.gguf"}
+    models = fleet_host(normalize_host("gpu1", hv))["models"]
+    assert models == {"chatm": {"path": "/srv/models/chat.gguf", "sha256": SHA},
+                      "embm": {"path": "/srv/models/emb.gguf", "sha256": SHA}}
