@@ -29,6 +29,7 @@ mkdir -p "$dest" && tar -C "$dest" -xzf "$work"/llamafleet-fleet-*.tar.gz
 # sanity's ignore files are part of the test harness, not of the artifact
 mkdir -p "$dest/tests/sanity" && cp "$ROOT"/tests/sanity/ignore-*.txt "$dest/tests/sanity/" 2>/dev/null || true
 cd "$dest"
+echo "tests/output/" > .gitignore   # where ansible-test keeps its own venvs and results
 git init -q && git add -A && git -c user.name=sanity -c user.email=sanity@localhost commit -qm sanity
 # the dependencies (community.docker, ...) resolve from the project's collections path
 ANSIBLE_COLLECTIONS_PATH="$work/root:$ROOT/collections" ansible-test sanity --venv --python "$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" "$@"

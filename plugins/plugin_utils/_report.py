@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 
 LEVEL_MARK = {"error": "ERROR", "warning": "WARN ", "info": "info "}
 
@@ -42,9 +43,27 @@ def server_rows(plan: dict) -> tuple[list[str], list[list]]:
             "total MiB", "tok/s", "TTFT s"], rows
 
 
-def console(plan: dict) -> str:
-    """The per-GPU table and findings as the plan playbook prints them."""
-    lines = ["Devices:"] + _table(*device_rows(plan))
+def verdict(plan: dict) -> str:
+    """The answer to "does it fit, and does it work", in one line."""
+    s = plan["summary"]
+    if s["errors"]:
+        return (f"ERROR: the plan has {s['errors']} error(s) and {s['warnings']} warning(s): fix the errors below "
+                f"(each names the knob and the change); nothing is changed on any host until then.")
+    fits = "every GPU and host has room" if s["fits"] else "a device is over capacity"
+    return f"OK: {fits}; {s['warnings']} warning(s), {s['infos']} note(s)."
+
+
+def console(plan: dict, width: int = 110) -> str:
+    """The plan as operators read it in a terminal: the verdict and the findings first, then the tables."""
+    lines = [verdict(plan), ""]
+    found = grouped(plan["findings"], [s["name"] for s in plan["servers"]])
+    if found:
+        lines.append("Findings (identical findings of several servers shown once):")
+    for f, others in found:
+        also = f" [also: {', '.join(others)}]" if others else ""
+        lines += textwrap.wrap(f"{LEVEL_MARK[f['level']]} [{f['code']}] {f['message']}{also}", width,
+                               subsequent_indent="      ", break_on_hyphens=False)
+    lines += ["", "Devices:"] + _table(*device_rows(plan))
     lines += ["", "Servers (MiB on their device; speed for one request alone):"] + _table(*server_rows(plan))
     if plan["workloads"]:
         lines += ["", "Workloads (Poisson arrivals, one slot pool per model):"]
@@ -52,12 +71,6 @@ def console(plan: dict) -> str:
                         [[w["model"], w["requests_per_minute"], w["slots"], f"{w['service_s']:.1f}",
                           f"{w['utilisation']:.0%}", _s(w["ttft_p50_s"]), _s(w["ttft_p95_s"])]
                          for w in plan["workloads"]])
-    lines += ["", "Findings (identical findings of several servers shown once):"]
-    for f, others in grouped(plan["findings"], [s["name"] for s in plan["servers"]]):
-        also = f" [also: {', '.join(others)}]" if others else ""
-        lines.append(f"  {LEVEL_MARK[f['level']]} [{f['code']}] {f['message']}{also}")
-    s = plan["summary"]
-    lines += ["", f"{s['errors']} error(s), {s['warnings']} warning(s), {s['infos']} info"]
     return "\n".join(lines)
 
 

@@ -1,7 +1,13 @@
-"""Shared fixtures of the slow tests: the lab's llama.cpp image (built or reused by the build role)."""
+"""Shared fixtures of the slow tests: the lab's image, and the lab fleet brought up once per session.
+
+Every end-to-end test that needs running servers takes the `lab` fixture: site.yml runs once for the
+whole session, and a test that changes the fleet puts it back as the inventory says before it ends.
+"""
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 
@@ -27,3 +33,25 @@ def lab_image() -> str:
     playbook("playbooks/build.yml")
     with open(CURRENT_IMAGE, encoding="utf-8") as handle:
         return handle.read().strip()
+
+
+def containers() -> dict[str, dict]:
+    """`docker inspect` of the lab host's llama-server containers, by server name."""
+    ids = subprocess.run(["docker", "ps", "-aq", "--filter", "label=llamafleet.host=lab"], capture_output=True,
+                         text=True, check=True).stdout.split()
+    if not ids:
+        return {}
+    out = json.loads(subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, check=True).stdout)
+    return {c["Config"]["Labels"]["llamafleet.server"]: c for c in out}
+
+
+def recap_changed(output: str) -> int:
+    """The sum of changed= over every host of an ansible-playbook recap."""
+    return sum(int(n) for n in re.findall(r"^\S+\s+: ok=\d+\s+changed=(\d+)", output, re.M))
+
+
+@pytest.fixture(scope="session")
+def lab() -> dict[str, dict]:
+    """The lab fleet as the inventory declares it, brought up by site.yml once per test session."""
+    playbook("site.yml")
+    return containers()

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
 import urllib.error
 import urllib.request
 
 import pytest
 
 from tests.conftest import ROOT
-from tests.integration.conftest import playbook
+from tests.integration.conftest import containers, playbook, recap_changed
 
 SERVERS = {"chat-0": 8101, "chat-1": 8102, "embed-0": 8201, "embed-1": 8202}
+# -e replaces llamafleet_models whole: overrides of the embedding model keep the chat model as the lab has it
+LAB_CHAT_MODEL = {"lab-smollm2": {
+    "src": os.path.join(ROOT, ".cache", "models", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "path": "/var/lib/llamafleet/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+    "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"}}
 
 
 def api_key() -> str:
@@ -37,22 +40,9 @@ def post(port: int, path: str, body: dict, key: str | None) -> tuple[int, dict]:
         return err.code, json.loads(err.read() or b"{}")
 
 
-def containers() -> dict[str, dict]:
-    """Inspect output of the lab's llama-server containers, by server label."""
-    ids = subprocess.run(["docker", "ps", "-aq", "--filter", "label=llamafleet.server"], capture_output=True,
-                         text=True, check=True).stdout.split()
-    out = json.loads(subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, check=True).stdout)
-    return {c["Config"]["Labels"]["llamafleet.server"]: c for c in out if c["Name"].startswith("/llamafleet-")}
-
-
-def recap_changed(output: str) -> int:
-    return sum(int(n) for n in re.findall(r"^\S+\s+: ok=\d+\s+changed=(\d+)", output, re.M))
-
-
 @pytest.fixture(scope="module")
-def deployed():
-    playbook("site.yml")
-    return containers()
+def deployed(lab):
+    return lab
 
 
 def test_second_run_changes_nothing(deployed):
@@ -129,9 +119,14 @@ BAD_INPUT = [
       "llamafleet_servers": [{"name": "chat-1", "gpu": 3}]}, "gpu 3 does not exist"),
     ({"llamafleet_servers": [{"name": "chat-0", "args": {"mlock": True}}]}, "load_mode"),
     ({"llamafleet_servers": [{"name": "chat-0", "args": {"cache_ram": 4096}}]}, "prompt-cache-exceeds-container"),
-    ({"llamafleet_models": {"lab-gemma": {"src": "/etc/hostname", "path": "/var/lib/llamafleet/models/other.gguf",
-                                          "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"}}},
+    ({"llamafleet_models": {**LAB_CHAT_MODEL, "lab-gemma": {
+        "src": "/etc/hostname", "path": "/var/lib/llamafleet/models/other.gguf",
+        "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"}}},
      "not a GGUF file"),
+    ({"llamafleet_server_layout": {"gpus": [0, 1], "per_gpu": [
+        {"role": "chat", "model": "lab-smollm2", "port_base": 8101, "container_memory": "768m",
+         "args": {"ctx_size": 2048, "parallel": 2, "cache_ram": 128, "threads": 1}}]}},
+     "more than one server of model group(s) chat/lab-smollm2"),
 ]
 
 
@@ -158,7 +153,7 @@ def test_unknown_flag_is_refused_before_any_container_changes(deployed):
 def test_sha256_mismatch_is_refused_and_changes_nothing(deployed, tmp_path):
     before = {n: c["Id"] for n, c in containers().items()}
     target = "/var/lib/llamafleet/models/mismatch.gguf"
-    override = {"llamafleet_models": {"lab-gemma": {
+    override = {"llamafleet_models": {**LAB_CHAT_MODEL, "lab-gemma": {
         "src": os.path.join(ROOT, ".cache", "models", "gemma-3-270m-q4_k_m.gguf"), "path": target, "sha256": "1" * 64}}}
     result = playbook("site.yml", "-e", json.dumps(override), check=False)
     assert result.returncode != 0
