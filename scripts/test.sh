@@ -16,6 +16,9 @@ ansible-lint -q
 section "unit tests"
 pytest -q tests/unit
 
+section "ansible-test sanity on the collection artifact"
+scripts/sanity.sh
+
 section "the lab's llama.cpp image (built once, about 8 minutes on 2 cores; reused while its inputs stay the same)"
 ansible-playbook playbooks/build.yml
 

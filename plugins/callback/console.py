@@ -15,7 +15,7 @@ description:
     where the terminal has colour.
   - A task retried until something finishes (the image build, downloads) prints the last line of its
     output at every retry instead of "FAILED - RETRYING".
-author: llamafleet contributors
+author: llamafleet contributors (@llamafleet)
 extends_documentation_fragment:
   - ansible.builtin.default_callback
   - ansible.builtin.result_format_callback

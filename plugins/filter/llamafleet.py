@@ -41,10 +41,11 @@ def _host_vars(hostvars, host: str) -> dict:
     return out
 
 
-def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str = ".", previous_plan: str = "") -> dict:
+def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str = ".", deployed_dir: str = "") -> dict:
     """The memory and speed plan and the fleet model of these hosts (plugins/plugin_utils/_plan.py).
 
-    previous_plan: the last plan.json, when there is one; servers that left since are reported.
+    deployed_dir: where the servers play records each host's fleet as deployed (<host>.json); servers
+    that left the inventory since are reported.
     """
     normalized, models = [], {}
     problems = []
@@ -63,14 +64,16 @@ def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str 
                 problems.append(f"{host}: {exc}")
     if problems:
         raise AnsibleFilterError("\n".join(problems))
-    previous = None
-    if previous_plan and os.path.isfile(previous_plan):
-        try:
-            with open(previous_plan, encoding="utf-8") as handle:
-                previous = json.load(handle)
-        except (OSError, ValueError) as exc:
-            raise AnsibleFilterError(f"cannot read the previous plan {previous_plan}: {exc}; remove it to start afresh") from None
-    return plan(normalized, models, previous)
+    deployed = {}
+    for host in hosts:
+        record = os.path.join(deployed_dir, f"{host}.json") if deployed_dir else ""
+        if record and os.path.isfile(record):
+            try:
+                with open(record, encoding="utf-8") as handle:
+                    deployed[host] = json.load(handle)
+            except (OSError, ValueError) as exc:
+                raise AnsibleFilterError(f"cannot read the deployment record {record}: {exc}; remove it to start afresh") from None
+    return plan(normalized, models, deployed)
 
 
 def llamafleet_plan_console(plan_result: dict) -> str:

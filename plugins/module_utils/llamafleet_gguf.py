@@ -13,8 +13,9 @@ import hashlib
 import json
 import os
 import re
-import urllib.request
 from dataclasses import asdict, dataclass, field
+
+from ansible.module_utils.urls import open_url
 
 # Architectures whose llama.cpp model creates no KV cache at all (``memory = nullptr`` in
 # llama_model::create_memory): embedding encoders and diffusion models.
@@ -252,8 +253,7 @@ def read_model_info(path: str, source: str | None = None, cache_dir: str | None 
 # -- remote headers ---------------------------------------------------------------------------------
 def _range_get(url: str, start: int, end: int, timeout: float) -> tuple[bytes, int]:
     """Bytes [start, end] of url and the full size of the resource (from Content-Range)."""
-    req = urllib.request.Request(url, headers={"Range": f"bytes={start}-{end}"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - user-declared model URL
+    with open_url(url, headers={"Range": f"bytes={start}-{end}"}, timeout=timeout) as resp:
         body = resp.read()
         if resp.status != 206:
             raise GGUFError(f"{url}: the server does not answer HTTP range requests "

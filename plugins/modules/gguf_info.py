@@ -15,7 +15,7 @@ description:
   - Uses the official C(gguf) Python package when the host has it; without it only the magic bytes
     and the version are checked (C(parsed=false)).
 version_added: "0.1.0"
-author: llamafleet contributors
+author: llamafleet contributors (@llamafleet)
 options:
   path:
     description: Path of the GGUF file on the host.
@@ -24,6 +24,7 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Reads only; nothing on the host changes.
 notes:
   - Read-only; never changes the host.
 """

@@ -13,7 +13,7 @@ description:
   - With O(declared), compares them with the inventory's llamafleet_gpus (completed from the
     catalogue) and fails, naming each difference, when the plan was made for other hardware.
 version_added: "0.1.0"
-author: llamafleet contributors
+author: llamafleet contributors (@llamafleet)
 options:
   declared:
     description: llamafleet_gpus as the plan used them (index, name, memory_mib, compute_capability).
@@ -26,6 +26,7 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Reads only; nothing on the host changes.
 notes:
   - Read-only. Needs the NVIDIA driver on the host.
 """

@@ -78,7 +78,7 @@ def arch_covers(architectures: str, cc: int) -> bool:
             continue
         if item in ("native", "all", "all-major"):
             return True
-        number, _, kind = item.partition("-")
+        number, _sep, kind = item.partition("-")
         number = "".join(ch for ch in number if ch.isdigit())
         if not number:
             continue
@@ -435,7 +435,7 @@ def suggest(host: dict, server: dict, models: dict[str, ModelInfo], mems: dict[s
 
 def _change_args(change: str, base: dict) -> dict:
     """The args a suggestion label such as 'ctx_size: 4096' stands for (model changes: none)."""
-    key, _, value = change.partition(": ")
+    key, _sep, value = change.partition(": ")
     if key == "cache_type_k/v":
         return {"cache_type_k": value, "cache_type_v": value, "flash_attn": "on"}
     if key in ("ctx_size", "parallel", "n_gpu_layers"):
@@ -443,14 +443,14 @@ def _change_args(change: str, base: dict) -> dict:
     return {}
 
 
-def leaving_servers(previous: dict | None, fleet: dict) -> list[dict]:
-    """Info findings for servers of the previous plan that this one no longer has.
+def leaving_servers(deployed: dict, fleet: dict) -> list[dict]:
+    """Info findings for deployed servers that the fleet model no longer has.
 
-    The previous plan.json is the controller's record of what was deployed; a server that left the
-    inventory is drained and removed by the servers play, and the plan says so before it happens.
+    deployed maps host -> its fleet as the servers play last applied it (the controller's record);
+    a server that left the inventory is stopped and removed by the next servers play.
     """
     out = []
-    for host, before in sorted(((previous or {}).get("fleet") or {}).items()):
+    for host, before in sorted(deployed.items()):
         if host not in fleet:
             continue  # a host outside this run (--limit, another inventory): nothing to say
         now = {s["name"] for s in fleet[host]["servers"]}
@@ -462,15 +462,15 @@ def leaving_servers(previous: dict | None, fleet: dict) -> list[dict]:
     return out
 
 
-def plan(hosts: list[dict], models: dict[str, dict[str, ModelInfo]], previous: dict | None = None) -> dict:
-    """Plan every host. models maps host -> model name -> ModelInfo; previous is the last plan.json."""
+def plan(hosts: list[dict], models: dict[str, dict[str, ModelInfo]], deployed: dict | None = None) -> dict:
+    """Plan every host. models maps host -> model name -> ModelInfo; deployed maps host -> its fleet as last deployed."""
     result = {"servers": [], "devices": [], "hosts": [], "workloads": [], "findings": []}
     for host in hosts:
         part = plan_host(host, models[host["host"]])
         for key in result:
             result[key].extend(part[key])
     result["fleet"] = {host["host"]: fleet_host(host) for host in hosts}
-    result["findings"].extend(leaving_servers(previous, result["fleet"]))
+    result["findings"].extend(leaving_servers(deployed or {}, result["fleet"]))
     result["summary"] = {
         "errors": sum(f["level"] == "error" for f in result["findings"]),
         "warnings": sum(f["level"] == "warning" for f in result["findings"]),

@@ -74,8 +74,8 @@ def server_speed(model: ModelInfo, mem: ServerMemory, dev: Device, prompt_tokens
     """Roofline speed of one server for one request alone and for all its slots together."""
     slots = mem.kv.n_seq if mem.kv else 1
     # weights read per decode step on each side (token_embd is a row lookup, not read whole)
-    dev_w = mem.model * MIB if dev.kind == "cuda" else (model.weights_bytes - model.token_embd_bytes
-                                                         + (model.token_embd_bytes if model.tied_output else 0))
+    dev_w = mem.model * MIB if dev.kind == "cuda" else (
+        model.weights_bytes - model.token_embd_bytes + (model.token_embd_bytes if model.tied_output else 0))
     host_w = 0.0
     if dev.kind == "cuda":
         host_w = max(mem.host_model * MIB - model.token_embd_bytes, 0.0)

@@ -52,6 +52,10 @@ def recap_changed(output: str) -> int:
 
 @pytest.fixture(scope="session")
 def lab() -> dict[str, dict]:
-    """The lab fleet as the inventory declares it, brought up by site.yml once per test session."""
-    playbook("site.yml")
+    """The lab fleet as the inventory declares it, brought up by site.yml once per test session.
+
+    Whatever state the machine's lab was left in (another checkout's configuration included), the
+    session starts from the declared one: recreating whole model groups is allowed here only.
+    """
+    playbook("site.yml", "-e", '{"llama_server_recreate_whole_groups": true}')
     return containers()

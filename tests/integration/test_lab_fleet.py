@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+import yaml
 
 from tests.conftest import ROOT
 from tests.integration.conftest import containers, playbook, recap_changed
@@ -160,3 +161,20 @@ def test_sha256_mismatch_is_refused_and_changes_nothing(deployed, tmp_path):
     assert "sha256" in result.stdout and "Nothing was placed" in result.stdout
     assert not os.path.exists(target) and not os.path.exists(target + ".part")
     assert {n: c["Id"] for n, c in containers().items()} == before
+
+
+def test_a_server_removed_from_the_inventory_is_removed_from_the_host(deployed):
+    """Layout on GPU 0 only: chat-1 and embed-1 leave; the plan says so and their containers go."""
+    with open(os.path.join(ROOT, "inventory", "lab", "group_vars", "llamafleet", "lab.yml"), encoding="utf-8") as handle:
+        layout = yaml.safe_load(handle)["llamafleet_server_layout"]
+    before = containers()
+    try:
+        result = playbook("site.yml", "-e", json.dumps({"llamafleet_server_layout": dict(layout, gpus=[0])}))
+        after = containers()
+        assert sorted(after) == ["chat-0", "embed-0"]
+        assert all(after[n]["Id"] == before[n]["Id"] for n in after), "a remaining server was restarted"
+        assert "[server-leaves] chat-1 is no longer in the inventory" in result.stdout
+        assert "[server-leaves] embed-1 is no longer in the inventory" in result.stdout
+    finally:
+        playbook("site.yml")  # back to the inventory as written
+    assert sorted(containers()) == sorted(SERVERS)

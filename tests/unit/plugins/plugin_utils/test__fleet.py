@@ -75,10 +75,10 @@ def test_a_server_that_left_the_inventory_is_reported():
     now = fleet_host(normalize_host("gpu1", HOST))
     before = copy.deepcopy(now)
     before["servers"].append({"name": "old-0", "container_name": "llamafleet-old-0", "port": 8401})
-    found = leaving_servers({"fleet": {"gpu1": before, "elsewhere": before}}, {"gpu1": now})
+    found = leaving_servers({"gpu1": before, "elsewhere": before}, {"gpu1": now})
     assert [(f["code"], f["level"], f["host"], f["server"]) for f in found] == [("server-leaves", "info", "gpu1", "old-0")]
     assert "llamafleet-old-0" in found[0]["message"]
-    assert leaving_servers(None, {"gpu1": now}) == []
+    assert leaving_servers({}, {"gpu1": now}) == []
 
 
 def test_only_the_models_the_servers_use_are_placed():
