@@ -13,7 +13,11 @@ import os
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import GPUError, describe_gpu
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._driver_packages import driver_packages, stale_driver_packages
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._driver_packages import (
+    driver_packages,
+    stale_driver_packages,
+    supported,
+)
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gpus import cuda_elf_missing, gpu_differences, gpu_stack
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import InventoryError, normalize_host
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._plan import PlanError, describe_model, plan
@@ -111,6 +115,11 @@ def llamafleet_nvidia_driver_packages(stack: dict, distribution: str, version: s
                            kernel_release, repo_url)
 
 
+def llamafleet_nvidia_repo_dist(distribution: str, version: str):
+    """debian12, ubuntu2204 or ubuntu2404 for a supported distribution (Ansible's facts), else None."""
+    return supported(distribution, version)
+
+
 def llamafleet_stale_driver_packages(installed: str, branch) -> list:
     """Installed driver packages of another branch (dpkg-query '${Package} ${Version}' lines)."""
     return stale_driver_packages(installed, int(branch))
@@ -133,5 +142,6 @@ class FilterModule:
             "gpu_differences": llamafleet_gpu_differences,
             "nvidia_driver_packages": llamafleet_nvidia_driver_packages,
             "stale_driver_packages": llamafleet_stale_driver_packages,
+            "nvidia_repo_dist": llamafleet_nvidia_repo_dist,
             "cuda_elf_missing": llamafleet_cuda_elf_missing,
         }

@@ -31,9 +31,17 @@ _BRANCH_IN_NAME = re.compile(r"(?:nvidia[a-z0-9-]*?|cuda-drivers)-([0-9]{3})(?=-
 _BRANCH_IN_VERSION = re.compile(r"^(?:[0-9]+:)?([0-9]{3})\.")
 
 
+def _release(distribution: str, version: str) -> str:
+    """Debian's point releases (12.15) are Debian 12; Ubuntu's releases are year.month."""
+    return str(version).split(".")[0] if distribution == "Debian" else str(version)
+
+
 def supported(distribution: str, version: str) -> str | None:
-    """NVIDIA's repository directory for this distribution (debian12, ubuntu2204...), None if unsupported."""
-    return SUPPORTED.get((str(distribution), str(version)))
+    """NVIDIA's repository directory for this distribution (debian12, ubuntu2204...), None if unsupported.
+
+    distribution and version as Ansible's facts give them (distribution, distribution_version).
+    """
+    return SUPPORTED.get((str(distribution), _release(distribution, version)))
 
 
 def driver_packages(distribution: str, version: str, source: str, branch: int, kernel_modules: str,
@@ -44,6 +52,7 @@ def driver_packages(distribution: str, version: str, source: str, branch: int, k
     """
     errors: list[str] = []
     dist = supported(distribution, version)
+    version = _release(distribution, version)
     if dist is None:
         names = ", ".join(f"{d} {v}" for d, v in SUPPORTED)
         return {"packages": [], "repo_dist": None, "pin": None,

@@ -23,7 +23,8 @@ REPO = "http://nvidia-mirror.invalid/compute/cuda/repos/debian12/x86_64/"
      ["nvidia-headless-580-open", "nvidia-utils-580", "nvidia-compute-utils-580"], None),
     ("Ubuntu", "24.04", "nvidia", 580, "proprietary",
      ["nvidia-headless-580", "nvidia-utils-580", "nvidia-compute-utils-580"], None),
-    ("Debian", "12", "nvidia", 580, "proprietary", ["nvidia-driver-cuda", "nvidia-kernel-dkms", "nvidia-persistenced"],
+    # Ansible reports Debian's point release (12.15)
+    ("Debian", "12.15", "nvidia", 580, "proprietary", ["nvidia-driver-cuda", "nvidia-kernel-dkms", "nvidia-persistenced"],
      "580.*"),
     ("Debian", "12", "nvidia", 580, "open", ["nvidia-driver-cuda", "nvidia-kernel-open-dkms", "nvidia-persistenced"],
      "580.*"),
