@@ -47,7 +47,7 @@ def stack_rows(plan: dict) -> tuple[list[str], list[list]]:
     """What each CUDA host will be given: driver branch, CUDA toolkit, architectures, kernel modules."""
     rows = [[h["host"], h["gpu_stack"]["driver_branch"], h["gpu_stack"]["cuda_version"],
              h["gpu_stack"]["cuda_architectures"], h["gpu_stack"]["kernel_modules"]]
-            for h in plan["hosts"] if h.get("gpu_stack")]
+            for h in plan.get("hosts", []) if h.get("gpu_stack")]
     return ["host", "driver branch", "CUDA", "CMAKE_CUDA_ARCHITECTURES", "kernel modules"], rows
 
 
