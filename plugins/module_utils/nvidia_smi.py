@@ -65,7 +65,8 @@ def parse_gpus(csv_text: str) -> list[dict]:
             raise NvidiaSmiError(f"unexpected nvidia-smi line {','.join(row)!r}: expected {len(FIELDS)} "
                                  f"values ({QUERY})")
         gpu: dict = {"errors": {}}
-        for (field, key, kind), raw in zip(FIELDS, row, strict=True):
+        # no zip(strict=True): modules run on the host's Python, 3.8 and up; the length is checked above
+        for (field, key, kind), raw in zip(FIELDS, row):  # noqa: B905
             value, error = _value(raw, kind)
             gpu[key] = value
             if error is not None:
