@@ -78,8 +78,9 @@ def driver_packages(distribution: str, version: str, source: str, branch: int, k
                           f"set nvidia_driver_source: nvidia with nvidia_driver_nvidia_repo_url, or pin "
                           f"nvidia_driver_branch: {debian_branch} if it supports your GPUs")
         if kernel_modules == "open":
-            errors.append(f"Debian {version}'s driver packages are built with the proprietary kernel modules; these GPUs "
-                          f"need the open ones: set nvidia_driver_source: nvidia")
+            errors.append(f"the open kernel modules were chosen for these GPUs (NVIDIA's choice from Turing on; Blackwell "
+                          f"needs them) and Debian {version}'s own driver packages carry the proprietary ones only: "
+                          f"set nvidia_driver_source: nvidia")
         packages = ["nvidia-kernel-dkms", "nvidia-smi", "libcuda1", "nvidia-persistenced"]
     else:
         module = "nvidia-kernel-open-dkms" if kernel_modules == "open" else "nvidia-kernel-dkms"

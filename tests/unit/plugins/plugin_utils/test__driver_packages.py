@@ -43,6 +43,7 @@ def test_packages(dist, version, source, branch, modules, packages, pin):
     ("Rocky", "9", "nvidia", 580, "proprietary", REPO, "Rocky 9 is not supported"),
     ("Ubuntu", "20.04", "distribution", 580, "proprietary", "", "Ubuntu 20.04 is not supported"),
     ("Debian", "12", "distribution", 580, "proprietary", "", "packages driver branch 535 only"),
+    ("Debian", "12", "distribution", 535, "open", "", "carry the proprietary ones only"),
     ("Debian", "12", "nvidia", 580, "proprietary", "", "nvidia_driver_nvidia_repo_url is empty"),
     ("Debian", "12", "ppa", 580, "proprietary", "", "nvidia_driver_source must be one of"),
 ])
