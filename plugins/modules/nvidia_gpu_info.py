@@ -12,8 +12,8 @@ description:
     index, name, UUID, PCI bus id, total memory (MiB), compute capability, driver version and PCIe
     link generation and width (current and maximum).
   - Reports, and does not fail on, a host without nvidia-smi, without a loaded driver or without
-    GPUs (O(status) says which); a GPU that answers with error values such as C([GPU requires reset])
-    or C(ERR!) has them in its C(errors) and makes O(status) C(faulty).
+    GPUs (RV(status) says which); a GPU that answers with error values such as C([GPU requires reset])
+    or C(ERR!) has them in its C(errors) and makes RV(status) C(faulty).
   - Comparing the GPUs with the inventory is a separate check, the filter
     llamafleet.fleet.gpu_differences.
 version_added: "0.2.0"
@@ -26,8 +26,10 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Reads only; runs the same in check mode.
   diff_mode:
     support: none
+    description: Changes nothing, so there is nothing to diff.
 notes:
   - Read-only; runs the same in check mode.
 """
