@@ -82,7 +82,7 @@ def read(rc: int, out: str, err: str) -> dict:
     A missing nvidia-smi is decided by the caller (status no-nvidia-smi), since then nothing runs.
     """
     text = (out or "") + (err or "")
-    if rc == RC_NO_DEVICES or (rc != 0 and "No devices were found" in text):
+    if rc == RC_NO_DEVICES or "No devices were found" in text:
         return {"status": "no-devices", "gpus": [], "driver_version": None, "message": text.strip()}
     if rc == RC_NO_DRIVER or "couldn't communicate with the NVIDIA driver" in text:
         return {"status": "driver-not-loaded", "gpus": [], "driver_version": None, "message": text.strip()}

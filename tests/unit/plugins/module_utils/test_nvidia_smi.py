@@ -61,6 +61,7 @@ def test_a_card_that_needs_a_reset_is_faulty_and_named():
 
 def test_no_devices_and_no_driver():
     assert read(6, fixture("nvidia-smi-no-devices.txt"), "")["status"] == "no-devices"
+    assert read(0, fixture("nvidia-smi-no-devices.txt"), "")["status"] == "no-devices"  # whatever the exit code
     no_driver = read(9, "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
                         "Make sure that the latest NVIDIA driver is installed and running.\n", "")
     assert no_driver["status"] == "driver-not-loaded" and no_driver["gpus"] == []
