@@ -23,7 +23,7 @@ section "the lab's llama.cpp image (built once, about 8 minutes on 2 cores; reus
 ansible-playbook playbooks/build.yml
 
 section "molecule role scenarios"
-for scenario in docker_engine llm_models llamacpp_build llama_server; do
+for scenario in docker_engine llm_models llamacpp_build llama_server nvidia_driver nvidia_container_toolkit; do
   molecule test -s "$scenario"
 done
 

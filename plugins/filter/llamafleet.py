@@ -13,13 +13,14 @@ import os
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import GPUError, describe_gpu
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import InventoryError, normalize_host
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._plan import (
-    PlanError,
-    cuda_architectures_for,
-    describe_model,
-    plan,
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._driver_packages import (
+    driver_packages,
+    stale_driver_packages,
+    supported,
 )
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gpus import cuda_elf_missing, gpu_differences, gpu_stack
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import InventoryError, normalize_host
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._plan import PlanError, describe_model, plan
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._report import console, markdown
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import parse_help_flags, render_args, unknown_flags
 
@@ -28,7 +29,7 @@ HOST_KEYS = (
     "llamafleet_server_layout", "llamafleet_host_memory_mib", "llamafleet_host_cpu_cores",
     "llamafleet_host_reserved_mib", "llamafleet_host_cpu", "llamafleet_workload",
     "llamafleet_cuda_overhead_mib", "llamafleet_bind_address", "llamafleet_container_prefix",
-    "llamacpp_build_cuda_architectures", "llamacpp_build_cuda_version",
+    "llamacpp_build_cuda_architectures", "llamacpp_build_cuda_version", "nvidia_driver_branch",
 )
 
 
@@ -93,12 +94,43 @@ def llamafleet_unknown_flags(args: dict, help_text: str) -> list:
     return [f"{u.flag} (args.{u.key}): {u.hint}" for u in unknown_flags(args, parse_help_flags(help_text))]
 
 
-def llamafleet_cuda_architectures(gpus: list) -> str:
-    """CMAKE_CUDA_ARCHITECTURES for the declared GPUs (catalogue fills in compute capability)."""
+def _gpus(gpus: list, where: str = "llamafleet_gpus") -> list:
     try:
-        return cuda_architectures_for([describe_gpu(g, f"llamafleet_gpus[{i}]") for i, g in enumerate(gpus)])
+        return [describe_gpu(g, f"{where}[{i}]") for i, g in enumerate(gpus or [])]
     except GPUError as exc:
         raise AnsibleFilterError(str(exc)) from None
+
+
+def llamafleet_gpu_stack(gpus: list, pins: dict | None = None) -> dict:
+    """Driver branch, CUDA toolkit, CMAKE_CUDA_ARCHITECTURES and kernel modules for the declared GPUs."""
+    return gpu_stack(_gpus(gpus), pins or {})
+
+
+def llamafleet_gpu_differences(observed: list, declared: list) -> list:
+    """What differs between the GPUs nvidia_gpu_info found and llamafleet_gpus: [] when they match."""
+    return gpu_differences(_gpus(declared), observed or [])
+
+
+def llamafleet_nvidia_driver_packages(stack: dict, distribution: str, version: str, source: str,
+                                      kernel_release: str, repo_url: str = "") -> dict:
+    """Packages, NVIDIA repository directory and apt pin for a gpu_stack on this distribution."""
+    return driver_packages(distribution, version, source, stack["driver_branch"], stack["kernel_modules"],
+                           kernel_release, repo_url)
+
+
+def llamafleet_nvidia_repo_dist(distribution: str, version: str):
+    """debian12, ubuntu2204 or ubuntu2404 for a supported distribution (Ansible's facts), else None."""
+    return supported(distribution, version)
+
+
+def llamafleet_stale_driver_packages(installed: str, branch) -> list:
+    """Installed driver packages of another branch (dpkg-query '${Package} ${Version}' lines)."""
+    return stale_driver_packages(installed, int(branch))
+
+
+def llamafleet_cuda_elf_missing(listing: str, architectures: str) -> list:
+    """Real architectures of CMAKE_CUDA_ARCHITECTURES missing from a `cuobjdump --list-elf` listing."""
+    return cuda_elf_missing(listing, architectures)
 
 
 class FilterModule:
@@ -109,5 +141,10 @@ class FilterModule:
             "plan_markdown": llamafleet_plan_markdown,
             "render_args": llamafleet_render_args,
             "unknown_flags": llamafleet_unknown_flags,
-            "cuda_architectures": llamafleet_cuda_architectures,
+            "gpu_stack": llamafleet_gpu_stack,
+            "gpu_differences": llamafleet_gpu_differences,
+            "nvidia_driver_packages": llamafleet_nvidia_driver_packages,
+            "stale_driver_packages": llamafleet_stale_driver_packages,
+            "nvidia_repo_dist": llamafleet_nvidia_repo_dist,
+            "cuda_elf_missing": llamafleet_cuda_elf_missing,
         }

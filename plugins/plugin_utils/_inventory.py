@@ -259,4 +259,5 @@ def normalize_host(host: str, hv: dict) -> dict:
         "cuda_overhead_mib": hv.get("llamafleet_cuda_overhead_mib"),
         "cuda_architectures": hv.get("llamacpp_build_cuda_architectures"),
         "cuda_version": hv.get("llamacpp_build_cuda_version"),
+        "driver_branch": hv.get("nvidia_driver_branch"),
     }

@@ -21,13 +21,13 @@ from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gguf i
 )
 from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import cc_int
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._fleet import fleet_host
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gpus import gpu_stack
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._memory import ServerMemory, server_memory
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import QUANTIZED_KV_TYPES, effective
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import ShapeError, model_info_from_shape
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import Device, server_speed, workload
 
 CAPACITY_WARN = 0.8      # utilisation above which queueing makes TTFT p95 climb steeply
-LAST_CUDA_FOR_PASCAL = (12, 9)  # CUDA 13 removed offline compilation for sm_5x/6x/7.0 (facts.md #2)
 DEFAULT_PROMPT, DEFAULT_REPLY = 512, 256
 
 
@@ -61,33 +61,6 @@ def describe_model(name: str, spec: dict, cache_dir: str, controller_root: str =
         raise PlanError(f"llamafleet_models.{name}: cannot read the GGUF header ({exc})") from exc
     raise PlanError(f"llamafleet_models.{name}: nothing to plan from: {spec.get('path')} is not on the "
                     f"controller and there is no src, url or shape + quantization")
-
-
-# -- CUDA architectures -------------------------------------------------------------------------------
-def cuda_architectures_for(gpus: list[dict]) -> str:
-    """CMAKE_CUDA_ARCHITECTURES for these GPUs: real code for each compute capability."""
-    ccs = sorted({cc_int(g["compute_capability"]) for g in gpus})
-    return ";".join(f"{cc}-real" for cc in ccs)
-
-
-def arch_covers(architectures: str, cc: int) -> bool:
-    """Whether a build for these CMAKE_CUDA_ARCHITECTURES runs on a GPU of compute capability cc."""
-    for item in str(architectures).replace(",", ";").split(";"):
-        item = item.strip()
-        if not item:
-            continue
-        if item in ("native", "all", "all-major"):
-            return True
-        number, _sep, kind = item.partition("-")
-        number = "".join(ch for ch in number if ch.isdigit())
-        if not number:
-            continue
-        arch = int(number)
-        if kind in ("", "real") and arch // 10 == cc // 10 and arch <= cc:
-            return True  # SASS runs on the same major generation at an equal or higher minor
-        if kind in ("", "virtual") and arch <= cc:
-            return True  # PTX is JIT-compiled for any newer GPU (at first start)
-    return False
 
 
 # -- findings -----------------------------------------------------------------------------------------
@@ -184,6 +157,7 @@ def plan_host(host: dict, models: dict[str, ModelInfo]) -> dict:
     host_planned = sum(shared_weights.values()) + private + reserved
     limits = sum(s["container_memory_mib"] for s in host["servers"])
     host_out = {"host": name, "memory_mib": host_mem, "reserved_mib": reserved,
+                "gpu_stack": _gpu_stack(host, findings) if backend == "cuda" else None,
                 "planned_mib": round(host_planned, 1), "container_limits_mib": limits}
     if backend == "cpu":
         capacity = float(host_mem) if host_mem else math.inf
@@ -254,6 +228,17 @@ def plan_host(host: dict, models: dict[str, ModelInfo]) -> dict:
         })
     return {"servers": servers_out, "devices": devices, "hosts": [host_out], "workloads": workloads,
             "findings": findings}
+
+
+def _gpu_stack(host: dict, findings: list[dict]) -> dict:
+    """The host's driver branch, CUDA toolkit and architectures (one rule: _gpus.gpu_stack); a pin that
+    cannot work for its GPUs becomes an error finding here, before any package is installed."""
+    stack = gpu_stack(host["gpus"], {"driver_branch": host.get("driver_branch"),
+                                     "cuda_version": host.get("cuda_version"),
+                                     "cuda_architectures": host.get("cuda_architectures")})
+    for err in stack["errors"]:
+        findings.append(finding("error", err["code"], host["host"], None, f"{host['host']}: {err['message']}"))
+    return {k: stack[k] for k in ("driver_branch", "cuda_version", "cuda_architectures", "kernel_modules")}
 
 
 def server_findings(host: dict, server: dict, model: ModelInfo, mem: ServerMemory, gpu: dict | None) -> list[dict]:
@@ -339,18 +324,6 @@ def server_findings(host: dict, server: dict, model: ModelInfo, mem: ServerMemor
                 f"{name}: CUDA graphs are built in but llama.cpp turns them off at run time below compute "
                 f"capability 7.0; {gpu['name']} is {gpu['compute_capability']}, so rebuilding 'with CUDA graphs' "
                 f"changes nothing here")
-        archs = host.get("cuda_architectures") or cuda_architectures_for(host["gpus"])
-        version = str(host.get("cuda_version") or "")
-        major_minor = tuple(int(p) for p in version.split(".")[:2]) if version[:1].isdigit() else None
-        if not arch_covers(archs, cc):
-            add("error", "cuda-arch-unsupported",
-                f"{name}: the image is built for CMAKE_CUDA_ARCHITECTURES={archs}, which has no code for "
-                f"{gpu['name']} (compute capability {gpu['compute_capability']}); kernels fail to load. "
-                f"Set llamacpp_build_cuda_architectures: '{cc}-real' (or leave it unset)")
-        elif major_minor and major_minor > LAST_CUDA_FOR_PASCAL and cc < 75:
-            add("error", "cuda-arch-unsupported",
-                f"{name}: CUDA {version} cannot build for compute capability {gpu['compute_capability']} "
-                f"(CUDA 13 dropped sm_5x/6x/7.0); use llamacpp_build_cuda_version: 12.9.1 and driver branch 580")
         if mem.gpu_layers < mem.n_layer or not mem.output_on_device:
             add("warning", "partial-offload",
                 f"{name}: only {mem.gpu_layers}/{mem.n_layer} layers"

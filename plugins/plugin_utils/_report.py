@@ -43,6 +43,14 @@ def server_rows(plan: dict) -> tuple[list[str], list[list]]:
             "total MiB", "tok/s", "TTFT s"], rows
 
 
+def stack_rows(plan: dict) -> tuple[list[str], list[list]]:
+    """What each CUDA host will be given: driver branch, CUDA toolkit, architectures, kernel modules."""
+    rows = [[h["host"], h["gpu_stack"]["driver_branch"], h["gpu_stack"]["cuda_version"],
+             h["gpu_stack"]["cuda_architectures"], h["gpu_stack"]["kernel_modules"]]
+            for h in plan.get("hosts", []) if h.get("gpu_stack")]
+    return ["host", "driver branch", "CUDA", "CMAKE_CUDA_ARCHITECTURES", "kernel modules"], rows
+
+
 def verdict(plan: dict) -> str:
     """The answer to "does it fit, and does it work", in one line."""
     s = plan["summary"]
@@ -64,6 +72,8 @@ def console(plan: dict, width: int = 110) -> str:
         lines += textwrap.wrap(f"{LEVEL_MARK[f['level']]} [{f['code']}] {f['message']}{also}", width,
                                subsequent_indent="      ", break_on_hyphens=False)
     lines += ["", "Devices:"] + _table(*device_rows(plan))
+    if stack_rows(plan)[1]:
+        lines += ["", "GPU hosts (installed by nvidia_driver, built by llamacpp_build):"] + _table(*stack_rows(plan))
     lines += ["", "Servers (MiB on their device; speed for one request alone):"] + _table(*server_rows(plan))
     if plan["workloads"]:
         lines += ["", "Workloads (Poisson arrivals, one slot pool per model):"]
@@ -100,6 +110,8 @@ def markdown(plan: dict) -> str:
              "llama.cpp's own (model, context = KV cache, compute = graph buffers) plus the per-process "
              "CUDA overhead; speeds are roofline estimates (see docs/plan.md).", "", "## Devices", ""]
     lines += _md_table(*device_rows(plan))
+    if stack_rows(plan)[1]:
+        lines += ["", "## GPU hosts", ""] + _md_table(*stack_rows(plan))
     lines += ["", "## Servers", ""] + _md_table(*server_rows(plan))
     if plan["workloads"]:
         lines += ["", "## Workloads", "", "| model | req/min | slots | utilisation | TTFT p50 | TTFT p95 |",

@@ -39,12 +39,25 @@ def test_production_example_is_refused_with_reasons_and_alternatives(tmp_path):
     winners = [a for a in fit["alternatives"] if a["fits"] and a.get("workload", {}).get("stable")]
     assert winners and winners[0]["change"].startswith("model: stheno-q4km")
     assert "does-not-fit" in (tmp_path / "plan.md").read_text()
+    # the build and driver settings for its P106-100 cards (CC 6.1): branch 580, the last for Pascal; CUDA 12.9.1,
+    # the last toolkit that compiles sm_61; real code for sm_61 (facts.md #1, #2)
+    (host,) = report["hosts"]
+    assert host["gpu_stack"] == {"driver_branch": 580, "cuda_version": "12.9.1", "cuda_architectures": "61-real",
+                                 "kernel_modules": "proprietary"}
+    assert "| gpu-box-1 | 580 | 12.9.1 | 61-real | proprietary |" in (tmp_path / "plan.md").read_text()
     # every server, device and finding carries the fields plan.json promises
     assert set(chat0) >= {"host", "name", "role", "model", "device", "memory_mib", "host_memory_mib", "gpu_layers",
                           "speed", "findings"}
     assert set(chat0["memory_mib"]) >= {"model", "context", "compute", "overhead", "total"}
     assert set(dev0) >= {"host", "device", "capacity_mib", "planned_mib", "fits"}
     assert all(set(f) >= {"level", "code", "message", "host", "server"} for f in report["findings"])
+
+
+def test_a_driver_branch_that_drops_the_p106_is_refused_before_any_host_is_touched(tmp_path):
+    result, report = plan(tmp_path, "-i", "inventory/production.example", "-e", "nvidia_driver_branch=590")
+    assert result.returncode != 0
+    (err,) = [f for f in report["findings"] if f["code"] == "driver-branch-unsupported"]
+    assert err["level"] == "error" and "590 drops" in err["message"]
 
 
 def test_lab_plan_passes(tmp_path):

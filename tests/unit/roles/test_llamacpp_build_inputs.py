@@ -27,6 +27,7 @@ def test_pascal_gets_real_sm61_code_and_cuda_12(tmp_path):
     result, got = inputs(tmp_path, llamacpp_build_backend="cuda", llamacpp_build_gpus=P106)
     assert result.returncode == 0, result.stdout
     assert "-DGGML_CUDA=ON" in got["cmake"] and "-DCMAKE_CUDA_ARCHITECTURES=61-real" in got["cmake"]
+    assert "-DGGML_CUDA_GRAPHS=ON" in got["cmake"]
     # the Celeron has no AVX2: the CPU part is built for every x86 level and picked at run time
     assert "-DGGML_CPU_ALL_VARIANTS=ON" in got["cmake"]
     assert got["images"]["build"] == "nvidia/cuda:12.9.1-devel-ubuntu22.04"
@@ -40,11 +41,18 @@ def test_mixed_generations_get_code_for_each(tmp_path):
     assert "-DCMAKE_CUDA_ARCHITECTURES=61-real;86-real" in got["cmake"]
 
 
+def test_hopper_gets_cuda_13_of_the_580_branch(tmp_path):
+    # H100 is compute capability 9.0; R580 ships CUDA 13.0 (latest update 13.0.2)
+    _, got = inputs(tmp_path, llamacpp_build_backend="cuda", llamacpp_build_gpus=[{"index": 0, "name": "H100"}])
+    assert "-DCMAKE_CUDA_ARCHITECTURES=90-real" in got["cmake"]
+    assert got["images"] == {"build": "nvidia/cuda:13.0.2-devel-ubuntu22.04", "runtime": "nvidia/cuda:13.0.2-runtime-ubuntu22.04"}
+
+
 def test_cuda_13_is_refused_for_pascal(tmp_path):
     result, got = inputs(tmp_path, llamacpp_build_backend="cuda", llamacpp_build_gpus=P106,
                          llamacpp_build_cuda_version="13.0.1")
     assert result.returncode != 0 and got is None
-    assert "CUDA 13 cannot compile for compute capability below 7.5" in result.stdout
+    assert "CUDA 13.0.1 cannot build for P106-100 (compute capability 6.1)" in " ".join(result.stdout.split())
 
 
 def test_cuda_without_gpus_or_architectures_is_refused(tmp_path):

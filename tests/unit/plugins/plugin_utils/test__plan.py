@@ -64,6 +64,7 @@ CASES = [
     ("does-not-fit", {"chat": {"model": "q6", "args": dict(GOOD_CHAT, parallel=1)}}),
     ("partial-offload", {"chat": {"args": dict(GOOD_CHAT, n_gpu_layers=20)}}),
     ("cuda-arch-unsupported", {"llamacpp_build_cuda_architectures": "75-real;86-real"}),
+    ("driver-branch-unsupported", {"nvidia_driver_branch": 590}),
     ("ubatch-exceeds-batch", {"chat": {"args": dict(GOOD_CHAT, ubatch_size=1024, batch_size=512)}}),
     ("quantized-v-needs-flash-attn", {"chat": {"args": dict(GOOD_CHAT, flash_attn="off")}}),
     ("kv-cache-type-no-effect", {"embed": {"args": dict(GOOD_EMBED, cache_type_k="q8_0")}}),
@@ -82,6 +83,7 @@ QUIET = {
     # the same knob set so that the finding must stay quiet
     "partial-offload": {"chat": {"args": dict(GOOD_CHAT, n_gpu_layers=33)}},
     "cuda-arch-unsupported": {"llamacpp_build_cuda_architectures": "61-real", "llamacpp_build_cuda_version": "12.9.1"},
+    "driver-branch-unsupported": {"nvidia_driver_branch": 580},
     "ubatch-exceeds-batch": {"chat": {"args": dict(GOOD_CHAT, ubatch_size=512, batch_size=512)}},
     "quantized-v-needs-flash-attn": {"chat": {"args": dict(GOOD_CHAT, flash_attn="auto")}},
     "kv-cache-type-no-effect": {"chat": {"args": dict(GOOD_CHAT, cache_type_k="q4_0", cache_type_v="q4_0")}},
@@ -124,6 +126,23 @@ def test_cuda_13_cannot_build_for_pascal():
     msgs = [f["message"] for f in findings(cuda_host(llamacpp_build_cuda_version="13.0.1"))
             if f["code"] == "cuda-arch-unsupported"]
     assert msgs and "12.9.1" in msgs[0]
+
+
+def test_hosts_show_the_gpu_stack_before_anything_is_installed():
+    # P106-100: CC 6.1 -> branch 580 (the last for Pascal), CUDA 12.9.1 (the last for sm_61), 61-real (facts.md #2)
+    (host,) = plan([normalize_host("h", cuda_host())], {"h": MODELS})["hosts"]
+    assert host["host"] == "h"
+    assert host["gpu_stack"] == {"driver_branch": 580, "cuda_version": "12.9.1", "cuda_architectures": "61-real",
+                                 "kernel_modules": "proprietary"}
+    cpu = dict(cuda_host(), llamafleet_backend="cpu", llamafleet_servers=[
+        dict(s, gpu=None) for s in cuda_host()["llamafleet_servers"]])
+    assert plan([normalize_host("c", cpu)], {"c": MODELS})["hosts"][0]["gpu_stack"] is None
+
+
+def test_a_driver_pin_that_drops_pascal_is_an_error_before_anything_is_installed():
+    (err,) = [f for f in findings(cuda_host(nvidia_driver_branch=590)) if f["code"] == "driver-branch-unsupported"]
+    assert err["level"] == "error" and err["server"] is None
+    assert "590 drops P106-100" in err["message"] and "nvidia_driver_branch: 580" in err["message"]
 
 
 def test_does_not_fit_proposes_what_fits_with_numbers():
