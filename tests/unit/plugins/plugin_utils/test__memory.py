@@ -142,9 +142,9 @@ def test_toy_compute_follows_the_physical_batch():
 
 
 def test_toy_logits_dominate_a_large_vocabulary():
-    # 4 slots (unified, 4096 cells), ubatch 8: logits 1000 x 4 x 4 B = 16,000 B + residual 3 x 512 x 8 x 4 B
-    # = 49,152 B: 65,152 B, above mask 4096 x 64 x 2 B = 524,288 B? no: the mask phase is 524,288 + 49,152 +
-    # FFN 98,304 = 671,744 B, so that stays the peak
+    # 4 slots (unified, 4096 cells), ubatch 8: the mask phase is mask 4096 x 64 rows x 2 B = 524,288 B + residual
+    # 3 x 512 x 8 x 4 B = 49,152 B + FFN 3 x 1024 x 8 x 4 B = 98,304 B = 671,744 B; the logits phase,
+    # 1000 x 4 outputs x 4 B + residual = 65,152 B, is smaller
     mem = server_memory(TOY, {"ctx_size": 4096, "ubatch_size": 8, "flash_attn": "on"}, "cpu")
     assert mem.compute * 2**20 == 671_744
     big_vocab = toy()

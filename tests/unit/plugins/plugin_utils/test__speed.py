@@ -1,4 +1,5 @@
-"""Speed model: roofline figures against facts.md, and the queueing arithmetic."""
+"""Speed model: roofline figures against facts.md, hand-worked rooflines on the toy model, and the
+queueing arithmetic against textbook M/M/c values."""
 from __future__ import annotations
 
 import math
@@ -8,7 +9,15 @@ import pytest
 from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import lookup
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._memory import server_memory
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import model_info_from_shape
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import Device, erlang_c, server_speed, workload
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import (
+    Device,
+    Speed,
+    erlang_c,
+    layer_params,
+    server_speed,
+    workload,
+)
+from tests.support.toy import toy
 
 P106 = lookup("P106-100")
 DEV = Device("cuda", P106["bandwidth_gbs"], P106["int8_tops"], 12.0)
@@ -65,3 +74,128 @@ def test_workload_stable_with_enough_slots():
     result = workload("m", 15, 500, 512, [s] * 4)
     assert result.stable and result.ttft_p50_s <= result.ttft_p95_s
     assert result.ttft_p50_s >= s.ttft_s
+
+
+# -- the toy model (tests/support/toy.py) by hand ------------------------------------------------------
+# A GPU of 100 GB/s and 10 TOPS on a host of 10 GB/s. Planning efficiencies (facts.md): decode reaches
+# 60% of peak bandwidth, prefill 23.5% of the integer peak.
+TOY = toy()
+GPU = Device("cuda", 100.0, 10.0, 10.0)
+ONE = {"ctx_size": 4096, "parallel": 1, "flash_attn": "on"}
+
+
+def test_toy_layer_params():
+    # per layer: Q and O 8 x 64 x 512 each, K and V 2 x 64 x 512 each, FFN 3 x 512 x 1024 = 2,228,224; x 4 layers
+    assert layer_params(TOY) == 8_912_896
+
+
+def test_toy_decode_and_prefill_fully_offloaded():
+    mem = server_memory(TOY, ONE, "cuda", "cuda:0")
+    s = server_speed(TOY, mem, GPU, prompt_tokens=512, reply_tokens=256)
+    # a step reads 44 MiB of weights = 46,137,344 B and the KV of 512 + 256/2 = 640 tokens x 2,048 B = 1,310,720 B
+    # at 0.6 x 100 GB/s: 47,448,064 / 6e10 = 790.80 us -> 1,264.54 tok/s
+    assert s.decode_tps == pytest.approx(1264.54, abs=0.01)
+    assert s.batch_decode_tps == pytest.approx(1264.54, abs=0.01) and s.slots == 1
+    # prefill: 0.235 x 10e12 / (2 x 8,912,896) = 131,831.45 tok/s; TTFT = 512 / that + one decode step
+    assert s.prefill_tps == pytest.approx(131_831.45, abs=0.01)
+    assert s.ttft_s == pytest.approx(512 / 131_831.45 + 790.80e-6, rel=1e-5)
+    assert s.to_dict() == {"decode_tps": 1264.54, "prefill_tps": 131831.45, "ttft_s": 0.0, "batch_decode_tps": 1264.54,
+                           "slots": 1}
+
+
+def test_toy_two_slots_read_the_weights_once():
+    mem = server_memory(TOY, dict(ONE, parallel=2), "cuda", "cuda:0")
+    s = server_speed(TOY, mem, GPU, prompt_tokens=512, reply_tokens=256)
+    # 2 streams of 2048 cells: still 2,048 B per token. One step for both: 46,137,344 + 2 x 1,310,720 B
+    # = 48,758,784 B / 6e10 = 812.65 us -> 2 / that = 2,461.09 tok/s together
+    assert s.slots == 2
+    assert s.batch_decode_tps == pytest.approx(2461.09, abs=0.01)
+    assert s.decode_tps == pytest.approx(1264.54, abs=0.01)
+
+
+def test_toy_partial_offload_reads_cpu_layers_and_uploads_them_per_ubatch():
+    mem = server_memory(TOY, dict(ONE, n_gpu_layers=3), "cuda", "cuda:0")
+    s = server_speed(TOY, mem, GPU, prompt_tokens=512, reply_tokens=256)
+    # GPU: layers 2-3 = 20 MiB at 6e10 B/s = 349.53 us; host: layers 0-1 + output + norm = 24 MiB (token_embd is a
+    # lookup) at 10 GB/s = 2,516.58 us; KV of the 2 GPU layers: 640 x 1,024 B at 6e10 = 10.92 us: 2,877.04 us
+    assert s.decode_tps == pytest.approx(1 / 2877.04e-6, rel=1e-5)
+    # prefill uploads the 24 MiB of CPU weights once per ubatch of 512 at 3 GB/s (PCIe): 8,388.61 us
+    assert s.ttft_s == pytest.approx(512 / 131_831.45 + 8388.61e-6 + 2877.04e-6, rel=1e-5)
+    # a 1024-token prompt is two ubatches: two uploads
+    s2 = server_speed(TOY, mem, GPU, prompt_tokens=1024, reply_tokens=256)
+    # the decode step now reads 1152 tokens of KV: 1,179,648 B at 6e10 = 19.66 us
+    step = 349.53e-6 + 2516.58e-6 + 19.66e-6
+    assert s2.ttft_s == pytest.approx(1024 / 131_831.45 + 2 * 8388.61e-6 + step, rel=1e-5)
+
+
+def test_toy_on_the_cpu_uses_declared_figures_without_efficiency():
+    cpu = Device("cpu", 20.0, 0.1, 20.0)
+    mem = server_memory(TOY, ONE, "cpu")
+    s = server_speed(TOY, mem, cpu, prompt_tokens=512, reply_tokens=256)
+    # weights read: 46 - 2 (token_embd lookup) = 44 MiB + KV 1,310,720 B = 47,448,064 B at 20 GB/s: 2,372.40 us
+    assert s.decode_tps == pytest.approx(1 / 2372.4032e-6, rel=1e-6)
+    # prefill: 0.1 TOPS / 17,825,792 FLOP per token = 5,609.85 tok/s
+    assert s.prefill_tps == pytest.approx(5609.85, abs=0.01)
+    tied = toy(tied=True)  # the output projection reads token_embd whole: 43 MiB, nothing subtracted
+    s = server_speed(tied, server_memory(tied, ONE, "cpu"), cpu, prompt_tokens=512, reply_tokens=256)
+    assert s.decode_tps == pytest.approx(20e9 / (43 * 2**20 + 1_310_720), rel=1e-6)
+
+
+def test_device_efficiencies():
+    assert (GPU.decode_efficiency, GPU.prefill_efficiency) == (0.6, 0.235)
+    assert (Device("cpu", 1, 1, 1).decode_efficiency, Device("cpu", 1, 1, 1).prefill_efficiency) == (1.0, 1.0)
+
+
+# -- queueing: M/M/c ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("c,a,p", [
+    (1, 0.5, 0.5),          # M/M/1: P(wait) = rho
+    (2, 1.0, 1 / 3),        # (a^2/2! x 2/(2-1)) / (1 + a + 1) = 1/3
+    (3, 2.0, 4 / 9),        # terms 1, 2, 2 and the tail 8/6 x 3/(3-2) = 4: 4/9
+    (4, 4.5, 1.0), (2, 2.0, 1.0),  # at or past saturation everyone waits
+])
+def test_erlang_c_textbook_values(c, a, p):
+    assert erlang_c(c, a) == pytest.approx(p)
+
+
+ONE_SLOT = Speed(decode_tps=10.0, prefill_tps=1000.0, ttft_s=1.0, batch_decode_tps=10.0, slots=1)
+
+
+def test_workload_waiting_time_quantiles_by_hand():
+    # service = TTFT 1 s + 90 tokens at 10 tok/s = 10 s; 3 requests/min = 0.05/s: rho = 0.5 = P(wait).
+    # M/M/1: P(W > t) = rho e^-(mu - lambda) t with mu - lambda = 0.1 - 0.05 = 0.05/s
+    r = workload("m", 3, 100, 90, [ONE_SLOT])
+    assert (r.slots, r.service_s, r.utilisation, r.stable) == (1, 10.0, 0.5, True)
+    assert r.ttft_p50_s == 1.0                               # P(W > 0) = 0.5: the median request does not wait
+    assert r.ttft_p95_s == pytest.approx(1 + math.log(10) / 0.05)  # 0.5 e^-0.05t = 0.05 -> t = ln(10)/0.05
+    assert r.tokens_per_s_per_request == 10.0
+    assert r.to_dict() == {"model": "m", "requests_per_minute": 3, "slots": 1, "service_s": 10.0, "utilisation": 0.5,
+                           "ttft_p50_s": 1.0, "ttft_p95_s": 47.052, "tokens_per_s_per_request": 10.0, "stable": True}
+
+
+def test_workload_p50_waits_when_most_requests_wait():
+    # 5 requests/min: rho = 5/6 = P(wait); mu - lambda = 0.1 - 1/12 = 1/60: p50 wait = 60 ln((5/6)/0.5)
+    r = workload("m", 5, 100, 90, [ONE_SLOT])
+    assert r.ttft_p50_s == pytest.approx(1 + 60 * math.log(5 / 3))
+
+
+def test_workload_pools_slots_of_unequal_servers():
+    # a 2-slot server streaming 8 tok/s per slot (16 together) and a 1-slot one at 5 tok/s: per-slot average
+    # (2 x 8 + 5) / 3 = 7 tok/s; TTFT averaged over the slots (2 x 0.5 + 2) / 3 = 1 s; service 1 + 70/7 = 11 s
+    fast = Speed(decode_tps=12.0, prefill_tps=1000.0, ttft_s=0.5, batch_decode_tps=16.0, slots=2)
+    slow = Speed(decode_tps=5.0, prefill_tps=1000.0, ttft_s=2.0, batch_decode_tps=5.0, slots=1)
+    r = workload("m", 6, 100, 70, [fast, slow])
+    assert r.slots == 3 and r.tokens_per_s_per_request == pytest.approx(7.0) and r.service_s == pytest.approx(11.0)
+    # 0.1/s x 11 s = 1.1 Erlang over 3 slots
+    assert r.utilisation == pytest.approx(1.1 / 3)
+    # Erlang C(3, 1.1): terms 1, 1.1, 0.605; tail 1.1^3/6 x 3/1.9 = 0.35025: 0.35025 / 3.05525 = 0.11464
+    p_wait = 0.35025 / 3.05525
+    assert r.ttft_p95_s == pytest.approx(1.0 + math.log(p_wait / 0.05) / (3 / 11 - 0.1), rel=1e-4)
+    assert r.ttft_p50_s == pytest.approx(1.0)
+
+
+def test_workload_overloaded_and_without_servers():
+    r = workload("m", 6, 100, 90, [ONE_SLOT])  # 0.1/s x 10 s = 1 Erlang on 1 slot
+    assert not r.stable and r.utilisation == 1.0 and math.isinf(r.ttft_p50_s)
+    assert r.to_dict()["ttft_p95_s"] is None
+    with pytest.raises(ValueError, match="workload for m: no chat server serves this model"):
+        workload("m", 1, 1, 1, [])
