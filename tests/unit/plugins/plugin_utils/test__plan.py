@@ -6,8 +6,14 @@ import copy
 import pytest
 
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import normalize_host
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._plan import plan
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._plan import (
+    _change_args,
+    arch_covers,
+    cuda_architectures_for,
+    plan,
+)
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import model_info_from_shape
+from tests.support.toy import toy
 
 SHA = "b" * 64
 MODELS = {
@@ -100,9 +106,20 @@ QUIET = {
 }
 
 
+# the level of each code as docs/findings.md gives it (for the cases above)
+LEVELS = {"does-not-fit": "error", "partial-offload": "warning", "cuda-arch-unsupported": "error",
+          "ubatch-exceeds-batch": "warning", "quantized-v-needs-flash-attn": "error", "kv-cache-type-no-effect": "info",
+          "embed-input-exceeds-ubatch": "warning", "prompt-cache-exceeds-container": "error",
+          "container-memory-too-small": "error", "mlock-without-memlock-limit": "warning",
+          "host-memory-overcommitted": "error", "capacity-exceeded": "error", "cache-reuse-without-shift": "warning",
+          "cont-batching-single-slot": "info"}
+
+
 @pytest.mark.parametrize("code,changes", CASES, ids=[c for c, _ in CASES])
 def test_finding_fires(code, changes):
-    assert code in codes(cuda_host(**changes))
+    fired = [f for f in findings(cuda_host(**changes)) if f["code"] == code]
+    assert fired and {f["level"] for f in fired} == {LEVELS[code]}
+    assert all(f["host"] == "h" for f in fired)
 
 
 @pytest.mark.parametrize("code", sorted(QUIET))
@@ -168,3 +185,421 @@ def test_cpu_backend_host_fit():
     [dev] = result["devices"]
     assert dev["device"] == "cpu" and not dev["fits"]
     assert "host-memory-overcommitted" in {f["code"] for f in result["findings"]}
+
+
+# -- hand-worked plans on the toy model (tests/support/toy.py) -----------------------------------------
+# On the CPU backend one toy server with ctx 4096, 1 slot, FA on holds weights 46 MiB (mmap'd, shared through
+# the page cache), KV 8 + compute 13 + process 64 = 85 MiB of its own, plus its prompt cache (cache_ram).
+TOY_ARGS = {"ctx_size": 4096, "parallel": 1, "flash_attn": "on", "cache_ram": 100}
+TOYS = {"toy": toy(), "small": toy(name="small", layer_mib=5), "enc": toy(causal=False, architecture="nomic-bert")}
+
+
+def toy_host(servers, **hv):
+    base = {"llamafleet_backend": "cpu",
+            "llamafleet_models": {n: {"path": f"/m/{n}.gguf", "sha256": SHA, "family": "toy"} for n in TOYS},
+            "llamafleet_servers": [dict({"role": "chat", "model": "toy", "container_memory": "1g", "args": TOY_ARGS},
+                                        name=f"s{i}", port=8100 + i, **s) for i, s in enumerate(servers)]}
+    return normalize_host("h", dict(base, **hv))
+
+
+def toy_plan(servers, **hv):
+    return plan([toy_host(servers, **hv)], {"h": TOYS})
+
+
+def by_code(result, code):
+    return [f for f in result["findings"] if f["code"] == code]
+
+
+def test_host_ram_counts_shared_weights_once():
+    result = toy_plan([{}, {}], llamafleet_host_memory_mib=3072)
+    # weights 46 once + 2 x (85 own + 100 prompt cache) + 1024 reserved (the default) = 1,440 MiB
+    assert result["hosts"] == [{"host": "h", "memory_mib": 3072, "reserved_mib": 1024, "planned_mib": 1440,
+                                "container_limits_mib": 2048}]
+    assert result["devices"] == [{"host": "h", "device": "cpu", "name": "host RAM", "capacity_mib": 3072,
+                                  "planned_mib": 1440, "free_mib": 1632, "fits": True, "servers": ["s0", "s1"]}]
+    assert by_code(result, "host-memory-overcommitted") == []  # limits 2048 + 1024 reserved = 3072: not above
+
+
+def test_host_ram_of_unshared_weights_and_other_models():
+    # load_mode none: s1's weights are anonymous memory, its own: 46 + 85 + 100 = 231 MiB
+    result = toy_plan([{}, {"args": dict(TOY_ARGS, load_mode="none")}], llamafleet_host_reserved_mib=0)
+    assert result["hosts"][0]["planned_mib"] == 46 + 185 + 231
+    # two different files: both in the page cache; small's weights are 4 x 5 + 6 = 26 MiB
+    result = toy_plan([{}, {"model": "small"}], llamafleet_host_reserved_mib=0)
+    assert result["hosts"][0]["planned_mib"] == 46 + 26 + 2 * 185
+    # the larger of two servers' views of one file counts (a CPU and ... the same model twice: once)
+    assert toy_plan([{}, {}, {}], llamafleet_host_reserved_mib=0)["hosts"][0]["planned_mib"] == 46 + 3 * 185
+
+
+def test_host_ram_is_capped_by_container_limits():
+    # container_memory 200m: a server cannot hold more than 200 - 46 (its mapped weights) = 154 MiB of its own
+    result = toy_plan([{"container_memory": "200m"}], llamafleet_host_reserved_mib=0)
+    assert result["hosts"][0]["planned_mib"] == 46 + 154
+    # load_mode none, 100m: everything it holds is capped at 100 MiB
+    result = toy_plan([{"container_memory": "100m", "args": dict(TOY_ARGS, load_mode="dio")}], llamafleet_host_reserved_mib=0)
+    assert result["hosts"][0]["planned_mib"] == 100
+    # an unlimited prompt cache is capped by the container too: 1024 - 46
+    result = toy_plan([{"args": dict(TOY_ARGS, cache_ram=-1)}], llamafleet_host_reserved_mib=0)
+    assert result["hosts"][0]["planned_mib"] == 1024
+
+
+def test_host_memory_overcommitted_error_and_warning():
+    # planned 1,440 MiB (see above) > 1,400 MiB of RAM: error
+    [err] = by_code(toy_plan([{}, {}], llamafleet_host_memory_mib=1400), "host-memory-overcommitted")
+    assert (err["level"], err["server"]) == ("error", None)
+    assert err["message"] == ("h: planned host RAM 1,440 MiB (weights 46 + per-server 370 + reserved 1,024) exceeds "
+                              "1,400 MiB. Fixes: lower cache_ram on chat servers, fewer servers, or more RAM")
+    # exactly the planned amount fits; container limits 2 x 1024 + 1024 reserved > 1,440: warning
+    for ram in (1440, 3071):
+        [warn] = by_code(toy_plan([{}, {}], llamafleet_host_memory_mib=ram), "host-memory-overcommitted")
+        assert (warn["level"], warn["host"], warn["server"]) == ("warning", "h", None)
+        assert warn["message"] == (
+            f"h: container limits add up to 2,048 MiB + 1,024 MiB reserved > {ram:,} MiB of RAM; if every container "
+            f"grows to its limit the kernel OOM killer picks a victim. Planned use is 1,440 MiB; lower "
+            f"container_memory to what the plan shows each server needs")
+    # no RAM declared: nothing to compare with; the CPU device has no capacity
+    result = toy_plan([{}, {}])
+    assert by_code(result, "host-memory-overcommitted") == []
+    assert (result["devices"][0]["capacity_mib"], result["devices"][0]["free_mib"], result["devices"][0]["fits"]) == (None, None, True)
+    over = toy_plan([{}, {}], llamafleet_host_memory_mib=1400)
+    assert (over["devices"][0]["fits"], over["devices"][0]["free_mib"]) == (False, -40)
+    # one error (the RAM), no warning (the limits check is the milder case of the same finding), two infos
+    assert over["summary"] == {"errors": 1, "warnings": 0, "infos": 2, "fits": False}
+
+
+def test_server_rows_of_the_plan():
+    [row] = toy_plan([{"args": dict(TOY_ARGS, cache_ram=-1)}])["servers"]
+    assert row["memory_mib"] == {"model": 46, "context": 8, "compute": 13, "overhead": 0, "total": 67}
+    assert row["host_memory_mib"] == {"model": 46, "compute": 0, "prompt_cache": None, "overhead": 64,
+                                      "container_limit": 1024}
+    assert (row["host"], row["name"], row["role"], row["model"], row["device"], row["gpu_layers"]) == (
+        "h", "s0", "chat", "toy", "cpu", "cpu")
+    assert row["kv"] == {"cells": 4096, "swa_cells": 0, "streams": 1, "slots": 1, "unified": False}
+    # an unlimited prompt cache cannot fit any container
+    assert [f["code"] for f in row["findings"]] == ["cont-batching-single-slot", "prompt-cache-exceeds-container"]
+
+
+# A CPU host that declares 20 GB/s and 100 GFLOPS: decode reads 44 MiB of weights + KV of 640 tokens x 2,048 B
+# = 47,448,064 B at 20 GB/s: 2,372.40 us -> 421.51 tok/s; prefill 100e9 / 17,825,792 FLOP = 5,609.85 tok/s.
+# A request of 512 + 256 tokens holds its slot 512 / 5,609.85 + 2,372.40 us + 256 / 421.51 = 0.70097 s.
+CPU_FIGURES = {"llamafleet_host_cpu": {"memory_bandwidth_gbs": 20, "gflops": 100}}
+
+
+def wl(rpm, model="toy", prompt=512, reply=256):
+    return {"llamafleet_workload": {model: {"requests_per_minute": rpm, "prompt_tokens": prompt, "reply_tokens": reply}}}
+
+
+def test_speed_on_declared_cpu_figures():
+    [row] = toy_plan([{}], **CPU_FIGURES, **wl(10))["servers"]
+    assert row["speed"]["decode_tps"] == pytest.approx(421.51, abs=0.01)
+    assert row["speed"]["prefill_tps"] == pytest.approx(5609.85, abs=0.01)
+    # undeclared: 10 GB/s and 16 GFLOPS per core, 2 cores when the count is unknown: 32 GFLOPS
+    [row] = toy_plan([{}], **wl(10))["servers"]
+    assert row["speed"]["prefill_tps"] == pytest.approx(32e9 / 17_825_792, abs=0.01)
+    assert row["speed"]["decode_tps"] == pytest.approx(10e9 / 47_448_064, abs=0.01)
+    [row] = toy_plan([{}], llamafleet_host_cpu_cores=4, **wl(10))["servers"]
+    assert row["speed"]["prefill_tps"] == pytest.approx(64e9 / 17_825_792, abs=0.01)
+
+
+@pytest.mark.parametrize("rpm,level,utilisation", [(60, None, "70%"), (78, "warning", "91%"), (90, "error", "105%")])
+def test_capacity_levels(rpm, level, utilisation):
+    # utilisation = rpm / 60 x 0.70097 s on one slot: 0.70, 0.911, 1.051
+    result = toy_plan([{}], **CPU_FIGURES, **wl(rpm))
+    [w] = result["workloads"]
+    assert w["utilisation"] == pytest.approx(rpm / 60 * 0.70097, abs=1e-3) and w["host"] == "h"
+    found = by_code(result, "capacity-exceeded")
+    if level is None:
+        assert found == []
+        return
+    [f] = found
+    assert f["level"] == level and f["model"] == "toy" and f["server"] is None
+    demand = f"{rpm * 256 / 60:.0f}"  # tokens per second asked for
+    assert f["message"].startswith(f"model toy: {rpm} requests/min x 256 reply tokens = {demand} tok/s across 1 slot(s); "
+                                   f"each request holds a slot 0.7 s, utilisation {utilisation}")
+    if level == "error":
+        assert "(the queue grows without bound)" in f["message"] and "TTFT p95" not in f["message"]
+    else:
+        # M/M/1 at rho 0.91127: the p95 wait ln(0.91127 / 0.05) / (1 / 0.70097 - 1.3) = 22.93 s, + TTFT 0.094 s
+        assert ", TTFT p95 23.0 s. Fixes: more slots per server" in f["message"]
+
+
+def test_workloads_only_for_models_with_chat_servers():
+    result = toy_plan([{"role": "embed", "model": "enc", "args": {"embeddings": True, "ctx_size": 512,
+                                                                     "ubatch_size": 512, "batch_size": 512}}],
+                      **wl(10, model="enc"))
+    assert result["workloads"] == [] and by_code(result, "capacity-exceeded") == []
+
+
+def test_embed_input_limit_is_the_smaller_batch():
+    enc = {"role": "embed", "model": "enc", "args": {"embeddings": True, "ctx_size": 512, "ubatch_size": 512, "batch_size": 256}}
+    [f] = by_code(toy_plan([enc], **wl(10, model="enc", prompt=300)), "embed-input-exceeds-ubatch")
+    # the physical batch is min(ubatch 512, batch 256) = 256 < 300 declared tokens: error
+    assert f["level"] == "error"
+    assert f["message"] == ("s0: an embedding input must fit in one physical batch; inputs longer than 256 tokens are "
+                            "rejected ('input is too large to process. increase the physical batch size'), and the "
+                            "workload declares 300. Set ubatch_size and batch_size to 300 (compute buffer grows with it)")
+    assert by_code(toy_plan([enc], **wl(10, model="enc", prompt=256)), "embed-input-exceeds-ubatch") == []
+    # no workload: the context (512 tokens) is the longest input: a warning
+    [f] = by_code(toy_plan([enc]), "embed-input-exceeds-ubatch")
+    assert f["level"] == "warning" and "the context allows 512." in f["message"]
+    same = dict(enc, args=dict(enc["args"], batch_size=512))
+    assert by_code(toy_plan([same]), "embed-input-exceeds-ubatch") == []
+
+
+def test_container_findings_name_the_numbers():
+    # CPU: weights 46 + KV 8 + compute 13 + process 64 = 131 MiB > 128m
+    [f] = by_code(toy_plan([{"container_memory": "128m"}]), "container-memory-too-small")
+    assert f["message"] == ("s0: needs 131 MiB of RAM (weights 46 + KV 8 + compute 13 + process 64) but container_memory "
+                            "is 128m; it would be OOM-killed while loading or at the first long prompt. Set "
+                            "container_memory: 256m")  # (131 + 64) rounded up to 64 MiB
+    assert by_code(toy_plan([{"container_memory": "131m", "args": dict(TOY_ARGS, cache_ram=0)}]),
+                   "container-memory-too-small") == []
+    # 131 + a 100 MiB prompt cache > 200m: room for 200 - 131 = 69 -> 64 MiB of cache
+    [f] = by_code(toy_plan([{"container_memory": "200m"}]), "prompt-cache-exceeds-container")
+    assert f["message"] == ("s0: the host prompt cache may grow to 100 MiB (cache_ram 100) on top of 131 MiB, past "
+                            "container_memory 200m -> OOM kill under load. Set cache_ram: 64 (what fits) or 0 to turn it off")
+    args = {k: v for k, v in TOY_ARGS.items() if k != "cache_ram"}
+    [f] = by_code(toy_plan([{"args": args}]), "prompt-cache-exceeds-container")
+    assert "may grow to 8,192 MiB (cache_ram default 8192) on top of 131 MiB" in f["message"]
+    [f] = by_code(toy_plan([{"args": dict(TOY_ARGS, cache_ram=-1)}]), "prompt-cache-exceeds-container")
+    assert "may grow to unlimited (cache_ram -1)" in f["message"] and "Set cache_ram: 832 (what fits)" in f["message"]
+    assert by_code(toy_plan([{"container_memory": "231m"}]), "prompt-cache-exceeds-container") == []
+
+
+def test_mlock_with_and_without_memlock():
+    for mode in ("mlock", "mmap+mlock"):
+        [f] = by_code(toy_plan([{"args": dict(TOY_ARGS, load_mode=mode)}]), "mlock-without-memlock-limit")
+        assert f["level"] == "warning" and f"load_mode {mode} asks to lock memory" in f["message"]
+    assert by_code(toy_plan([{"args": dict(TOY_ARGS, load_mode="mmap")}]), "mlock-without-memlock-limit") == []
+    assert by_code(toy_plan([{"args": dict(TOY_ARGS, load_mode="mlock"), "ulimits": ["nofile:1:1", "memlock:-1:-1"]}]),
+                   "mlock-without-memlock-limit") == []
+
+
+def test_cont_batching_info_only_for_one_chat_slot():
+    assert len(by_code(toy_plan([{}]), "cont-batching-single-slot")) == 1
+    assert by_code(toy_plan([{"args": dict(TOY_ARGS, parallel=2)}]), "cont-batching-single-slot") == []
+    assert by_code(toy_plan([{"args": dict(TOY_ARGS, cont_batching=False)}]), "cont-batching-single-slot") == []
+
+
+@pytest.mark.parametrize("args,reason", [
+    ({}, None),
+    ({"cache_prompt": False}, "prompt caching is off (cache_prompt: false)"),
+])
+def test_cache_reuse_reasons(args, reason):
+    found = by_code(toy_plan([{"args": dict(TOY_ARGS, cache_reuse=256, **args)}]), "cache-reuse-without-shift")
+    if reason is None:
+        assert found == []
+    else:
+        [f] = found
+        assert f["message"].startswith(f"s0: cache_reuse 256 is switched off by llama-server because {reason}. ")
+
+
+def test_cache_reuse_on_an_encoder():
+    enc = {"role": "embed", "model": "enc", "args": {"embeddings": True, "ctx_size": 512, "ubatch_size": 512,
+                                                     "batch_size": 512, "cache_reuse": 64}}
+    [f] = by_code(toy_plan([enc]), "cache-reuse-without-shift")
+    assert "because nomic-bert has no KV cache" in f["message"]
+
+
+def test_ubatch_and_quantized_v_messages():
+    [f] = by_code(toy_plan([{"args": dict(TOY_ARGS, ubatch_size=1024, batch_size=512)}]), "ubatch-exceeds-batch")
+    assert f["message"] == ("s0: ubatch_size 1024 > batch_size 512; llama.cpp silently clamps the physical batch to 512. "
+                            "Set ubatch_size <= batch_size (e.g. ubatch_size: 512)")
+    [f] = by_code(toy_plan([{"args": dict(TOY_ARGS, cache_type_v="q4_0", flash_attn="off")}]), "quantized-v-needs-flash-attn")
+    assert f["message"].startswith("s0: cache_type_v q4_0 needs flash attention, but flash_attn is off")
+    # a quantized K alone runs without flash attention
+    assert by_code(toy_plan([{"args": dict(TOY_ARGS, cache_type_k="q4_0", flash_attn="off")}]),
+                   "quantized-v-needs-flash-attn") == []
+
+
+def test_kv_type_on_an_encoder():
+    enc = {"role": "embed", "model": "enc", "args": {"embeddings": True, "ctx_size": 512, "ubatch_size": 512,
+                                                     "batch_size": 512, "cache_type_v": "q8_0", "flash_attn": "on"}}
+    [f] = by_code(toy_plan([enc]), "kv-cache-type-no-effect")
+    assert f["message"].startswith("s0: nomic-bert creates no KV cache, so cache_type_k/cache_type_v save 0 MiB")
+    assert by_code(toy_plan([{"args": dict(TOY_ARGS, cache_type_k="q8_0")}]), "kv-cache-type-no-effect") == []
+
+
+# -- CUDA on a GPU of round figures -------------------------------------------------------------------
+# The toy fully offloaded with 1 slot, ctx 4096, FA on: model 44 + KV 8 + compute 13 + CUDA 250 = 315 MiB;
+# the smaller quantization of the same family ("small", 5 MiB layers): 24 + 8 + 13 + 250 = 295 MiB.
+TOY_GPU = {"index": 0, "name": "Toy GPU", "memory_mib": 300, "bandwidth_gbs": 100, "fp32_tflops": 10, "int8_tops": 10,
+           "compute_capability": "7.5"}
+
+
+def cuda_toy_plan(servers, gpu=TOY_GPU, **hv):
+    return toy_plan(servers, llamafleet_backend="cuda", llamafleet_gpus=[gpu],
+                    **{k: v for k, v in hv.items()})
+
+
+def test_cuda_overhead_override_reaches_the_plan():
+    result = cuda_toy_plan([{"gpu": 0}], gpu=dict(TOY_GPU, memory_mib=1000), llamafleet_cuda_overhead_mib=400)
+    assert result["servers"][0]["memory_mib"]["overhead"] == 400
+    assert result["devices"][0]["planned_mib"] == 44 + 8 + 13 + 400
+    assert cuda_toy_plan([{"gpu": 0}], gpu=dict(TOY_GPU, memory_mib=1000))["devices"][0]["planned_mib"] == 315
+
+
+def test_cuda_host_ram_counts_only_host_side_buffers():
+    result = cuda_toy_plan([{"gpu": 0}, {"gpu": 0}], gpu=dict(TOY_GPU, memory_mib=1000), llamafleet_host_reserved_mib=0)
+    # token_embd 2 MiB once (page cache) + 2 x (CPU inputs 2 + process 64 + CUDA runtime 160 + prompt cache 100)
+    assert result["hosts"][0]["planned_mib"] == 2 + 2 * 326
+    [row, _] = result["servers"]
+    assert row["host_memory_mib"] == {"model": 2, "compute": 2, "prompt_cache": 100, "overhead": 224,
+                                      "container_limit": 1024}
+    assert row["gpu_layers"] == "4/4+output" and row["device"] == "cuda:0"
+    # container check on CUDA: 2 + 2 + 224 = 228 MiB > 200m
+    [f] = by_code(cuda_toy_plan([{"gpu": 0, "container_memory": "200m"}], gpu=dict(TOY_GPU, memory_mib=1000)),
+                  "container-memory-too-small")
+    assert "needs 228 MiB of RAM (CPU weights 2 + CPU compute 2 + process 224)" in f["message"]
+
+
+def test_device_rows_and_fit():
+    result = cuda_toy_plan([{"gpu": 0}], gpu=dict(TOY_GPU, memory_mib=315))
+    assert result["devices"] == [{"host": "h", "device": "cuda:0", "name": "Toy GPU", "capacity_mib": 315,
+                                  "planned_mib": 315, "free_mib": 0, "fits": True, "servers": ["s0"]}]
+    assert by_code(result, "does-not-fit") == [] and result["summary"]["fits"]
+
+
+def test_does_not_fit_alternatives_by_hand():
+    result = cuda_toy_plan([{"gpu": 0}])
+    [f] = by_code(result, "does-not-fit")
+    assert (f["level"], f["server"], f["device"], f["planned_mib"], f["capacity_mib"]) == ("error", "s0", "cuda:0", 315, 300)
+    changes = [(a["change"], a["device_total_mib"], a["fits"]) for a in f["alternatives"]]
+    assert changes == [
+        ("model: small (Q8_0)", 295, True),
+        # q4_0 K/V: KV 4096 x 4 x 2 x 128 x 18/32 B = 2.25 MiB; compute 13 + 2 MiB of F16 copies: 311.25 (shown 311.2)
+        ("cache_type_k/v: q4_0", 311.2, False),
+        # ctx 3072: KV 6, compute mask 3 + 3 + 6 = 12: 312; 2048: 4 + 11 = 309; 1024: 2 + 10 = 306
+        ("ctx_size: 3072", 312, False), ("ctx_size: 2048", 309, False), ("ctx_size: 1024", 306, False),
+        # ngl 4: layers 1-3 (30 MiB) without the output layer, KV of 3 layers 6 MiB, compute 13: 299
+        ("n_gpu_layers: 4", 299, True),
+    ]
+    assert f["alternatives"][-1]["gpu_layers"] == "3/4"
+    assert f["message"].startswith("cuda:0 (Toy GPU, 300 MiB) needs 315 MiB: s0 315 MiB (model 44 + context 8 + "
+                                   "compute 13 + CUDA 250). Fixes for s0: model: small (Q8_0) -> 295 MiB, ")
+    assert "; n_gpu_layers: 4 -> 299 MiB, " in f["message"]
+    assert all("workload" not in a for a in f["alternatives"])
+
+
+def test_does_not_fit_without_a_single_fix():
+    result = cuda_toy_plan([{"gpu": 0, "model": "small"}], gpu=dict(TOY_GPU, memory_mib=100))
+    [f] = by_code(result, "does-not-fit")
+    # ngl 0 keeps KV 0 + compute 13 + CUDA 250 on the GPU: 263 > 100, so nothing fits
+    assert f["message"].endswith("Fixes for s0: no single change fits; move a server to another GPU")
+    assert not any(a["fits"] for a in f["alternatives"])
+
+
+def test_does_not_fit_with_two_servers_blames_the_biggest():
+    two = cuda_toy_plan([{"gpu": 0, "model": "small"}, {"gpu": 0}], gpu=dict(TOY_GPU, memory_mib=600))
+    [f] = by_code(two, "does-not-fit")
+    # 295 + 315 = 610 > 600; s1 (toy, 315) is the bigger; its alternatives keep s0's 295
+    assert f["server"] == "s1" and f["planned_mib"] == 610
+    assert f["alternatives"][0]["change"] == "model: small (Q8_0)" and f["alternatives"][0]["device_total_mib"] == 590
+
+
+def test_slots_are_added_to_the_first_fitting_change_under_load():
+    # small on the toy GPU: a step reads 24 MiB + 1,310,720 B of KV at 6e10 B/s: 441.28 us -> 2,266.1 tok/s;
+    # TTFT 512 / 131,831.45 + 441.28 us = 4.325 ms; a request holds its slot 4.325 ms + 256 / 2,266.1 = 0.11729 s.
+    # 450 requests/min = 7.5/s: 88% busy on one slot, above the 80% warning line
+    result = cuda_toy_plan([{"gpu": 0}], **wl(450))
+    [f] = by_code(result, "does-not-fit")
+    alts = f["alternatives"]
+    assert alts[0]["workload"]["utilisation"] == pytest.approx(7.5 * 0.11729, abs=1e-3)
+    # a per-slot split keeps the KV at 8 MiB and the masks at 4 MiB (n streams x 4096/n cells): 2, 3 and 4 slots
+    # of the small model all fit (295 MiB; 3 slots: 3 x 1536 cells = 4608, KV 9 MiB, mask 4.5: 296.5)
+    assert [a["change"] for a in alts[-3:]] == ["model: small (Q8_0) + parallel: 2", "model: small (Q8_0) + parallel: 3",
+                                                "model: small (Q8_0) + parallel: 4"]
+    assert [(a["fits"], a["device_total_mib"]) for a in alts[-3:]] == [(True, 295), (True, 296.5), (True, 295)]
+    assert alts[-3]["workload"]["slots"] == 2
+    assert "at the declared load 88% busy, TTFT p95" in f["message"]
+    # with 2 slots already, only 3 and 4 are proposed; a light load proposes none
+    two = by_code(cuda_toy_plan([{"gpu": 0, "args": dict(TOY_ARGS, parallel=2)}], **wl(900)), "does-not-fit")[0]
+    assert [a["change"] for a in two["alternatives"] if "+ parallel" in a["change"]] == [
+        "model: small (Q8_0) + parallel: 3", "model: small (Q8_0) + parallel: 4"]
+    light = by_code(cuda_toy_plan([{"gpu": 0}], **wl(60)), "does-not-fit")[0]
+    assert not any("+ parallel" in a["change"] for a in light["alternatives"])
+
+
+@pytest.mark.parametrize("change,args", [
+    ("cache_type_k/v: q4_0", {"cache_type_k": "q4_0", "cache_type_v": "q4_0", "flash_attn": "on"}),
+    ("ctx_size: 4096", {"ctx_size": 4096}),
+    ("parallel: 3", {"parallel": 3}),
+    ("n_gpu_layers: 20", {"n_gpu_layers": 20}),
+    ("model: q4 (Q4_K_M)", {}),
+    ("something else", {}),
+])
+def test_change_args(change, args):
+    assert _change_args(change, {"ctx_size": 8192}) == args
+
+
+def test_slots_added_to_a_non_model_change_keep_that_change():
+    # only ctx/ngl changes fit (no smaller model declared in this family): slots go on top of that change
+    hv = {"llamafleet_backend": "cuda", "llamafleet_gpus": [TOY_GPU],
+          "llamafleet_models": {"toy": {"path": "/m/toy.gguf", "sha256": SHA}}}
+    result = plan([toy_host([{"gpu": 0}], **wl(900), **hv)], {"h": {"toy": TOYS["toy"]}})
+    alts = by_code(result, "does-not-fit")[0]["alternatives"]
+    assert alts[0]["change"] == "cache_type_k/v: q4_0"
+    first_fit = next(a for a in alts if a["fits"])
+    assert first_fit["change"] == "n_gpu_layers: 4"
+    extra = [a for a in alts if "+ parallel" in a["change"]]
+    assert [a["change"] for a in extra] == ["n_gpu_layers: 4 + parallel: 2", "n_gpu_layers: 4 + parallel: 3",
+                                            "n_gpu_layers: 4 + parallel: 4"]
+    assert all(a["gpu_layers"] == "3/4" for a in extra)
+
+
+@pytest.mark.parametrize("archs,cc,covered", [
+    ("61-real", 61, True), ("60-real", 61, True),     # SASS runs on the same major at an equal or higher minor
+    ("62-real", 61, False), ("61-real", 75, False),   # not on a lower minor, nor on another major
+    ("61", 61, True), ("61", 75, True),               # a bare number is real + virtual: PTX runs on newer GPUs
+    ("61-virtual", 75, True), ("61-virtual", 61, True), ("75-virtual", 61, False),  # PTX: JIT for equal or newer
+    ("sm_61", 61, True), ("compute_61-virtual", 86, True),
+    ("native", 61, True), ("all", 61, True), ("all-major", 61, True),
+    ("75-real;86-real", 61, False), ("75-real, 61-real", 61, True), ("50-virtual;;75-real", 61, True),
+    ("120a-real", 61, False), ("x-real;61-real", 61, True), ("", 61, False),
+])
+def test_arch_covers(archs, cc, covered):
+    assert arch_covers(archs, cc) is covered
+
+
+def test_cuda_architectures_for_each_generation_once():
+    gpus = [{"compute_capability": "7.5"}, {"compute_capability": "6.1"}, {"compute_capability": "6.1"}]
+    assert cuda_architectures_for(gpus) == "61-real;75-real"
+
+
+def test_cuda_arch_message_names_the_fix():
+    [f] = by_code(cuda_toy_plan([{"gpu": 0}], gpu=dict(TOY_GPU, memory_mib=1000, compute_capability="6.1"),
+                                llamacpp_build_cuda_architectures="75-real"), "cuda-arch-unsupported")
+    assert f["message"] == ("s0: the image is built for CMAKE_CUDA_ARCHITECTURES=75-real, which has no code for Toy GPU "
+                            "(compute capability 6.1); kernels fail to load. Set llamacpp_build_cuda_architectures: "
+                            "'61-real' (or leave it unset)")
+    # CUDA 13 on a 7.0 GPU: refused; on 7.5: fine; CUDA 12.9 on 6.1: fine
+    volta = dict(TOY_GPU, memory_mib=1000, compute_capability="7.0")
+    [f] = by_code(cuda_toy_plan([{"gpu": 0}], gpu=volta, llamacpp_build_cuda_version="13.0"), "cuda-arch-unsupported")
+    assert f["message"].startswith("s0: CUDA 13.0 cannot build for compute capability 7.0 (CUDA 13 dropped sm_5x/6x/7.0)")
+    turing = dict(TOY_GPU, memory_mib=1000)
+    assert by_code(cuda_toy_plan([{"gpu": 0}], gpu=turing, llamacpp_build_cuda_version="13.0.1"), "cuda-arch-unsupported") == []
+    pascal = dict(TOY_GPU, memory_mib=1000, compute_capability="6.1")
+    assert by_code(cuda_toy_plan([{"gpu": 0}], gpu=pascal, llamacpp_build_cuda_version="12.9.1"), "cuda-arch-unsupported") == []
+    assert by_code(cuda_toy_plan([{"gpu": 0}], gpu=pascal, llamacpp_build_cuda_version="latest"), "cuda-arch-unsupported") == []
+
+
+def test_cuda_graphs_info_names_the_card():
+    [f] = by_code(cuda_toy_plan([{"gpu": 0}], gpu=dict(TOY_GPU, memory_mib=1000, compute_capability="6.9")),
+                  "cuda-graphs-inactive")
+    assert f["level"] == "info" and "Toy GPU is 6.9" in f["message"]
+    assert by_code(cuda_toy_plan([{"gpu": 0}], gpu=dict(TOY_GPU, memory_mib=1000, compute_capability="7.0")),
+                   "cuda-graphs-inactive") == []
+
+
+def test_partial_offload_message():
+    [f] = by_code(cuda_toy_plan([{"gpu": 0, "args": dict(TOY_ARGS, n_gpu_layers=3)}], gpu=dict(TOY_GPU, memory_mib=1000)),
+                  "partial-offload")
+    # ngl 3: layers 2-3 on the GPU; host: token_embd 2 + layers 0-1 20 + output 3 + norm 1 = 26 MiB
+    assert f["message"] == ("s0: only 2/4 layers (output layer on the CPU) are on Toy GPU; 26 MiB of weights are read by "
+                            "the CPU for every token, which dominates decode speed. Fit the model (smaller quantization "
+                            "or context) to offload all 5 layers")
+    [f] = by_code(cuda_toy_plan([{"gpu": 0, "args": dict(TOY_ARGS, n_gpu_layers=4)}], gpu=dict(TOY_GPU, memory_mib=1000)),
+                  "partial-offload")
+    assert "only 3/4 layers (output layer on the CPU)" in f["message"]
+    assert by_code(cuda_toy_plan([{"gpu": 0, "args": dict(TOY_ARGS, n_gpu_layers=5)}], gpu=dict(TOY_GPU, memory_mib=1000)),
+                   "partial-offload") == []
