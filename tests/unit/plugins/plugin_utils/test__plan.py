@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import normalize_host
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._plan import (
+    PlanError,
     _change_args,
     arch_covers,
     cuda_architectures_for,
+    describe_model,
     plan,
 )
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import model_info_from_shape
+from tests.support.synthetic_gguf import write_model
 from tests.support.toy import toy
 
 SHA = "b" * 64
@@ -603,3 +607,53 @@ def test_partial_offload_message():
     assert "only 3/4 layers (output layer on the CPU)" in f["message"]
     assert by_code(cuda_toy_plan([{"gpu": 0, "args": dict(TOY_ARGS, n_gpu_layers=5)}], gpu=dict(TOY_GPU, memory_mib=1000)),
                    "partial-offload") == []
+
+
+# -- describing models without touching a host ----------------------------------------------------------
+SMALL_SHAPE = dict(architecture="llama", n_layer=2, n_embd=256, n_head=4, n_head_kv=2, head_dim=64, n_ff=512,
+                   n_vocab=512, n_ctx_train=2048)
+
+
+def test_describe_model_reads_the_controller_file_first(tmp_path):
+    write_model(str(tmp_path / "m.gguf"), SMALL_SHAPE, "Q8_0")
+    # a relative src is found under the controller root, and wins over a declared shape
+    info = describe_model("m", {"src": "m.gguf", "shape": "llama-3.1-8b", "quantization": "Q4_K_M"}, str(tmp_path / "c"),
+                          controller_root=str(tmp_path))
+    assert (info.n_layer, info.n_embd) == (2, 256) and info.source.startswith("llamafleet_models.m (")
+    # the host path, when the controller is the host
+    info = describe_model("m", {"path": str(tmp_path / "m.gguf")}, str(tmp_path / "c"))
+    assert info.n_layer == 2
+
+
+def test_describe_model_from_a_declared_shape():
+    info = describe_model("m", {"path": "/nowhere/m.gguf", "shape": "llama-3.1-8b", "quantization": "Q4_K_M"}, "/tmp")
+    assert info.name == "llama-3.1-8b Q4_K_M (declared shape)" and info.n_layer == 32
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"src": "missing.gguf"}, "llamafleet_models.m.src: {root}/missing.gguf does not exist on the controller"),
+    ({"path": "/nowhere/m.gguf", "shape": "llama-99b", "quantization": "Q4_K_M"},
+     "llamafleet_models.m: llamafleet_models.m: shape 'llama-99b' is not catalogued; valid: llama-3.1-8b"),
+    ({"path": "/nowhere/m.gguf", "shape": "llama-3.1-8b"}, "llamafleet_models.m: quantization '' has no known mix"),
+    ({"path": "/nowhere/m.gguf"}, "llamafleet_models.m: nothing to plan from: /nowhere/m.gguf is not on the controller "
+                                  "and there is no src, url or shape + quantization"),
+    ({"src": "bad.gguf"}, "llamafleet_models.m: llamafleet_models.m ({root}/bad.gguf): not a GGUF file"),
+])
+def test_describe_model_errors_name_the_model(tmp_path, spec, message):
+    (tmp_path / "bad.gguf").write_bytes(b"NOPE" + bytes(64))
+    with pytest.raises(PlanError) as err:
+        describe_model("m", spec, str(tmp_path / "c"), controller_root=str(tmp_path))
+    assert str(err.value).startswith(message.format(root=tmp_path))
+
+
+def test_describe_model_unreadable_file(tmp_path):
+    path = tmp_path / "locked.gguf"
+    path.write_bytes(b"GGUF")
+    path.chmod(0)
+    if os.access(path, os.R_OK):  # root reads anything: use a directory that looks like a file name instead
+        path.chmod(0o644)
+        with pytest.raises(PlanError, match=r"llamafleet_models.m: llamafleet_models.m \(.*\): unreadable GGUF header"):
+            describe_model("m", {"src": str(path)}, str(tmp_path / "c"))
+    else:
+        with pytest.raises(PlanError, match="llamafleet_models.m: cannot read the GGUF header"):
+            describe_model("m", {"src": str(path)}, str(tmp_path / "c"))
