@@ -88,7 +88,7 @@ def test_normalized_host_in_full():
         "llamafleet_cuda_overhead_mib": 300, "llamacpp_build_cuda_architectures": "61-real",
         "llamacpp_build_cuda_version": "12.9.1"})
     assert out == {
-        "host": "h", "backend": "cuda",
+        "host": "h", "backend": "cuda", "bind_address": "127.0.0.1", "container_prefix": "llamafleet-",
         # completed from the catalogue: P106-100 per facts.md #1
         "gpus": [{"index": 0, "name": "P106-100", "memory_mib": 6063, "bandwidth_gbs": 192.2, "fp32_tflops": 4.375,
                   "int8_tops": 17.5, "compute_capability": "6.1"}],
@@ -109,6 +109,15 @@ def test_cpu_host_defaults():
     assert (out["host_memory_mib"], out["host_reserved_mib"], out["cuda_overhead_mib"]) == (None, 1024, None)
     # the CPU backend has no GPU: the server's gpu is dropped, args and ulimits default to empty
     assert out["servers"][0]["gpu"] is None and out["servers"][0]["args"] == {} and out["servers"][0]["ulimits"] == []
+
+
+def test_embed_servers_always_get_embeddings_and_site_names_are_kept():
+    out = normalize_host("h", {"llamafleet_models": {"m": {"path": "/m.gguf", "sha256": SHA}},
+                               "llamafleet_bind_address": "0.0.0.0", "llamafleet_container_prefix": "lf_",
+                               "llamafleet_servers": [{"name": "e", "role": "embed", "model": "m", "port": 8200,
+                                                       "container_memory": "1g"}]})
+    assert out["servers"][0]["args"] == {"embeddings": True}
+    assert (out["bind_address"], out["container_prefix"]) == ("0.0.0.0", "lf_")
 
 
 def test_inputs_are_not_modified_and_layout_copies_are_independent():
@@ -187,6 +196,10 @@ def _problems(**changes):
       "llamafleet_models": {"m": "bad"}},
      "llamafleet_models.m must be a mapping with path and sha256"),
     ({"llamafleet_host_cpu_cores": 0}, "llamafleet_host_cpu_cores must be a positive integer, got 0"),
+    ({"llamafleet_bind_address": "localhost"},
+     "llamafleet_bind_address must be an IP address the servers listen on, got 'localhost'"),
+    ({"llamafleet_container_prefix": "Fleet-"},
+     "llamafleet_container_prefix must match ^[a-z0-9][a-z0-9_.-]{0,31}$ (a Docker name prefix), got 'Fleet-'"),
     ({"llamafleet_host_memory_mib": True}, "llamafleet_host_memory_mib must be a positive integer, got True"),
     ({"llamafleet_workload": ["m"]}, "llamafleet_workload must map model name -> {requests_per_minute, prompt_tokens, "
                                      "reply_tokens}"),
