@@ -30,7 +30,9 @@ def test_reads_shape_and_tensor_sizes(small_model):
     assert info.n_head_kv == [2] * 4 and info.head_dim_k == 64 and info.causal and info.has_kv_cache
     # Q8_0: 34 bytes per 32 values; token_embd is 512 x 4096
     assert info.token_embd_bytes == 512 * 4096 // 32 * 34
-    assert info.layer_bytes(0) == sum(t.n_bytes for t in info.tensors if t.name.startswith("blk.0."))
+    # one block in Q8_0: 2 norms of 512 F32 (2 x 2,048 B), Q and O 512 x 512 (278,528 B each), K and V 512 x 128
+    # (69,632 B each), gate, up and down 512 x 1536 (835,584 B each): 3,207,168 B
+    assert info.layer_bytes(0) == 3_207_168
     assert not any(info.swa_layers)
 
 

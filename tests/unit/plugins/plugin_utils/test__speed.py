@@ -42,12 +42,12 @@ def test_ttft_for_500_tokens_on_p106():
 
 
 def test_partial_offload_reads_cpu_layers_at_host_bandwidth():
-    model = model_info_from_shape("llama-3.1-8b", "Q6_K", "t")
-    mem = server_memory(model, dict(ARGS, n_gpu_layers=28), "cuda", "cuda:0")
-    cpu_layers = sum(model.layer_bytes(i) for i in range(5))  # ngl 28: layers 5-31 on the GPU; 0-4 and output on the CPU
-    expected = 1 / (mem.model * 2**20 / (0.6 * 192.2e9) + (cpu_layers + model.output_bytes) / 12e9)
+    # facts.md #7: Q6_K is 5,871 MiB on the GPU at full offload, 171 MiB per layer, output.weight 411 MiB.
+    # -ngl 28 leaves layers 0-4 and the output layer on the CPU: 5 x 171 + 411 = 1,266 MiB read at the host's
+    # 12 GB/s, 5,871 - 1,266 = 4,605 MiB at 60% of 192.2 GB/s: 1 / (0.041872 + 0.110625 s) = 6.56 tok/s,
+    # the "6-8 tok/s" facts.md #8 says means a model that is not fully offloaded
     got = speed("Q6_K", n_gpu_layers=28).decode_tps
-    assert got == pytest.approx(expected, rel=0.05)  # the KV read is the rest
+    assert got == pytest.approx(6.56, rel=0.03)  # the KV read (27 layers of q8_0) is the rest
     assert got < speed("Q6_K").decode_tps / 2
 
 
