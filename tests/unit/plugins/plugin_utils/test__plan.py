@@ -657,3 +657,31 @@ def test_describe_model_unreadable_file(tmp_path):
     else:
         with pytest.raises(PlanError, match="llamafleet_models.m: cannot read the GGUF header"):
             describe_model("m", {"src": str(path)}, str(tmp_path / "c"))
+
+
+def test_alternatives_follow_family_size_and_current_settings():
+    models = {"toy": TOYS["toy"], "small": TOYS["small"], "tiny": toy(name="tiny", layer_mib=2),
+              "other": toy(name="other", layer_mib=1)}
+    families = {"toy": "toy", "small": "toy", "tiny": "toy", "other": "another"}
+    hv = {"llamafleet_backend": "cuda", "llamafleet_gpus": [TOY_GPU],
+          "llamafleet_models": {n: {"path": f"/m/{n}.gguf", "sha256": SHA, "family": families[n]} for n in models}}
+    # already q4_0 K/V, 2 slots at ctx 2048: model swaps biggest first, only within the family; no q4_0 entry
+    args = dict(TOY_ARGS, ctx_size=2048, parallel=2, cache_type_k="q4_0", cache_type_v="q4_0")
+    result = plan([toy_host([{"gpu": 0, "args": args}], **hv)], {"h": models})
+    [f] = by_code(result, "does-not-fit")
+    changes = [a["change"] for a in f["alternatives"]]
+    assert changes[:2] == ["model: small (Q8_0)", "model: tiny (Q8_0)"]
+    assert not any(c.startswith(("model: other", "cache_type_k/v")) for c in changes)
+    # one slot less keeps the other settings: 1 slot of 2048 cells, q4_0 (KV 2048 x 4 x 2 x 128 x 18/32 B = 1.125 MiB),
+    # compute mask 2048 x 512 x 2 B = 2 + residual 3 + FFN 6 = 11 + F16 copies 2048 x 256 x 2 B = 1: 44 + 1.125 + 12 + 250
+    [fewer] = [a for a in f["alternatives"] if a["change"] == "parallel: 1"]
+    assert fewer["device_total_mib"] == 307.1  # 307.125
+    # a model without a KV cache gets no KV or context alternatives
+    enc_hv = dict(hv, llamafleet_models={"enc": {"path": "/m/enc.gguf", "sha256": SHA}})
+    enc = {"gpu": 0, "role": "embed", "model": "enc", "args": {"embeddings": True, "ctx_size": 512, "ubatch_size": 512,
+                                                               "batch_size": 512}}
+    small_gpu = dict(TOY_GPU, memory_mib=100)
+    result = plan([toy_host([enc], **dict(enc_hv, llamafleet_gpus=[small_gpu]))], {"h": {"enc": TOYS["enc"]}})
+    [f] = by_code(result, "does-not-fit")
+    # (and no number of GPU layers fits 100 MiB beside 250 MiB of CUDA overhead: nothing is proposed)
+    assert f["alternatives"] == []
