@@ -266,3 +266,21 @@ def test_kv_layout_defaults_and_split():
 def test_prompt_cache_cap(args, cache):
     assert server_memory(TOY, dict(ONE, **args), "cpu").host_prompt_cache == cache
     assert server_memory(TOY, dict(ONE, **args), "cuda", "cuda:0").host_prompt_cache == cache
+
+
+ENC = toy(causal=False, architecture="nomic-bert")  # an encoder: no KV cache, every token is an output
+
+
+def test_toy_encoder_compute():
+    # ctx 512, ubatch 256: 256 tokens attend to each other (no cache): F16 mask 256 x 256 x 2 B = 0.125 MiB + residual
+    # 3 x 512 x 256 x 4 B = 1.5 MiB + FFN 3 MiB = 4.625 MiB; its outputs (n_embd per token, 0.5 MiB) are smaller
+    mem = server_memory(ENC, {"ctx_size": 512, "ubatch_size": 256, "embeddings": True}, "cpu")
+    assert (mem.context, mem.compute, mem.host_prompt_cache) == (0, 4.625, 0)
+    # FA off: F32 mask 0.25 MiB + residual 1.5 + attention 1.5 + KQ 8 heads x 256 x 256 x 4 B = 2 MiB: 5.25 MiB
+    mem = server_memory(ENC, {"ctx_size": 512, "ubatch_size": 256, "embeddings": True, "flash_attn": "off"}, "cpu")
+    assert mem.compute == 5.25
+
+
+def test_host_inputs_follow_a_context_smaller_than_the_batch():
+    # ctx 256 < ubatch 512: 256 tokens at most: 512 x 256 x 4 B x 2 = 1 MiB of CPU graph inputs
+    assert server_memory(TOY, dict(ONE, ctx_size=256), "cuda", "cuda:0").host_compute == 1
