@@ -4,6 +4,8 @@
 #   scripts/mutation.sh            every mutant of the planner core (about 40 minutes on 2 cores)
 #   scripts/mutation.sh --sample   a fixed, deterministic sample (every 8th mutant by name), for CI;
 #                                  fails when less than 85% of the sample is killed
+#   scripts/mutation.sh --resume   after a full run: re-check only its survivors (and any function that
+#                                  changed since) with the current tests; the score covers every mutant
 #
 # Prints the score and every surviving mutant (`mutmut show <name>` in .mutation/ shows its diff).
 # docs/testing.md records the full run's score and why each survivor is equivalent or acceptable.
@@ -24,7 +26,8 @@ MIN_SCORE=85
 case "${1:-}" in
   "") ;;
   --sample) MODE=sample ;;
-  *) echo "usage: $0 [--sample]" >&2; exit 2 ;;
+  --resume) MODE=resume ;;
+  *) echo "usage: $0 [--sample|--resume]" >&2; exit 2 ;;
 esac
 MUTMUT=$ROOT/.venv/bin/mutmut
 [ -x "$MUTMUT" ] || { echo "mutation: $MUTMUT is missing; run scripts/bootstrap.sh first" >&2; exit 1; }
@@ -41,9 +44,13 @@ CORE=(
 )
 PKG=ansible_collections/llamafleet/fleet
 STAGE=$ROOT/.mutation
-rm -rf "$STAGE"
-mkdir -p "$STAGE/ansible_collections/llamafleet"
-ln -s ../../.. "$STAGE/$PKG"
+if [ "$MODE" = resume ]; then
+  [ -d "$STAGE/mutants" ] || { echo "mutation: --resume needs a previous full run in $STAGE" >&2; exit 1; }
+else
+  rm -rf "$STAGE"
+  mkdir -p "$STAGE/ansible_collections/llamafleet"
+  ln -s ../../.. "$STAGE/$PKG"
+fi
 only=""
 for f in "${CORE[@]}"; do only+="\"$PKG/$f\", "; done
 # Only the unit tests of plugins run (mutmut runs, per mutant, just the tests that reach the mutated
@@ -64,6 +71,16 @@ EOF
 
 cd "$STAGE"
 export PYTHONDONTWRITEBYTECODE=1
+# the names of the mutants that are not killed (yet), from mutmut's result files
+not_killed() {
+  "$ROOT/.venv/bin/python" - <<'PY'
+import json, pathlib
+for meta in sorted(pathlib.Path("mutants").rglob("*.py.meta")):
+    for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+        if code not in (1, 3, 24, -24, 36, 152, 255):
+            print(name)
+PY
+}
 # Mutant generation, the stats run (which test reaches which function), and the first mutant.
 # mutmut has no "generate only" command; running one named mutant generates them all.
 if [ "$MODE" = sample ]; then
@@ -82,6 +99,14 @@ PY
   done
   echo "mutation: sample of ${#PICK[@]} of ${#ALL[@]} mutants (every ${SAMPLE_EVERY}th by name)"
   nice -n 10 "$MUTMUT" run --max-children 2 "${PICK[@]}" > "$STAGE/run.log" 2>&1 || { tail -30 "$STAGE/run.log"; exit 1; }
+elif [ "$MODE" = resume ]; then
+  mapfile -t AGAIN < <(not_killed)
+  echo "mutation: re-checking ${#AGAIN[@]} mutants that were not killed"
+  # changed source files are mutated afresh and their new mutants run too (mutmut keeps results per function)
+  nice -n 10 "$MUTMUT" run --max-children 2 > "$STAGE/run.log" 2>&1 || { tail -30 "$STAGE/run.log"; exit 1; }
+  if [ "${#AGAIN[@]}" -gt 0 ]; then
+    nice -n 10 "$MUTMUT" run --max-children 2 "${AGAIN[@]}" >> "$STAGE/run.log" 2>&1 || { tail -30 "$STAGE/run.log"; exit 1; }
+  fi
 else
   nice -n 10 "$MUTMUT" run --max-children 2 > "$STAGE/run.log" 2>&1 || { tail -30 "$STAGE/run.log"; exit 1; }
 fi

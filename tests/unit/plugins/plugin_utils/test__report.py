@@ -187,3 +187,10 @@ def test_findings_come_before_the_tables_errors_first_and_wrapped():
     continuation = lines[warning + 1:warning + 3]
     assert all(line.startswith("      w") and len(line) <= 60 for line in continuation)
     assert not any(line.startswith(("'", '"', "- ")) for line in lines)
+
+
+def test_several_others_are_listed_with_commas():
+    plan = dict(PLAN, findings=[_finding("info", "c", n, f"{n}: x") for n in ("chat-0", "embed-0", "chat-1")],
+                servers=PLAN["servers"] + [dict(PLAN["servers"][0], name="chat-1")])
+    assert "- **info** `c` (gpu1/chat-0 (also embed-0, chat-1)): chat-0: x" in markdown(plan)
+    assert "info  [c] chat-0: x [also: embed-0, chat-1]" in console(plan)
