@@ -685,3 +685,46 @@ def test_alternatives_follow_family_size_and_current_settings():
     [f] = by_code(result, "does-not-fit")
     # (and no number of GPU layers fits 100 MiB beside 250 MiB of CUDA overhead: nothing is proposed)
     assert f["alternatives"] == []
+
+
+def test_full_texts_of_the_advice_findings():
+    enc = {"role": "embed", "model": "enc", "args": {"embeddings": True, "ctx_size": 512, "ubatch_size": 512,
+                                                     "batch_size": 512, "cache_type_v": "q8_0", "flash_attn": "on"}}
+    [f] = by_code(toy_plan([enc]), "kv-cache-type-no-effect")
+    # encoder compute at 512 tokens: mask 0.5 + residual 3 + FFN 6 = 9.5 MiB, shown rounded
+    assert f["message"] == ("s0: nomic-bert creates no KV cache, so cache_type_k/cache_type_v save 0 MiB; remove them "
+                            "(its memory is weights 46 MiB + compute 10 MiB)")
+    [f] = by_code(toy_plan([{"args": dict(TOY_ARGS, load_mode="mlock")}]), "mlock-without-memlock-limit")
+    assert f["message"] == ("s0: load_mode mlock asks to lock memory, but Docker's default RLIMIT_MEMLOCK is 64 KiB-8 MiB; "
+                            "llama.cpp warns 'failed to mlock' and goes on unlocked. Add ulimits: ['memlock:-1:-1'] or "
+                            "drop mlock")
+    [f] = by_code(toy_plan([{}]), "cont-batching-single-slot")
+    assert f["message"] == ("s0: continuous batching (on by default) mixes new prompts into other slots' decoding; with "
+                            "parallel: 1 there is no other slot, so it does nothing. Use parallel >= 2 for it to help")
+    [f] = by_code(toy_plan([{"args": dict(TOY_ARGS, cache_reuse=256, cache_prompt=False)}]), "cache-reuse-without-shift")
+    assert f["message"] == ("s0: cache_reuse 256 is switched off by llama-server because prompt caching is off "
+                            "(cache_prompt: false). Note cache_reuse is the minimum chunk length reused by KV shifting, "
+                            "not a slot count; remove it or fix the cause")
+    swa_models = {"swa": toy(n_swa=256, swa_layers=(True, True, True, False))}
+    hv = {"llamafleet_models": {"swa": {"path": "/m/swa.gguf", "sha256": SHA}}}
+    [f] = by_code(plan([toy_host([{"model": "swa", "args": dict(TOY_ARGS, cache_reuse=64)}], **hv)], {"h": swa_models}),
+                  "cache-reuse-without-shift")
+    assert "because its sliding-window cache cannot shift unless swa_full: true." in f["message"]
+    assert by_code(plan([toy_host([{"model": "swa", "args": dict(TOY_ARGS, cache_reuse=64, swa_full=True)}], **hv)],
+                        {"h": swa_models}), "cache-reuse-without-shift") == []
+    [f] = by_code(cuda_toy_plan([{"gpu": 0}], gpu=dict(TOY_GPU, memory_mib=1000, compute_capability="6.1")),
+                  "cuda-graphs-inactive")
+    assert f["message"] == ("s0: CUDA graphs are built in but llama.cpp turns them off at run time below compute "
+                            "capability 7.0; Toy GPU is 6.1, so rebuilding 'with CUDA graphs' changes nothing here")
+    [f] = by_code(cuda_toy_plan([{"gpu": 0}], gpu=dict(TOY_GPU, memory_mib=1000, compute_capability="6.1"),
+                                llamacpp_build_cuda_version="13.0.1"), "cuda-arch-unsupported")
+    assert f["message"] == ("s0: CUDA 13.0.1 cannot build for compute capability 6.1 (CUDA 13 dropped sm_5x/6x/7.0); "
+                            "use llamacpp_build_cuda_version: 12.9.1 and driver branch 580")
+
+
+def test_capacity_message_in_full():
+    [f] = by_code(toy_plan([{}], **CPU_FIGURES, **wl(90)), "capacity-exceeded")
+    assert f["message"] == ("model toy: 90 requests/min x 256 reply tokens = 384 tok/s across 1 slot(s); each request "
+                            "holds a slot 0.7 s, utilisation 105% (the queue grows without bound). Fixes: more slots per "
+                            "server (parallel: 2-4; batched decode reads the weights once for all), a smaller "
+                            "quantization, or more servers")
