@@ -432,8 +432,9 @@ TOY_GPU = {"index": 0, "name": "Toy GPU", "memory_mib": 300, "bandwidth_gbs": 10
 
 
 def cuda_toy_plan(servers, gpu=TOY_GPU, **hv):
+    # the host declares its CUDA overhead (250 MiB per process), so the sums below do not depend on an estimate
     return toy_plan(servers, llamafleet_backend="cuda", llamafleet_gpus=[gpu],
-                    **{k: v for k, v in hv.items()})
+                    **dict({"llamafleet_cuda_overhead_mib": 250}, **hv))
 
 
 def test_cuda_overhead_override_reaches_the_plan():
@@ -441,6 +442,9 @@ def test_cuda_overhead_override_reaches_the_plan():
     assert result["servers"][0]["memory_mib"]["overhead"] == 400
     assert result["devices"][0]["planned_mib"] == 44 + 8 + 13 + 400
     assert cuda_toy_plan([{"gpu": 0}], gpu=dict(TOY_GPU, memory_mib=1000))["devices"][0]["planned_mib"] == 315
+    # without the host's figure: the planning default of 250 MiB
+    default = toy_plan([{"gpu": 0}], llamafleet_backend="cuda", llamafleet_gpus=[dict(TOY_GPU, memory_mib=1000)])
+    assert default["servers"][0]["memory_mib"]["overhead"] == 250
 
 
 def test_cuda_host_ram_counts_only_host_side_buffers():
@@ -538,7 +542,7 @@ def test_change_args(change, args):
 
 def test_slots_added_to_a_non_model_change_keep_that_change():
     # only ctx/ngl changes fit (no smaller model declared in this family): slots go on top of that change
-    hv = {"llamafleet_backend": "cuda", "llamafleet_gpus": [TOY_GPU],
+    hv = {"llamafleet_backend": "cuda", "llamafleet_gpus": [TOY_GPU], "llamafleet_cuda_overhead_mib": 250,
           "llamafleet_models": {"toy": {"path": "/m/toy.gguf", "sha256": SHA}}}
     result = plan([toy_host([{"gpu": 0}], **wl(900), **hv)], {"h": {"toy": TOYS["toy"]}})
     alts = by_code(result, "does-not-fit")[0]["alternatives"]
@@ -663,7 +667,7 @@ def test_alternatives_follow_family_size_and_current_settings():
     models = {"toy": TOYS["toy"], "small": TOYS["small"], "tiny": toy(name="tiny", layer_mib=2),
               "other": toy(name="other", layer_mib=1)}
     families = {"toy": "toy", "small": "toy", "tiny": "toy", "other": "another"}
-    hv = {"llamafleet_backend": "cuda", "llamafleet_gpus": [TOY_GPU],
+    hv = {"llamafleet_backend": "cuda", "llamafleet_gpus": [TOY_GPU], "llamafleet_cuda_overhead_mib": 250,
           "llamafleet_models": {n: {"path": f"/m/{n}.gguf", "sha256": SHA, "family": families[n]} for n in models}}
     # already q4_0 K/V, 2 slots at ctx 2048: model swaps biggest first, only within the family; no q4_0 entry
     args = dict(TOY_ARGS, ctx_size=2048, parallel=2, cache_type_k="q4_0", cache_type_v="q4_0")
