@@ -732,3 +732,17 @@ def test_capacity_message_in_full():
                             "holds a slot 0.7 s, utilisation 105% (the queue grows without bound). Fixes: more slots per "
                             "server (parallel: 2-4; batched decode reads the weights once for all), a smaller "
                             "quantization, or more servers")
+
+
+def test_alternatives_are_predicted_for_the_declared_prompt_and_reply():
+    # 1024-token prompts and 128-token replies: a decode step of the small model reads the KV of 1024 + 64 tokens,
+    # 1088 x 2,048 B = 2,228,224 B, + 24 MiB of weights = 27,394,048 B at 6e10 B/s: 456.57 us -> 2,190.26 tok/s
+    # (the defaults, 512 + 256, would give 2,266.1)
+    result = cuda_toy_plan([{"gpu": 0}], **wl(60, prompt=1024, reply=128))
+    [f] = by_code(result, "does-not-fit")
+    first = f["alternatives"][0]
+    assert first["change"] == "model: small (Q8_0)" and first["decode_tps"] == 2190.3
+    # a request holds its slot 1024 / 131,831.45 + 456.57 us + 128 / 2,190.26 = 0.06669 s; 1/s: 6.7% busy
+    assert first["workload"]["utilisation"] == 0.067  # rounded to 3 places
+    assert "Fixes for s0: model: small (Q8_0) -> 295 MiB, 2190.3 tok/s, TTFT 0.0 s, at the declared load 7% busy, " \
+           "TTFT p95 0.0 s; " in f["message"]

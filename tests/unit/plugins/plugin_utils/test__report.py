@@ -194,3 +194,18 @@ def test_several_others_are_listed_with_commas():
                 servers=PLAN["servers"] + [dict(PLAN["servers"][0], name="chat-1")])
     assert "- **info** `c` (gpu1/chat-0 (also embed-0, chat-1)): chat-0: x" in markdown(plan)
     assert "info  [c] chat-0: x [also: embed-0, chat-1]" in console(plan)
+
+
+def _console_findings(message):
+    plan = dict(PLAN, findings=[_finding("info", "c", None, message)])
+    lines = console(plan).splitlines()
+    start = lines.index("Findings (identical findings of several servers shown once):") + 1
+    return lines[start:lines.index("Devices:") - 1]
+
+
+def test_findings_wrap_at_110_columns_and_not_at_hyphens():
+    # "info  [c] " is 10 columns: 10 + 50 + 1 + 50 = 111 > 110, so the second word moves to an indented line
+    assert _console_findings("a" * 50 + " " + "b" * 50) == ["info  [c] " + "a" * 50, "      " + "b" * 50]
+    assert _console_findings("a" * 50 + " " + "b" * 49) == ["info  [c] " + "a" * 50 + " " + "b" * 49]
+    # a hyphenated name stays whole: 10 + 95 + " abc-" would just fit 110 columns, but is not split off
+    assert _console_findings("a" * 95 + " abc-def-ghi-jkl") == ["info  [c] " + "a" * 95, "      abc-def-ghi-jkl"]

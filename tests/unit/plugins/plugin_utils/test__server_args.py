@@ -123,3 +123,13 @@ def test_effective_fills_llama_server_defaults():
                                             ({"mlock": False, "mmap": True}, "auto"), ({"load_mode": "dio"}, "dio")])
 def test_effective_maps_old_flags_to_load_mode(args, load_mode):
     assert effective(args)["load_mode"] == load_mode
+
+
+def test_hints_list_up_to_three_close_flags_best_first():
+    flags = {"--cache-ram", "--cache-reuse", "--cache-prompt", "--cache-type-k", "--cache-type-v", "--ctx-size"}
+    # difflib ratios against --cache-typ: type-k/-v 0.88, ram 0.727, prompt 0.72, reuse 0.667; cutoff 0.7, three at most
+    [m] = unknown_flags({"cache_typ": "q8_0"}, flags)
+    assert m.hint == "did you mean --cache-type-v or --cache-type-k or --cache-ram"
+    # --cach: only --cache-ram reaches 0.7 (0.706); the others are 0.6-0.63
+    [m] = unknown_flags({"cach": 1}, flags)
+    assert m.hint == "did you mean --cache-ram"
