@@ -664,22 +664,41 @@ def test_describe_model_unreadable_file(tmp_path):
 
 
 def test_alternatives_follow_family_size_and_current_settings():
-    models = {"toy": TOYS["toy"], "small": TOYS["small"], "tiny": toy(name="tiny", layer_mib=2),
-              "other": toy(name="other", layer_mib=1)}
-    families = {"toy": "toy", "small": "toy", "tiny": "toy", "other": "another"}
+    def variant(name, **attrs):
+        m = toy(name=name, layer_mib=attrs.pop("layer_mib", 1))
+        for key, value in attrs.items():
+            setattr(m, key, value)
+        return m
+    models = {"toy": TOYS["toy"], "small": TOYS["small"], "atiny": toy(name="atiny", layer_mib=2),
+              "other": toy(name="other", layer_mib=1),                    # another family
+              "same": toy(name="same"),                                   # as big as the toy: no saving
+              "big": toy(name="big", layer_mib=20),                       # bigger
+              "qwen": variant("qwen", architecture="qwen2"),              # another architecture
+              "narrow": variant("narrow", n_embd=256), "shallow": variant("shallow", n_layer=3)}
+    families = dict.fromkeys(models, "toy")
+    families["other"] = "another"
     hv = {"llamafleet_backend": "cuda", "llamafleet_gpus": [TOY_GPU], "llamafleet_cuda_overhead_mib": 250,
           "llamafleet_models": {n: {"path": f"/m/{n}.gguf", "sha256": SHA, "family": families[n]} for n in models}}
-    # already q4_0 K/V, 2 slots at ctx 2048: model swaps biggest first, only within the family; no q4_0 entry
+    # already q4_0 K/V, 2 slots of 1024 cells (ctx 2048): KV 2048 x 4 x 2 x 128 x 18/32 B = 1.125 MiB; compute mask
+    # 1024 x 512 x 2 B x 2 streams = 2 + residual 3 + FFN 6 + F16 copies 2048 x 256 x 2 B = 1: 12 MiB.
+    # toy: 44 + 1.125 + 12 + 250 = 307.125 > 300
     args = dict(TOY_ARGS, ctx_size=2048, parallel=2, cache_type_k="q4_0", cache_type_v="q4_0")
     result = plan([toy_host([{"gpu": 0, "args": args}], **hv)], {"h": models})
     [f] = by_code(result, "does-not-fit")
-    changes = [a["change"] for a in f["alternatives"]]
-    assert changes[:2] == ["model: small (Q8_0)", "model: tiny (Q8_0)"]
-    assert not any(c.startswith(("model: other", "cache_type_k/v")) for c in changes)
-    # one slot less keeps the other settings: 1 slot of 2048 cells, q4_0 (KV 2048 x 4 x 2 x 128 x 18/32 B = 1.125 MiB),
-    # compute mask 2048 x 512 x 2 B = 2 + residual 3 + FFN 6 = 11 + F16 copies 2048 x 256 x 2 B = 1: 44 + 1.125 + 12 + 250
-    [fewer] = [a for a in f["alternatives"] if a["change"] == "parallel: 1"]
-    assert fewer["device_total_mib"] == 307.1  # 307.125
+    assert [(a["change"], a["device_total_mib"], a["fits"]) for a in f["alternatives"]] == [
+        # smaller files of the same family, shape and architecture, biggest first: small (4 x 5 + 3 + 1 = 24 MiB on
+        # the GPU), atiny (4 x 2 + 3 + 1 = 12 MiB)
+        ("model: small (Q8_0)", 287.1, True), ("model: atiny (Q8_0)", 275.1, True),
+        # no q4_0 entry (it is q4_0 already); ctx 1536: 2 x 768 cells, KV 0.84375, compute 1.5 + 9 + 0.75: 306.09
+        ("ctx_size: 1536", 306.1, False),
+        # ctx 1024: 2 x 512 cells, KV 0.5625, compute 1 + 9 + 0.5: 305.06 (512 is below the 1024 floor)
+        ("ctx_size: 1024", 305.1, False),
+        # one slot less keeps ctx and q4_0: 1 x 2048 cells: same KV, mask 2 MiB, copies 1 MiB: 307.125
+        ("parallel: 1", 307.1, False),
+        # ngl 4: layers 1-3 (30 MiB), KV of 3 layers 0.84375, compute 12: 292.84
+        ("n_gpu_layers: 4", 292.8, True),
+    ]
+    assert [a["gpu_layers"] for a in f["alternatives"]] == ["4/4+output"] * 5 + ["3/4"]
     # a model without a KV cache gets no KV or context alternatives
     enc_hv = dict(hv, llamafleet_models={"enc": {"path": "/m/enc.gguf", "sha256": SHA}})
     enc = {"gpu": 0, "role": "embed", "model": "enc", "args": {"embeddings": True, "ctx_size": 512, "ubatch_size": 512,
@@ -746,3 +765,44 @@ def test_alternatives_are_predicted_for_the_declared_prompt_and_reply():
     assert first["workload"]["utilisation"] == 0.067  # rounded to 3 places
     assert "Fixes for s0: model: small (Q8_0) -> 295 MiB, 2190.3 tok/s, TTFT 0.0 s, at the declared load 7% busy, " \
            "TTFT p95 0.0 s; " in f["message"]
+
+
+def test_alternatives_keep_the_server_settings_they_do_not_change():
+    # ctx 2048, 1 slot, FA off, f16: KV 4 MiB; compute F32 mask 2048 x 512 x 4 B = 4 + residual 3 + attention 3 +
+    # KQ 8 x 2048 x 512 x 4 B = 32: 42 MiB; 44 + 4 + 42 + 250 = 340 MiB
+    args = dict(TOY_ARGS, ctx_size=2048, flash_attn="off")
+    [f] = by_code(cuda_toy_plan([{"gpu": 0, "args": args}]), "does-not-fit")
+    assert [(a["change"], a["device_total_mib"], a["fits"]) for a in f["alternatives"]] == [
+        ("model: small (Q8_0)", 320, False),          # 24 + 4 + 42 + 250
+        # q4_0 turns FA on: KV 1.125, compute F16 mask 2 + 3 + 6 + F16 copies 1 = 12: 307.125
+        ("cache_type_k/v: q4_0", 307.1, False),
+        # ctx 1536, FA still off: KV 3, compute 3 + 3 + 3 + 24 = 33: 330; ctx 1024: KV 2, 2 + 3 + 3 + 16 = 24: 320
+        ("ctx_size: 1536", 330, False), ("ctx_size: 1024", 320, False),
+        # GPU layers: 4 -> 30 + 3 + 42 + 250 = 325, 3 -> 314, 2 -> 303; 1 -> i_gpu_start = 4 + 1 - 1 = 4, no layer
+        # on the GPU: 0 + 0 + 42 + 250 = 292
+        ("n_gpu_layers: 1", 292, True),
+    ]
+    assert f["alternatives"][-1]["gpu_layers"] == "0/4"
+
+
+def test_the_context_search_stops_at_the_first_fit_and_goes_on_to_layers():
+    # 310 MiB: ctx 3072 (312) does not fit, ctx 2048 (309) does and ends the context search; layers are still tried
+    [f] = by_code(cuda_toy_plan([{"gpu": 0}], gpu=dict(TOY_GPU, memory_mib=310)), "does-not-fit")
+    assert [(a["change"], a["fits"]) for a in f["alternatives"]] == [
+        ("model: small (Q8_0)", True), ("cache_type_k/v: q4_0", False), ("ctx_size: 3072", False),
+        ("ctx_size: 2048", True), ("n_gpu_layers: 4", True)]
+    # a change that lands exactly on the capacity fits: small needs 295 MiB
+    [f] = by_code(cuda_toy_plan([{"gpu": 0}], gpu=dict(TOY_GPU, memory_mib=295)), "does-not-fit")
+    assert (f["alternatives"][0]["device_total_mib"], f["alternatives"][0]["fits"]) == (295, True)
+
+
+def test_alternatives_under_load_count_only_this_models_chat_servers():
+    gpus = [TOY_GPU, dict(TOY_GPU, index=1, memory_mib=1000)]
+    # s0 (toy) does not fit GPU 0; s1 serves another model on GPU 1 and must not be counted in s0's pool
+    result = toy_plan([{"gpu": 0}, {"gpu": 1, "model": "small"}], llamafleet_backend="cuda", llamafleet_gpus=gpus,
+                      llamafleet_cuda_overhead_mib=250, **wl(60, prompt=1024, reply=128))
+    [f] = by_code(result, "does-not-fit")
+    first = f["alternatives"][0]
+    assert first["workload"]["model"] == "toy" and first["workload"]["slots"] == 1
+    # 1024 / 131,831.45 s + 456.57 us = 8.224 ms, shown to 2 places
+    assert (first["ttft_s"], first["gpu_layers"]) == (0.01, "4/4+output")
