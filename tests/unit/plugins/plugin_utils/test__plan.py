@@ -651,16 +651,26 @@ def test_describe_model_errors_name_the_model(tmp_path, spec, message):
 
 
 def test_describe_model_unreadable_file(tmp_path):
-    path = tmp_path / "locked.gguf"
-    path.write_bytes(b"GGUF")
-    path.chmod(0)
-    if os.access(path, os.R_OK):  # root reads anything: use a directory that looks like a file name instead
-        path.chmod(0o644)
-        with pytest.raises(PlanError, match=r"llamafleet_models.m: llamafleet_models.m \(.*\): unreadable GGUF header"):
-            describe_model("m", {"src": str(path)}, str(tmp_path / "c"))
-    else:
-        with pytest.raises(PlanError, match="llamafleet_models.m: cannot read the GGUF header"):
-            describe_model("m", {"src": str(path)}, str(tmp_path / "c"))
+    # a file that exists but cannot be read (even by root): reading /proc/self/mem at offset 0 fails with EIO
+    with pytest.raises(PlanError) as err:
+        describe_model("m", {"src": "/proc/self/mem"}, str(tmp_path / "c"))
+    assert str(err.value) == "llamafleet_models.m: cannot read the GGUF header ([Errno 5] Input/output error)"
+
+
+def test_describe_model_caches_descriptions_where_told(tmp_path):
+    write_model(str(tmp_path / "m.gguf"), SMALL_SHAPE, "Q8_0")
+    # a relative src without controller_root is relative to the current directory
+    rel = os.path.relpath(tmp_path / "m.gguf")
+    info = describe_model("m", {"src": rel}, str(tmp_path / "cache"))
+    assert info.n_embd == 256 and len(list((tmp_path / "cache").glob("*.model.json"))) == 1
+
+
+def test_describe_model_from_a_url_header(http_dir, tmp_path):
+    root, base = http_dir
+    write_model(str(root / "m.gguf"), SMALL_SHAPE, "Q8_0")
+    info = describe_model("m", {"path": "/nowhere/m.gguf", "url": f"{base}/m.gguf"}, str(tmp_path / "cache"))
+    assert (info.n_layer, info.n_embd) == (2, 256)
+    assert len(list((tmp_path / "cache").glob("*.gguf-header.json"))) == 1
 
 
 def test_alternatives_follow_family_size_and_current_settings():
