@@ -70,6 +70,8 @@ def test_all_problems_are_reported_at_once():
     with pytest.raises(InventoryError) as err:
         normalize_host("h", hv(llamafleet_servers=[{"name": "chat-0", "role": "x"}, {"name": "chat-1", "gpu": 9}]))
     assert len(err.value.problems) == 2
+    assert str(err.value) == ("inventory of h is not valid:\n  - server chat-0.role must be one of chat, embed, got 'x'\n"
+                              "  - server chat-1.gpu 9 does not exist on h: llamafleet_gpus has indexes [0, 1]")
 
 
 @pytest.mark.parametrize("text,mib", [("1536m", 1536), ("2g", 2048), ("524288k", 512)])

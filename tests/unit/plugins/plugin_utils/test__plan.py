@@ -564,6 +564,7 @@ def test_slots_added_to_a_non_model_change_keep_that_change():
     ("native", 61, True), ("all", 61, True), ("all-major", 61, True),
     ("75-real;86-real", 61, False), ("75-real, 61-real", 61, True), ("50-virtual;;75-real", 61, True),
     ("120a-real", 61, False), ("x-real;61-real", 61, True), ("", 61, False),
+    ("61-real,75-real", 61, True), ("75-real;;61-real", 61, True),
 ])
 def test_arch_covers(archs, cc, covered):
     assert arch_covers(archs, cc) is covered
@@ -816,3 +817,11 @@ def test_alternatives_under_load_count_only_this_models_chat_servers():
     assert first["workload"]["model"] == "toy" and first["workload"]["slots"] == 1
     # 1024 / 131,831.45 s + 456.57 us = 8.224 ms, shown to 2 places
     assert (first["ttft_s"], first["gpu_layers"]) == (0.01, "4/4+output")
+
+
+def test_prefill_without_integer_throughput_uses_fp32():
+    # CC 6.0 has no dp4a: int8_tops 0, so the quantized matmuls run at the FP32 rate: 10 TFLOPS x 0.235 /
+    # 17,825,792 FLOP per token = 131,831.45 tok/s (the same as 10 TOPS on the toy GPU)
+    gpu = dict(TOY_GPU, memory_mib=1000, int8_tops=0, fp32_tflops=10, compute_capability="6.0")
+    [row] = cuda_toy_plan([{"gpu": 0}], gpu=gpu)["servers"]
+    assert row["speed"]["prefill_tps"] == pytest.approx(131_831.45, abs=0.01)

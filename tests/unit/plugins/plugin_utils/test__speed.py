@@ -196,6 +196,7 @@ def test_workload_pools_slots_of_unequal_servers():
 def test_workload_overloaded_and_without_servers():
     r = workload("m", 6, 100, 90, [ONE_SLOT])  # 0.1/s x 10 s = 1 Erlang on 1 slot
     assert not r.stable and r.utilisation == 1.0 and math.isinf(r.ttft_p50_s)
-    assert r.to_dict()["ttft_p95_s"] is None
+    assert r.to_dict() == {"model": "m", "requests_per_minute": 6, "slots": 1, "service_s": 10.0, "utilisation": 1.0,
+                           "ttft_p50_s": None, "ttft_p95_s": None, "tokens_per_s_per_request": 10.0, "stable": False}
     with pytest.raises(ValueError, match="workload for m: no chat server serves this model"):
         workload("m", 1, 1, 1, [])
