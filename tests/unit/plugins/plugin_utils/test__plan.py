@@ -825,3 +825,68 @@ def test_prefill_without_integer_throughput_uses_fp32():
     gpu = dict(TOY_GPU, memory_mib=1000, int8_tops=0, fp32_tflops=10, compute_capability="6.0")
     [row] = cuda_toy_plan([{"gpu": 0}], gpu=gpu)["servers"]
     assert row["speed"]["prefill_tps"] == pytest.approx(131_831.45, abs=0.01)
+
+
+def test_plan_figures_are_rounded_to_a_tenth():
+    # q8_0 KV: 4.25 MiB; CPU host without reserve: 46 + 4.25 + 13 + 64 + 100 = 227.25 MiB, shown 227.2
+    result = toy_plan([{"args": dict(TOY_ARGS, cache_type_k="q8_0", cache_type_v="q8_0")}], llamafleet_host_memory_mib=1000,
+                      llamafleet_host_reserved_mib=0)
+    assert result["hosts"][0]["planned_mib"] == 227.2
+    assert (result["devices"][0]["planned_mib"], result["devices"][0]["free_mib"]) == (227.2, 772.8)
+    assert result["servers"][0]["memory_mib"]["context"] == 4.2
+    # weights of 4 x 10.0625 + 6 = 46.25 MiB, shown 46.2
+    models = {"toy": toy(layer_mib=10.0625)}
+    row = plan([toy_host([{}])], {"h": dict(TOYS, **models)})["servers"][0]
+    assert row["host_memory_mib"]["model"] == 46.2
+    # CUDA at ubatch 200: compute = mask 4096 x 256 rows x 2 B = 2,097,152 + residual 3 x 512 x 200 x 4 = 1,228,800 +
+    # FFN 3 x 1024 x 200 x 4 = 2,457,600 B (5.515625 MiB) + F16 copies 2 MiB; with KV 4.25, weights 44 and 250:
+    # 305.765625 MiB on a 1000 MiB GPU. CPU graph inputs: 512 x 200 x 8 B = 0.78125 MiB
+    args = dict(TOY_ARGS, cache_type_k="q8_0", cache_type_v="q8_0", ubatch_size=200)
+    result = cuda_toy_plan([{"gpu": 0, "args": args}], gpu=dict(TOY_GPU, memory_mib=1000))
+    assert (result["devices"][0]["planned_mib"], result["devices"][0]["free_mib"]) == (305.8, 694.2)
+    assert result["servers"][0]["host_memory_mib"]["compute"] == 0.8
+    # 44 + 4.25 + 15 + 250 = 313.25 on the 300 MiB toy GPU
+    result = cuda_toy_plan([{"gpu": 0, "args": dict(TOY_ARGS, cache_type_k="q8_0", cache_type_v="q8_0")}])
+    [f] = by_code(result, "does-not-fit")
+    assert f["planned_mib"] == 313.2
+
+
+def test_two_servers_on_one_gpu_are_both_itemised():
+    two = cuda_toy_plan([{"gpu": 0, "model": "small"}, {"gpu": 0}], gpu=dict(TOY_GPU, memory_mib=600))
+    [f] = by_code(two, "does-not-fit")
+    assert f["message"].startswith(
+        "cuda:0 (Toy GPU, 600 MiB) needs 610 MiB: s0 295 MiB (model 24 + context 8 + compute 13 + CUDA 250), "
+        "s1 315 MiB (model 44 + context 8 + compute 13 + CUDA 250). Fixes for s1: ")
+
+
+def test_host_ram_edge_cases():
+    # two servers that read the file without mmap: each holds its own copy: 2 x (46 + 85 + 100)
+    result = toy_plan([{"args": dict(TOY_ARGS, load_mode="dio")}] * 2, llamafleet_host_reserved_mib=0)
+    assert result["hosts"][0]["planned_mib"] == 462
+    # a container smaller than the mapped weights holds nothing of its own beyond them
+    result = toy_plan([{"container_memory": "32m"}], llamafleet_host_reserved_mib=0)
+    assert result["hosts"][0]["planned_mib"] == 46
+    # CUDA, one file mapped by two servers with different offloads: the larger CPU view counts (ngl 3: 26 MiB)
+    gpu = dict(TOY_GPU, memory_mib=1000)
+    result = cuda_toy_plan([{"gpu": 0, "args": dict(TOY_ARGS, n_gpu_layers=3)}, {"gpu": 0}], gpu=gpu,
+                           llamafleet_host_reserved_mib=0)
+    # s0: 26 mapped + own (KV of 2 CPU layers 4 + inputs 2 + 224 + cache 100); s1: 2 mapped + 2 + 224 + 100
+    assert result["hosts"][0]["planned_mib"] == 26 + 330 + 326
+    # exactly the RAM planned fits the CPU device
+    result = toy_plan([{}, {}], llamafleet_host_memory_mib=1440)
+    assert result["devices"][0]["fits"] and result["devices"][0]["free_mib"] == 0
+
+
+def test_speeds_and_workloads_use_the_declared_prompt_and_reply():
+    # 1024-token prompts, 128-token replies: KV read (1024 + 64) x 2,048 B = 2,228,224 B + 46,137,344 B of weights at
+    # 20 GB/s: 2,418.28 us -> 413.52 tok/s (the default 512 + 256 would give 421.51)
+    result = toy_plan([{}], **CPU_FIGURES, **wl(10, prompt=1024, reply=128))
+    assert result["servers"][0]["speed"]["decode_tps"] == pytest.approx(413.52, abs=0.01)
+    assert result["workloads"][0]["model"] == "toy"
+    # a model whose workload has no chat server is skipped, the next one is still planned
+    enc = {"role": "embed", "model": "enc", "args": {"embeddings": True, "ctx_size": 512, "ubatch_size": 512,
+                                                     "batch_size": 512}}
+    both = {"llamafleet_workload": {"enc": {"requests_per_minute": 1, "prompt_tokens": 100, "reply_tokens": 1},
+                                    "toy": {"requests_per_minute": 1, "prompt_tokens": 100, "reply_tokens": 1}}}
+    result = toy_plan([enc, {}], **both)
+    assert [w["model"] for w in result["workloads"]] == ["toy"]
