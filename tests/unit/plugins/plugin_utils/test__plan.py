@@ -890,3 +890,21 @@ def test_speeds_and_workloads_use_the_declared_prompt_and_reply():
                                     "toy": {"requests_per_minute": 1, "prompt_tokens": 100, "reply_tokens": 1}}}
     result = toy_plan([enc, {}], **both)
     assert [w["model"] for w in result["workloads"]] == ["toy"]
+
+
+def test_container_advice_rounds_to_64_mib():
+    # ctx 3072: KV 6 + compute (mask 3 + residual 3 + FFN 6) 12 + weights 46 + process 64 = 128 MiB exactly;
+    # the advice adds 64 MiB of headroom and rounds up to 64: 192m
+    args = dict(TOY_ARGS, ctx_size=3072)
+    [f] = by_code(toy_plan([{"container_memory": "127m", "args": args}]), "container-memory-too-small")
+    assert f["message"].endswith("Set container_memory: 192m")
+    # room for the prompt cache, rounded down to 64 MiB: 259 - 131 = 128 -> 128; 131 - 131 = 0 -> 0
+    [f] = by_code(toy_plan([{"container_memory": "259m", "args": dict(TOY_ARGS, cache_ram=200)}]), "prompt-cache-exceeds-container")
+    assert "Set cache_ram: 128 (what fits)" in f["message"]
+    [f] = by_code(toy_plan([{"container_memory": "131m"}]), "prompt-cache-exceeds-container")
+    assert "Set cache_ram: 0 (what fits)" in f["message"]
+
+
+def test_cache_reuse_of_one_token_is_still_on():
+    [f] = by_code(toy_plan([{"args": dict(TOY_ARGS, cache_reuse=1, cache_prompt=False)}]), "cache-reuse-without-shift")
+    assert f["message"].startswith("s0: cache_reuse 1 is switched off")
