@@ -18,6 +18,9 @@
 # files into .mutation/mutants/ and the tests import the mutated copy from there (checked below: a run
 # must kill at least one mutant, or the set-up is broken and the script fails).
 set -euo pipefail
+# The body is one block, so bash reads all of it before running any: editing this file while a run
+# goes on (it takes a while) cannot change what the run does next.
+{
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 MODE=full
@@ -137,3 +140,5 @@ print(f"mutation ({mode}): {killed}/{tested} killed = {score:.1f}% "
 if score < min_score:
     sys.exit(f"mutation: score {score:.1f}% is below {min_score:.0f}%")
 PY
+exit
+}
