@@ -246,3 +246,37 @@ def test_memory_sizes_refused():
     for text in ("1.5g", "2G", "g", "12", None):
         with pytest.raises(ValueError):
             memory_mib(text)
+
+
+def test_boundaries_accepted():
+    out = normalize_host("h", hv(llamafleet_host_cpu_cores=1, llamafleet_servers=[
+        {"name": "chat-0", "port": 1024}, {"name": "chat-1", "port": 65535}]))
+    assert [s["port"] for s in out["servers"]][:2] == [1024, 65535] and out["host_cpu_cores"] == 1
+    assert memory_mib("1536k") == 1  # whole MiB, rounded down
+
+
+def test_layout_names_on_a_cpu_host_use_gpu_0():
+    out = normalize_host("h", {"llamafleet_models": BASE["llamafleet_models"],
+                               "llamafleet_server_layout": {"per_gpu": [{"role": "chat", "model": "m", "port_base": 8100,
+                                                                         "container_memory": "1g"}]}})
+    assert [(s["name"], s["port"]) for s in out["servers"]] == [("chat-0", 8100)]
+
+
+def test_two_overrides_of_one_layout_server_merge_in_order():
+    servers = normalize_host("h", hv(llamafleet_servers=[{"name": "chat-1", "args": {"parallel": 2}},
+                                                         {"name": "chat-1", "args": {"ctx_size": 1024}}]))["servers"]
+    assert next(s for s in servers if s["name"] == "chat-1")["args"] == {"ctx_size": 1024, "parallel": 2}
+
+
+def test_every_bad_model_and_server_is_reported():
+    problems = _problems(llamafleet_models={"a": "bad", "m": {"path": "rel.gguf", "sha256": SHA}},
+                         llamafleet_servers=["x", {"name": "Bad Name"}, {"name": "chat-1", "gpu": 7},
+                                             {"name": "embed-1", "args": {"ctx_size": "x"}}])
+    assert "llamafleet_models.a must be a mapping with path and sha256" in problems
+    assert "llamafleet_models.m.path must be an absolute path to a .gguf file on the host, got 'rel.gguf'" in problems
+    assert "llamafleet_servers[4] must be a mapping" in problems
+    assert any(p.startswith("llamafleet_servers[5].name must match") for p in problems)
+    assert "server chat-1.gpu 7 does not exist on h: llamafleet_gpus has indexes [0, 1]" in problems
+    assert "server embed-1: args.ctx_size must be an integer >= 0, got 'x'" in problems
+    no_models = _problems(llamafleet_models={}, llamafleet_servers=[{"name": "chat-1", "model": "x"}])
+    assert "server chat-1.model 'x' is not in llamafleet_models (defined: none)" in no_models

@@ -284,3 +284,29 @@ def test_toy_encoder_compute():
 def test_host_inputs_follow_a_context_smaller_than_the_batch():
     # ctx 256 < ubatch 512: 256 tokens at most: 512 x 256 x 4 B x 2 = 1 MiB of CPU graph inputs
     assert server_memory(TOY, dict(ONE, ctx_size=256), "cuda", "cuda:0").host_compute == 1
+
+
+def test_columns_round_to_a_tenth():
+    # layers of 10.0625 MiB: 4 x 10.0625 + 3 + 1 = 44.25 on the GPU; q8_0 KV 4.25; compute at ubatch 200 =
+    # mask 2 + residual 1.171875 + FFN 2.34375 = 5.515625 + F16 copies 2 = 7.515625; overhead 250.25
+    mem = server_memory(toy(layer_mib=10.0625), dict(ONE, cache_type_k="q8_0", cache_type_v="q8_0", ubatch_size=200),
+                        "cuda", "cuda:0", cuda_overhead_mib=250.25)
+    assert mem.columns() == {"model": 44.2, "context": 4.2, "compute": 7.5, "overhead": 250.2, "total": 306.3}
+
+
+def test_cpu_servers_have_no_gpu_layers():
+    mem = server_memory(TOY, ONE, "cpu")
+    assert (mem.n_layer, mem.output_on_device, mem.gpu_layers) == (4, False, 0)
+    assert mem.output_on_device is False
+
+
+def test_context_just_past_a_multiple_of_256_pads_up():
+    assert kv_layout(TOY, {"ctx_size": 257, "parallel": 1}).cells_base == 512
+
+
+def test_encoder_outputs_are_embeddings_not_logits():
+    # nomic-embed (768 wide, 12 heads of 64, n_ff 3072, 30,522 tokens), 512 tokens, FA on: mask 512 x 512 x 2 B = 0.5
+    # + residual 3 x 768 x 512 x 4 B = 4.5 + FFN 3 x 3072 x 512 x 4 B = 18: 23 MiB. Its outputs are 768 floats per
+    # token (1.5 MiB), not 30,522 logits (59.6 MiB)
+    mem = server_memory(NOMIC, {"ctx_size": 2048, "embeddings": True, "flash_attn": "on"}, "cpu")
+    assert mem.compute == 23

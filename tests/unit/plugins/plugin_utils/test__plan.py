@@ -908,3 +908,30 @@ def test_container_advice_rounds_to_64_mib():
 def test_cache_reuse_of_one_token_is_still_on():
     [f] = by_code(toy_plan([{"args": dict(TOY_ARGS, cache_reuse=1, cache_prompt=False)}]), "cache-reuse-without-shift")
     assert f["message"].startswith("s0: cache_reuse 1 is switched off")
+
+
+def test_summary_counts_warnings_and_the_fleet_is_published():
+    result = toy_plan([{}, {}], llamafleet_host_memory_mib=1440)
+    assert result["summary"] == {"errors": 0, "warnings": 1, "infos": 2, "fits": True}
+    assert list(result["fleet"]) == ["h"]
+    deployed = {"h": {"servers": [{"name": "s0"}, {"name": "old", "container_name": "llamafleet-old", "port": 8199}]}}
+    left = by_code(plan([toy_host([{}])], {"h": TOYS}, deployed), "server-leaves")
+    assert [(f["level"], f["server"]) for f in left] == [("info", "old")]
+
+
+def test_cuda_13_refusal_is_an_error():
+    [f] = by_code(cuda_toy_plan([{"gpu": 0}], gpu=dict(TOY_GPU, memory_mib=1000, compute_capability="6.1"),
+                                llamacpp_build_cuda_version="13.0.1"), "cuda-arch-unsupported")
+    assert f["level"] == "error"
+
+
+def test_one_slot_less_and_slots_on_top_keep_the_rest():
+    # 3 slots under load: "parallel: 2" is planned with 2 slots (its workload pool has 2)
+    [f] = by_code(cuda_toy_plan([{"gpu": 0, "args": dict(TOY_ARGS, parallel=3)}], **wl(60)), "does-not-fit")
+    [fewer] = [a for a in f["alternatives"] if a["change"] == "parallel: 2"]
+    assert fewer["workload"]["slots"] == 2
+    # ctx 2048 under heavy load: small fits (24 + 4 + 11 + 250 = 289) and gets slots on top at ctx 2048 still:
+    # 2 x 1024 cells: KV 4, mask 1024 x 512 x 2 B x 2 = 2 + 3 + 6: 289 again (4096 cells would make it 295)
+    [f] = by_code(cuda_toy_plan([{"gpu": 0, "args": dict(TOY_ARGS, ctx_size=2048)}], **wl(900)), "does-not-fit")
+    [two] = [a for a in f["alternatives"] if a["change"] == "model: small (Q8_0) + parallel: 2"]
+    assert two["device_total_mib"] == 289

@@ -200,3 +200,15 @@ def test_workload_overloaded_and_without_servers():
                            "ttft_p50_s": None, "ttft_p95_s": None, "tokens_per_s_per_request": 10.0, "stable": False}
     with pytest.raises(ValueError, match="workload for m: no chat server serves this model"):
         workload("m", 1, 1, 1, [])
+
+
+def test_defaults_are_512_prompt_and_256_reply_tokens():
+    mem = server_memory(TOY, ONE, "cuda", "cuda:0")
+    assert server_speed(TOY, mem, GPU) == server_speed(TOY, mem, GPU, prompt_tokens=512, reply_tokens=256)
+
+
+def test_one_token_ubatches_upload_cpu_layers_per_token():
+    mem = server_memory(TOY, dict(ONE, n_gpu_layers=3, ubatch_size=1), "cuda", "cuda:0")
+    s = server_speed(TOY, mem, GPU, prompt_tokens=512, reply_tokens=256)
+    # 512 uploads of the 24 MiB of CPU weights at 3 GB/s: 512 x 8,388.61 us = 4.295 s
+    assert s.ttft_s == pytest.approx(512 / 131_831.45 + 512 * 8388.61e-6 + 2877.04e-6, rel=1e-5)
