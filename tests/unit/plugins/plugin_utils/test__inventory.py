@@ -271,12 +271,13 @@ def test_two_overrides_of_one_layout_server_merge_in_order():
 def test_every_bad_model_and_server_is_reported():
     problems = _problems(llamafleet_models={"a": "bad", "m": {"path": "rel.gguf", "sha256": SHA}},
                          llamafleet_servers=["x", {"name": "Bad Name"}, {"name": "chat-1", "gpu": 7},
-                                             {"name": "embed-1", "args": {"ctx_size": "x"}}])
+                                             {"name": "embed-1", "args": {"ctx_size": "x"}}, {"name": "extra", "role": "judge"}])
     assert "llamafleet_models.a must be a mapping with path and sha256" in problems
     assert "llamafleet_models.m.path must be an absolute path to a .gguf file on the host, got 'rel.gguf'" in problems
     assert "llamafleet_servers[4] must be a mapping" in problems
     assert any(p.startswith("llamafleet_servers[5].name must match") for p in problems)
     assert "server chat-1.gpu 7 does not exist on h: llamafleet_gpus has indexes [0, 1]" in problems
     assert "server embed-1: args.ctx_size must be an integer >= 0, got 'x'" in problems
+    assert "server extra.role must be one of chat, embed, got 'judge'" in problems  # listed after the bad name
     no_models = _problems(llamafleet_models={}, llamafleet_servers=[{"name": "chat-1", "model": "x"}])
     assert "server chat-1.model 'x' is not in llamafleet_models (defined: none)" in no_models
