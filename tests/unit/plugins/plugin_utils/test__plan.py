@@ -935,3 +935,8 @@ def test_one_slot_less_and_slots_on_top_keep_the_rest():
     [f] = by_code(cuda_toy_plan([{"gpu": 0, "args": dict(TOY_ARGS, ctx_size=2048)}], **wl(900)), "does-not-fit")
     [two] = [a for a in f["alternatives"] if a["change"] == "model: small (Q8_0) + parallel: 2"]
     assert two["device_total_mib"] == 289
+
+
+def test_partially_offloaded_rows_show_their_layers():
+    result = cuda_toy_plan([{"gpu": 0, "args": dict(TOY_ARGS, n_gpu_layers=3)}], gpu=dict(TOY_GPU, memory_mib=1000))
+    assert result["servers"][0]["gpu_layers"] == "2/4"
