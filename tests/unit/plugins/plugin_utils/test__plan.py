@@ -6,12 +6,11 @@ import os
 
 import pytest
 
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gpus import arch_covers
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import normalize_host
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._plan import (
     PlanError,
     _change_args,
-    arch_covers,
-    cuda_architectures_for,
     describe_model,
     plan,
 )
@@ -116,7 +115,7 @@ LEVELS = {"does-not-fit": "error", "partial-offload": "warning", "cuda-arch-unsu
           "embed-input-exceeds-ubatch": "warning", "prompt-cache-exceeds-container": "error",
           "container-memory-too-small": "error", "mlock-without-memlock-limit": "warning",
           "host-memory-overcommitted": "error", "capacity-exceeded": "error", "cache-reuse-without-shift": "warning",
-          "cont-batching-single-slot": "info"}
+          "cont-batching-single-slot": "info", "driver-branch-unsupported": "error"}
 
 
 @pytest.mark.parametrize("code,changes", CASES, ids=[c for c, _ in CASES])
@@ -217,8 +216,8 @@ def by_code(result, code):
 def test_host_ram_counts_shared_weights_once():
     result = toy_plan([{}, {}], llamafleet_host_memory_mib=3072)
     # weights 46 once + 2 x (85 own + 100 prompt cache) + 1024 reserved (the default) = 1,440 MiB
-    assert result["hosts"] == [{"host": "h", "memory_mib": 3072, "reserved_mib": 1024, "planned_mib": 1440,
-                                "container_limits_mib": 2048}]
+    assert result["hosts"] == [{"host": "h", "memory_mib": 3072, "reserved_mib": 1024, "gpu_stack": None,
+                                "planned_mib": 1440, "container_limits_mib": 2048}]
     assert result["devices"] == [{"host": "h", "device": "cpu", "name": "host RAM", "capacity_mib": 3072,
                                   "planned_mib": 1440, "free_mib": 1632, "fits": True, "servers": ["s0", "s1"]}]
     assert by_code(result, "host-memory-overcommitted") == []  # limits 2048 + 1024 reserved = 3072: not above
@@ -570,21 +569,15 @@ def test_arch_covers(archs, cc, covered):
     assert arch_covers(archs, cc) is covered
 
 
-def test_cuda_architectures_for_each_generation_once():
-    gpus = [{"compute_capability": "7.5"}, {"compute_capability": "6.1"}, {"compute_capability": "6.1"}]
-    assert cuda_architectures_for(gpus) == "61-real;75-real"
-
-
 def test_cuda_arch_message_names_the_fix():
     [f] = by_code(cuda_toy_plan([{"gpu": 0}], gpu=dict(TOY_GPU, memory_mib=1000, compute_capability="6.1"),
                                 llamacpp_build_cuda_architectures="75-real"), "cuda-arch-unsupported")
-    assert f["message"] == ("s0: the image is built for CMAKE_CUDA_ARCHITECTURES=75-real, which has no code for Toy GPU "
-                            "(compute capability 6.1); kernels fail to load. Set llamacpp_build_cuda_architectures: "
-                            "'61-real' (or leave it unset)")
+    assert f["message"] == ("h: CMAKE_CUDA_ARCHITECTURES=75-real has no code for Toy GPU (compute capability 6.1); its "
+                            "kernels would fail to load. Set llamacpp_build_cuda_architectures: '61-real' (or leave it unset)")
     # CUDA 13 on a 7.0 GPU: refused; on 7.5: fine; CUDA 12.9 on 6.1: fine
     volta = dict(TOY_GPU, memory_mib=1000, compute_capability="7.0")
     [f] = by_code(cuda_toy_plan([{"gpu": 0}], gpu=volta, llamacpp_build_cuda_version="13.0"), "cuda-arch-unsupported")
-    assert f["message"].startswith("s0: CUDA 13.0 cannot build for compute capability 7.0 (CUDA 13 dropped sm_5x/6x/7.0)")
+    assert f["message"].startswith("h: CUDA 13.0 cannot build for Toy GPU (compute capability 7.0): CUDA 13 dropped")
     turing = dict(TOY_GPU, memory_mib=1000)
     assert by_code(cuda_toy_plan([{"gpu": 0}], gpu=turing, llamacpp_build_cuda_version="13.0.1"), "cuda-arch-unsupported") == []
     pascal = dict(TOY_GPU, memory_mib=1000, compute_capability="6.1")
@@ -752,8 +745,8 @@ def test_full_texts_of_the_advice_findings():
                             "capability 7.0; Toy GPU is 6.1, so rebuilding 'with CUDA graphs' changes nothing here")
     [f] = by_code(cuda_toy_plan([{"gpu": 0}], gpu=dict(TOY_GPU, memory_mib=1000, compute_capability="6.1"),
                                 llamacpp_build_cuda_version="13.0.1"), "cuda-arch-unsupported")
-    assert f["message"] == ("s0: CUDA 13.0.1 cannot build for compute capability 6.1 (CUDA 13 dropped sm_5x/6x/7.0); "
-                            "use llamacpp_build_cuda_version: 12.9.1 and driver branch 580")
+    assert f["message"] == ("h: CUDA 13.0.1 cannot build for Toy GPU (compute capability 6.1): CUDA 13 dropped "
+                            "sm_5x/6x/7.0. Set llamacpp_build_cuda_version: 12.9.1 (the last toolkit for it), or leave it unset")
 
 
 def test_capacity_message_in_full():
