@@ -582,7 +582,6 @@ def test_cuda_arch_message_names_the_fix():
     assert by_code(cuda_toy_plan([{"gpu": 0}], gpu=turing, llamacpp_build_cuda_version="13.0.1"), "cuda-arch-unsupported") == []
     pascal = dict(TOY_GPU, memory_mib=1000, compute_capability="6.1")
     assert by_code(cuda_toy_plan([{"gpu": 0}], gpu=pascal, llamacpp_build_cuda_version="12.9.1"), "cuda-arch-unsupported") == []
-    assert by_code(cuda_toy_plan([{"gpu": 0}], gpu=pascal, llamacpp_build_cuda_version="latest"), "cuda-arch-unsupported") == []
 
 
 def test_cuda_graphs_info_names_the_card():
