@@ -9,7 +9,9 @@ TODO(lead, gateway): when the gateway (LiteLLM + HAProxy pools) is on main, run 
 through it (llamafleet_gateway_url / llamafleet_gateway_key of the lab inventory) during
 `test_killed_server_is_restarted` and `test_frozen_server_is_unpaused`, and print the failed client
 requests (goal 0) and the time until the pool sends the server traffic again next to the figures
-below. Not done here: the gateway was not on main when this test was written.
+below. Not done here: the gateway was not on main when this test was written. Measured ad hoc
+with the gateway branch (aae4d5a) running on the lab, 2 chat requests/s for 45 s: 0 failed of 90
+for a kill and 0 of 90 for a pause (helper report of the watchdog branch).
 """
 from __future__ import annotations
 

@@ -142,12 +142,14 @@ def test_backoff_resets_after_the_server_was_stable():
 
 def test_without_the_reset_the_backoff_holds():
     sup = Supervisor((CHAT0,), POLICY)
-    # same, but healthy only from 6 to 49 (43 s < 100 s): the streak stays at 2 -> wait until 5 + 4 = 9,
-    # already past at 52: action at 52 with backoff(2)=4 s; the point is the streak: attempt 3
+    # actions at 2 and 5 (streak 2), healthy from 6 to 49 only (43 s < 100 s): the streak is kept.
+    # Dies at 50: failed at 52, allowed at max(52, 5 + 4) = 52 -> action at 52, attempt 3, and the
+    # next one would wait backoff(3) = 8 s
     def obs(now):
         return {"chat-0": EXITED if now < 6 or now >= 50 else HEALTHY}
-    run(sup, range(53), obs)
-    assert sup.states["chat-0"].streak == 3
+    taken = run(sup, range(53), obs)
+    assert [t for t, *_ in taken] == [2, 5, 52]
+    assert sup.states["chat-0"].streak == 3 and sup.current_backoff_s("chat-0") == 8
 
 
 def test_one_action_at_a_time_and_never_all():
