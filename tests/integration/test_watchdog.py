@@ -198,3 +198,19 @@ def test_every_dashboard_query_runs(watched):
     assert len(exprs) >= 10
     for expr in exprs:
         assert prom_query(expr)["status"] == "success", expr
+
+
+def test_the_watchdog_is_a_supervised_hardened_container(watched):
+    deadline = time.time() + 60      # Docker's first health check runs 15 s after the start
+    while True:
+        info = json.loads(subprocess.run(["docker", "inspect", "llamafleet-watchdog"], capture_output=True, text=True,
+                                         check=True).stdout)[0]
+        if info["State"]["Health"]["Status"] == "healthy" or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert info["State"]["Health"]["Status"] == "healthy"     # its /healthz: the loop is ticking
+    host = info["HostConfig"]
+    assert host["RestartPolicy"]["Name"] == "unless-stopped"
+    assert host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"] and not host["CapAdd"]
+    assert "no-new-privileges:true" in host["SecurityOpt"]
+    assert {m["Destination"]: m["RW"] for m in info["Mounts"]}["/run/llamafleet/watchdog"] is False
