@@ -19,6 +19,8 @@ LAB_MODEL = os.path.join(ROOT, ".cache", "models", "gemma-3-270m-q4_k_m.gguf")
 
 # Rows of the memory accuracy table (tests/integration/test_memory_accuracy.py), printed at the end.
 ACCURACY_ROWS: list[str] = []
+# Fault figures of the watchdog (tests/integration/test_watchdog.py), printed at the end.
+FAULT_ROWS: list[str] = []
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -26,4 +28,8 @@ def pytest_terminal_summary(terminalreporter):
     if ACCURACY_ROWS:
         terminalreporter.write_sep("=", "memory accuracy: predicted/measured MiB (llama-server -lv 4 fit projection)")
         for row in ACCURACY_ROWS:
+            terminalreporter.write_line(row)
+    if FAULT_ROWS:
+        terminalreporter.write_sep("=", "watchdog: faults on the lab (times from the fault, seconds)")
+        for row in FAULT_ROWS:
             terminalreporter.write_line(row)
