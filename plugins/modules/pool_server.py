@@ -141,8 +141,8 @@ def admin_state(bits: int) -> str:
     return "ready"
 
 
-def parse_servers_state(text: str, pool: str, server: str) -> int | None:
-    """srv_admin_state of pool/server from `show servers state <pool>` (None: no such server)."""
+def servers_state_rows(text: str, pool: str):
+    """The rows of `show servers state <pool>` as dicts keyed by its header."""
     fields = None
     for line in text.splitlines():
         if line.startswith("# "):
@@ -150,9 +150,14 @@ def parse_servers_state(text: str, pool: str, server: str) -> int | None:
             continue
         parts = line.split()
         if fields and len(parts) >= len(fields) - 1 and parts[1:2] == [pool]:
-            row = dict(zip(fields, parts, strict=False))
-            if row.get("srv_name") == server:
-                return int(row["srv_admin_state"])
+            yield dict(zip(fields, parts, strict=False))
+
+
+def parse_servers_state(text: str, pool: str, server: str) -> int | None:
+    """srv_admin_state of pool/server from `show servers state <pool>` (None: no such server)."""
+    for row in servers_state_rows(text, pool):
+        if row.get("srv_name") == server:
+            return int(row["srv_admin_state"])
     return None
 
 
@@ -172,16 +177,7 @@ def parse_stat(text: str, pool: str, server: str) -> dict | None:
 
 
 def server_names(text: str, pool: str) -> list[str]:
-    out = []
-    fields = None
-    for line in text.splitlines():
-        if line.startswith("# "):
-            fields = line[2:].split()
-            continue
-        parts = line.split()
-        if fields and parts[1:2] == [pool]:
-            out.append(dict(zip(fields, parts, strict=False)).get("srv_name", "?"))
-    return out
+    return [row.get("srv_name", "?") for row in servers_state_rows(text, pool)]
 
 
 def read(path: str, pool: str, server: str) -> tuple[str, dict]:
