@@ -68,11 +68,11 @@ server   role   model  device  layers        model  context  compute  overhead  
 chat-0   chat   q6     cuda:0  32/32+output  5,871      272       37       250      6,431   18.4    2.05$
 embed-0  embed  nomic  cuda:0  12/12+output    261        0       21       250        532  -      -     $
 $
-Workloads (Poisson arrivals, one slot pool per model):$
-model  req/min  slots  busy s/req  utilisation  TTFT p50   TTFT p95 $
------  -------  -----  ----------  -----------  ---------  ---------$
-q6          30      2        30.5         127%  unbounded  unbounded$
-q4           3      1        21.0          35%     1.50 s    12.35 s$"""
+Workloads (Poisson arrivals, one slot pool per model; pool rows: every host of the group):$
+model/pool  req/min  slots  busy s/req  utilisation  TTFT p50   TTFT p95   p95 if routed at random$
+----------  -------  -----  ----------  -----------  ---------  ---------  -----------------------$
+q6               30      2        30.5         127%  unbounded  unbounded  -                      $
+q4                3      1        21.0          35%     1.50 s    12.35 s  -                      $"""
 
 MARKDOWN = """\
 # llamafleet plan
@@ -97,10 +97,10 @@ estimates (see docs/plan.md).
 
 ## Workloads
 
-| model | req/min | slots | utilisation | TTFT p50 | TTFT p95 |
-|---|---|---|---|---|---|
-| q6 | 30 | 2 | 127% | unbounded | unbounded |
-| q4 | 3 | 1 | 35% | 1.50 s | 12.35 s |
+| model / pool | req/min | slots | utilisation | TTFT p50 | TTFT p95 | TTFT p95 if routed at random |
+|---|---|---|---|---|---|---|
+| q6 | 30 | 2 | 127% | unbounded | unbounded | - |
+| q4 | 3 | 1 | 35% | 1.50 s | 12.35 s | - |
 
 ## Findings
 
