@@ -288,8 +288,12 @@ def _dist(values: list[float]) -> dict:
     return out
 
 
-def summarize(records: list[dict], window_s: float | None = None) -> dict:
-    """Figures of a set of measured requests (one group, one server or all)."""
+def summarize(records: list[dict], window_s: float | None = None, arrival_span_s: float | None = None) -> dict:
+    """Figures of a set of measured requests (one group, one server or all).
+
+    window_s: first arrival to last completion (throughputs); arrival_span_s: the time over which
+    requests arrived (the offered rate), the window when not given.
+    """
     done = [r for r in records if r.get("ok")]
     errors = [r for r in records if not r.get("ok")]
     if window_s is None:
@@ -306,7 +310,8 @@ def summarize(records: list[dict], window_s: float | None = None) -> dict:
     per = max(window_s, 1e-9)
     return {
         "requests": len(records), "completed": len(done), "errors": len(errors), "window_s": window_s,
-        "request_throughput": len(done) / per, "arrival_rate_per_min": 60.0 * len(records) / per,
+        "request_throughput": len(done) / per,
+        "arrival_rate_per_min": 60.0 * len(records) / max(arrival_span_s or window_s, 1e-9),
         "output_throughput": out_tokens / per, "total_token_throughput": (out_tokens + in_tokens) / per,
         "prompt_tokens": in_tokens, "completion_tokens": out_tokens,
         "prompt_tokens_mean": (sum(r.get("prompt_tokens") or 0 for r in chats) / len(chats)) if chats else None,
@@ -389,8 +394,9 @@ def comparison(predicted: dict | None, measured: dict, slots: int) -> list[dict]
     """Rows of plan vs bench for one group: figure, predicted, measured, measured/predicted."""
     if not predicted:
         return []
-    window = measured["window_s"] or 1e-9
-    util = measured["slot_busy_total_s"] / (window * slots) if slots else None
+    # as the plan defines it: arrival rate x mean slot hold time / slots
+    busy = measured["slot_busy_s"]["mean"]
+    util = measured["arrival_rate_per_min"] / 60.0 * busy / slots if slots and busy is not None else None
     rows = [
         ("TTFT p50 (s)", predicted.get("ttft_p50_s"), measured["ttft"]["p50"]),
         ("TTFT p95 (s)", predicted.get("ttft_p95_s"), measured["ttft"]["p95"]),
@@ -445,7 +451,10 @@ def render_markdown(result: dict) -> str:
              + f", {cfg['embed_rate_per_min']:g} embedding requests/min; prompts ~{cfg['prompt_tokens']} tokens "
                f"(measured mean {_f(load['prompt_tokens_mean'], 0)}), replies {'exactly' if cfg['ignore_eos'] else 'up to'} "
                f"{cfg['reply_tokens']} tokens, embedding inputs ~{cfg['embed_tokens']} tokens; "
-             + f"{load['warmup']} warm-up request(s) excluded; measured window {_f(load['window_s'], 1)} s.", ""]
+             + f"{load['warmup']} warm-up request(s) excluded; measured window {_f(load['window_s'], 1)} s."
+             + (f" Controller load average {load['load_average'][0]} at the start, {load['load_average'][1]} at the end "
+                f"(on a machine that also runs the servers, anything else running slows them)." if load.get("load_average") else ""),
+             ""]
     lines += ["## Figures", "", "Per model group and per server (the server that answered, see docs/bench.md). "
               "TTFT counts from the request's arrival, so time waiting for a slot is in it.", ""]
     rows = [figures_row("**all**", result["summary"]["all"])]
@@ -530,9 +539,10 @@ def assemble(cfg: BenchConfig, target: str, mode: str, started: str, group_list:
     by_server: dict[str, list[dict]] = {}
     for r in measured:
         by_server.setdefault(r["server"] or "(unknown)", []).append(r)
-    summary = {"all": summarize(measured, window),
-               "groups": {name: summarize(rs, window) for name, rs in by_group.items()},
-               "servers": {name: summarize(rs, window) for name, rs in sorted(by_server.items())}}
+    span = run.get("arrival_span_s")
+    summary = {"all": summarize(measured, window, span),
+               "groups": {name: summarize(rs, window, span) for name, rs in by_group.items()},
+               "servers": {name: summarize(rs, window, span) for name, rs in sorted(by_server.items())}}
     server_side = {}
     for s in servers:
         before, after = run["metrics_before"].get(s["name"], {}), run["metrics_after"].get(s["name"], {})
@@ -555,7 +565,8 @@ def assemble(cfg: BenchConfig, target: str, mode: str, started: str, group_list:
         "started": started, "target": target, "mode": mode, "config": config_out,
         "load": {"warmup": sum(r["warmup"] for r in records), "window_s": window, "measured": len(measured),
                  "prompt_tokens_mean": sum(prompt_means) / len(prompt_means) if prompt_means else None,
-                 "tokens_per_word": run.get("tokens_per_word")},
+                 "tokens_per_word": run.get("tokens_per_word"), "arrival_span_s": span,
+                 "load_average": run.get("load_average")},
         "groups": group_list, "servers": servers, "summary": summary, "server_side": server_side,
         "predictions": predicted, "comparison": compared, "errors": error_counts(measured), "requests": records,
     }

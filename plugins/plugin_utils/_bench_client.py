@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench import (
     parse_metrics,
     server_from_headers,
 )
+
+SETTLE_S = 0.5
 
 
 @dataclass
@@ -286,19 +289,27 @@ class Runner:
                 await asyncio.gather(*tasks)
         finally:
             tick.cancel()
-        return start, time.monotonic() - self.t0
+        if cfg.mode == "concurrency" or not span:
+            span = time.monotonic() - self.t0 - start
+        return start, time.monotonic() - self.t0, span
 
     async def run(self) -> dict:
         connector = aiohttp.TCPConnector(limit=0, force_close=True)  # llama-server closes streamed connections anyway
         async with aiohttp.ClientSession(connector=connector) as session:
             router = Router(self.target, self.cfg.routing, self.cfg.seed)
             self.t0 = time.monotonic()
+            load_before = os.getloadavg()
             await self.warmup(session, router)
+            # llama-server adds a request's tokens to its counters when it releases the slot, just
+            # after the last chunk is sent: let the last ones land before each scrape
+            await asyncio.sleep(SETTLE_S)
             before = await self.scrape(session)
-            start, end = await self.measured(session, router)
+            start, end, span = await self.measured(session, router)
+            await asyncio.sleep(SETTLE_S)
             after = await self.scrape(session)
         return {"records": self.records, "metrics_before": before, "metrics_after": after,
-                "window": [start, end], "tokens_per_word": self.prompts.tokens_per_word}
+                "window": [start, end], "arrival_span_s": span, "tokens_per_word": self.prompts.tokens_per_word,
+                "load_average": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]}
 
 
 def run(cfg: BenchConfig, target: Target, progress: Callable[[dict], None] | None = None) -> dict:

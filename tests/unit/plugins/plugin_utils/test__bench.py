@@ -220,13 +220,14 @@ def test_predictions_at_the_measured_load_by_hand():
 
 
 def test_comparison_flags_what_is_off_by_more_than_a_quarter():
-    measured = summarize(records()[:2], window_s=10.0)
+    measured = summarize(records()[:2], window_s=10.0, arrival_span_s=5.0)
     rows = comparison({"ttft_p50_s": 0.5, "ttft_p95_s": 1.4, "tokens_per_s_per_request": 1.5, "service_s": 2.0,
-                       "utilisation": 0.2}, measured, slots=2)
+                       "utilisation": 0.35}, measured, slots=2)
     by = {r["figure"]: r for r in rows}
     assert by["TTFT p50 (s)"]["ratio"] == pytest.approx(2.0) and by["TTFT p50 (s)"]["off"]
     assert not by["TTFT p95 (s)"]["off"]                        # 1.45 / 1.4
-    assert by["utilisation"]["measured"] == pytest.approx(0.2)  # 4.0 busy slot-seconds / (10 s x 2 slots)
+    # 2 arrivals in 5 s = 0.4/s, each holding a slot 2.0 s on average, over 2 slots: 0.4 x 2.0 / 2
+    assert by["utilisation"]["measured"] == pytest.approx(0.4)
     assert not by["utilisation"]["off"]
 
 
