@@ -55,6 +55,7 @@ class BenchConfig:
     users: int
     characters: int
     routing: str
+    probe: bool
 
     @property
     def mode(self) -> str:
@@ -112,6 +113,7 @@ def config(values: dict) -> BenchConfig:
         users=_number("users", values.get("users"), int) or 10,
         characters=_number("characters", values.get("characters"), int) or 4,
         routing=routing,
+        probe=bool(values.get("probe", True)),
     )
 
 
@@ -358,7 +360,7 @@ def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict:
 
 
 # -- the plan beside the bench -------------------------------------------------------------------------
-def plan_speeds(plan_result: dict, group: dict, prompt_tokens: float) -> list:
+def plan_speeds(plan_result: dict, group: dict, prompt_tokens: float, alone: dict | None = None) -> list:
     """The plan's per-server speeds of a group's servers, its TTFT rescaled to this prompt length.
 
     plan.json's speeds were computed for the inventory's workload; a server's prefill rate and its
@@ -372,16 +374,27 @@ def plan_speeds(plan_result: dict, group: dict, prompt_tokens: float) -> list:
         sp = by_name[name]["speed"] if name in by_name else None
         if not sp:
             continue
-        ttft = prompt_tokens / sp["prefill_tps"] + 1.0 / sp["decode_tps"]
-        out.append(Speed(sp["decode_tps"], sp["prefill_tps"], ttft, sp["batch_decode_tps"], int(sp["slots"])))
+        # measured alone: the plan's speeds scaled to them (the plan's ratio of batched to single
+        # decode is kept: how slots share a step is part of the load model under test)
+        seen = (alone or {}).get(name) or {}
+        k_decode = seen["decode_tps"] / sp["decode_tps"] if seen.get("decode_tps") else 1.0
+        prefill = seen.get("prefill_tps") or sp["prefill_tps"]
+        decode = sp["decode_tps"] * k_decode
+        ttft = prompt_tokens / prefill + 1.0 / decode
+        out.append(Speed(decode, prefill, ttft, sp["batch_decode_tps"] * k_decode, int(sp["slots"])))
     return out
 
 
-def predictions(plan_result: dict, group: dict, rate_per_min: float, prompt_tokens: float, reply_tokens: float) -> dict | None:
-    """The plan's figures for one chat group at the load the bench measured (same rate and lengths)."""
+def predictions(plan_result: dict, group: dict, rate_per_min: float, prompt_tokens: float, reply_tokens: float,
+                alone: dict | None = None) -> dict | None:
+    """The plan's figures for one chat group at the load the bench measured (same rate and lengths).
+
+    alone: per server {prefill_tps, decode_tps} measured alone; when given, the plan's load model
+    runs on those speeds instead of its roofline ones.
+    """
     from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import workload
 
-    speeds = plan_speeds(plan_result, group, prompt_tokens)
+    speeds = plan_speeds(plan_result, group, prompt_tokens, alone)
     if not speeds or rate_per_min <= 0:
         return None
     result = workload(group["model"], rate_per_min, int(round(prompt_tokens)), int(round(reply_tokens)), speeds)
@@ -480,6 +493,16 @@ def render_markdown(result: dict) -> str:
                      "tokens predicted (server)", "completion tokens (client)", "prompt tok/s", "decode tok/s per stream",
                      "busy slots per decode"], srows)
 
+    if result.get("alone"):
+        lines += ["", "Each chat server alone (one request, no prompt cache, before the measured phase; llama-server's "
+                  "timings) beside the plan's roofline figures:", ""]
+        plan_by = {s["name"]: s["speed"] for s in (result.get("plan_servers") or [])}
+        arows = []
+        for name, a in result["alone"].items():
+            sp = plan_by.get(name) or {}
+            arows.append([name, _f(a.get("prefill_tps"), 1), _f(sp.get("prefill_tps"), 1), _f(a.get("decode_tps"), 1),
+                          _f(sp.get("decode_tps"), 1)] if "error" not in a else [name, a["error"], "-", "-", "-"])
+        lines += _table(["server", "prompt tok/s alone", "plan", "decode tok/s alone", "plan"], arows)
     lines += ["", "## The plan beside the bench", "",
               "The plan's model (docs/plan.md) evaluated at the load this run measured: its arrival rate and mean "
               "prompt and reply lengths. Ratio = measured / predicted; **bold** when off by more than 25%.", ""]
@@ -556,9 +579,14 @@ def assemble(cfg: BenchConfig, target: str, mode: str, started: str, group_list:
         s = summary["groups"][g["name"]]
         if g["role"] != "chat" or not plan_result or not s["completed"]:
             continue
-        predicted[g["name"]] = predictions(plan_result, g, s["arrival_rate_per_min"], s["prompt_tokens_mean"] or cfg.prompt_tokens,
-                                           s["completion_tokens_mean"] or cfg.reply_tokens)
-        compared[g["name"]] = comparison(predicted[g["name"]], s, sum(slots.get(n, 1) for n in g["servers"]))
+        load = (s["arrival_rate_per_min"], s["prompt_tokens_mean"] or cfg.prompt_tokens, s["completion_tokens_mean"] or cfg.reply_tokens)
+        predicted[g["name"]] = predictions(plan_result, g, *load)
+        n_slots = sum(slots.get(n, 1) for n in g["servers"])
+        compared[g["name"]] = comparison(predicted[g["name"]], s, n_slots)
+        alone = {n: v for n, v in (run.get("alone") or {}).items() if "error" not in v}
+        if alone:
+            predicted[g["name"] + " (speeds measured alone)"] = p_alone = predictions(plan_result, g, *load, alone=alone)
+            compared[g["name"] + " (speeds measured alone)"] = comparison(p_alone, s, n_slots)
     prompt_means = [r.get("prompt_tokens") for r in measured if r["kind"] == "chat" and r.get("prompt_tokens")]
     config_out = dict(cfg.__dict__, mode=cfg.mode)
     return {
@@ -567,6 +595,7 @@ def assemble(cfg: BenchConfig, target: str, mode: str, started: str, group_list:
                  "prompt_tokens_mean": sum(prompt_means) / len(prompt_means) if prompt_means else None,
                  "tokens_per_word": run.get("tokens_per_word"), "arrival_span_s": span,
                  "load_average": run.get("load_average")},
-        "groups": group_list, "servers": servers, "summary": summary, "server_side": server_side,
-        "predictions": predicted, "comparison": compared, "errors": error_counts(measured), "requests": records,
+        "groups": group_list, "servers": servers,
+        "plan_servers": [{"name": p["name"], "speed": p["speed"]} for p in (plan_result or {}).get("servers", [])], "summary": summary, "server_side": server_side,
+        "predictions": predicted, "comparison": compared, "alone": run.get("alone") or {}, "errors": error_counts(measured), "requests": records,
     }

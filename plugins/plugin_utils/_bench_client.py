@@ -231,6 +231,32 @@ class Runner:
         if counted:
             self.prompts.calibrate(self.cfg.prompt_tokens, sum(counted) / len(counted))
 
+    async def probe(self, session: aiohttp.ClientSession) -> dict[str, dict]:
+        """Each chat server's speed alone, one server at a time, from llama-server's own timings.
+
+        One request of the stated prompt length (no prompt cache) and up to 64 reply tokens. The
+        plan's load model is then also evaluated with these speeds (report: "plan, speeds measured
+        alone"), which separates a wrong raw speed from a wrong queueing or sharing model.
+        """
+        out = {}
+        headers = {"Authorization": f"Bearer {self.target.server_key}"} if self.target.server_key else {}
+        for group in self.chat_groups:
+            for name in group["servers"]:
+                server = next(s for s in self.target.servers if s["name"] == name)
+                _, messages = self.prompts.chat(self.n_chat)
+                self.n_chat += 1
+                body = {"model": group["model"], "messages": messages, "max_tokens": min(self.cfg.reply_tokens, 64),
+                        "ignore_eos": True, "cache_prompt": False}
+                try:
+                    async with session.post(server["url"].rstrip("/") + "/v1/chat/completions", json=body, headers=headers,
+                                            timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s)) as resp:
+                        timings = (await resp.json()).get("timings") or {}
+                    out[name] = {"prefill_tps": timings["prompt_per_second"], "decode_tps": timings["predicted_per_second"],
+                                 "prompt_tokens": timings.get("prompt_n")}
+                except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as exc:
+                    out[name] = {"error": f"{type(exc).__name__} {exc}"[:200]}
+        return out
+
     async def measured(self, session: aiohttp.ClientSession, router: Router) -> tuple[float, float]:
         cfg = self.cfg
         start = time.monotonic() - self.t0
@@ -300,6 +326,7 @@ class Runner:
             self.t0 = time.monotonic()
             load_before = os.getloadavg()
             await self.warmup(session, router)
+            alone = await self.probe(session) if self.cfg.probe else {}
             # llama-server adds a request's tokens to its counters when it releases the slot, just
             # after the last chunk is sent: let the last ones land before each scrape
             await asyncio.sleep(SETTLE_S)
@@ -308,7 +335,7 @@ class Runner:
             await asyncio.sleep(SETTLE_S)
             after = await self.scrape(session)
         return {"records": self.records, "metrics_before": before, "metrics_after": after,
-                "window": [start, end], "arrival_span_s": span, "tokens_per_word": self.prompts.tokens_per_word,
+                "window": [start, end], "arrival_span_s": span, "alone": alone, "tokens_per_word": self.prompts.tokens_per_word,
                 "load_average": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]}
 
 

@@ -87,7 +87,7 @@ def server_speed(model: ModelInfo, mem: ServerMemory, dev: Device, prompt_tokens
     t_weights = dev_w / bw + host_w / host_bw
     t_step1 = t_weights + kv_read / bw
     decode = 1.0 / t_step1
-    t_stepn = t_weights + slots * kv_read / bw
+    t_stepn = t_weights + slots * kv_read / bw + (slots - 1) * shared_step_s(model, dev)
     batch = slots / t_stepn
 
     # prefill: 2 FLOP per block parameter per prompt token; with partial offload the GPU still
@@ -98,6 +98,36 @@ def server_speed(model: ModelInfo, mem: ServerMemory, dev: Device, prompt_tokens
     upload = math.ceil(prompt_tokens / max(n_ubatch, 1)) * host_w / (PCIE_GBS * 1e9) if host_w else 0.0
     ttft = prompt_tokens / prefill + upload + t_step1
     return Speed(decode, prompt_tokens / max(ttft - t_step1, 1e-9), ttft, batch, slots)
+
+
+# -- slots sharing a server (measured against bench.yml: docs/bench.md) -----------------------------
+# A decode step with n busy slots reads the weights once, but every slot's token is multiplied
+# through them: each slot beyond the first adds its matmul work, at a fraction of the rate prefill
+# reaches (a few columns do not get big-matmul efficiency). Fitted on the P40's batched decode
+# (PR #7314, FA on: 52.6 / 96.8 / 115.5 / 147.5 tok/s in total at 1 / 2 / 4 / 8 sequences, i.e.
+# about 5 ms more per step for each sequence: 24% of the prefill rate the plan assumes for that
+# card) and on the lab's CPU (one thread: 2 slots decode at 0.5-0.65 of one alone, i.e. 50%).
+SHARED_STEP_SHARE = {"cuda": 0.24, "cpu": 0.5}
+
+
+def shared_step_s(model: ModelInfo, dev: Device) -> float:
+    """Seconds one more busy slot adds to a decode step of a server."""
+    rate = dev.compute_tops * 1e12 * dev.prefill_efficiency * SHARED_STEP_SHARE.get(dev.kind, 0.24)
+    return 2 * layer_params(model) / max(rate, 1.0)
+
+
+def stalled_decode_s(reply_tokens: float, stream_tps: float, others_per_s: float, prefill_s: float) -> float:
+    """Decode time of a reply while the other slots of its server take new prompts.
+
+    llama-server prefills a new prompt in the same steps as the other slots' decoding, so each
+    prompt that starts on the server while a reply is being generated holds that reply for about
+    the prompt's prefill time. With others_per_s such arrivals, D = R / tps + others_per_s x D x
+    prefill_s, so D = R / tps / (1 - others_per_s x prefill_s).
+    """
+    busy = others_per_s * prefill_s
+    if busy >= 1.0:
+        return math.inf
+    return reply_tokens / stream_tps / (1.0 - busy)
 
 
 # -- queueing --------------------------------------------------------------------------------------
@@ -147,8 +177,14 @@ def workload(model_name: str, rpm: float, prompt_tokens: int, reply_tokens: int,
     # a slot's share when its server is busy; alone it runs at decode_tps
     stream_tps = sum(p * s.slots for p, s in zip(per_stream, servers, strict=True)) / slots
     ttft0 = sum(s.ttft_s * s.slots for s in servers) / slots
-    service = ttft0 + reply_tokens / stream_tps
     lam = rpm / 60.0
+    # prompts that start on the same server while a reply decodes: its share of the arrivals that
+    # find a slot there beside this one ((slots - 1) / slots of a server's arrivals)
+    per_server = slots / len(servers)
+    others = lam / len(servers) * (per_server - 1) / per_server
+    decode_s = stalled_decode_s(reply_tokens, stream_tps, others, ttft0)
+    service = ttft0 + decode_s
+    stream_tps = reply_tokens / decode_s if decode_s > 0 and math.isfinite(decode_s) else 0.0  # what a request sees
     offered = lam * service
     util = offered / slots
     if util >= 1.0:

@@ -208,15 +208,27 @@ PLAN = {"servers": [{"name": "chat-0", "speed": {"decode_tps": 50.0, "prefill_tp
 
 
 def test_predictions_at_the_measured_load_by_hand():
-    # TTFT alone 200/200 + 1/50 = 1.02 s; per stream 80/2 = 40 tok/s; service 1.02 + 64/40 = 2.62 s.
-    # 12/min = 0.2/s: offered 0.524 on 2 slots, utilisation 0.262. Erlang C(2, 0.524): a^2/2 x 2/(2-a)
-    # = 0.18603; P(wait) = 0.18603 / (1 + 0.524 + 0.18603) = 0.10879 < 0.5: p50 has no wait.
-    # p95 wait = ln(0.10879 / 0.05) / (2/2.62 - 0.2) = 0.77739 / 0.56336 = 1.37987 s.
+    # TTFT alone 200/200 + 1/50 = 1.02 s; per stream 80/2 = 40 tok/s. 12/min = 0.2/s on one server
+    # of 2 slots: the other slot takes a new prompt 0.2 x 1/2 = 0.1 times a second, each stalling
+    # this reply ~1.02 s: decode 64/40 / (1 - 0.102) = 1.78174 s; service 1.02 + 1.78174 = 2.80174 s.
+    # Offered 0.2 x 2.80174 = 0.56035 on 2 slots: utilisation 0.28017. Erlang C(2, a) = (a^2/(2-a)) /
+    # (1 + a + a^2/(2-a)) = 0.21810 / 1.77845 = 0.12264 < 0.5: p50 has no wait.
+    # p95 wait = ln(0.12264 / 0.05) / (2/2.80174 - 0.2) = 0.89719 / 0.51384 = 1.74605 s.
     p = predictions(PLAN, {"name": "g", "model": "m", "servers": ["chat-0"]}, 12, 200, 64)
     assert p["ttft_p50_s"] == pytest.approx(1.02, abs=1e-3)
-    assert p["ttft_p95_s"] == pytest.approx(2.39987, abs=1e-3)
-    assert p["utilisation"] == pytest.approx(0.262, abs=1e-3)
-    assert p["tokens_per_s_per_request"] == pytest.approx(40.0)
+    assert p["ttft_p95_s"] == pytest.approx(2.76605, abs=1e-3)
+    assert p["utilisation"] == pytest.approx(0.28017, abs=1e-3)
+    assert p["tokens_per_s_per_request"] == pytest.approx(64 / 1.78174, rel=1e-4)  # stalls included
+
+
+def test_predictions_with_speeds_measured_alone():
+    # measured alone: prefill 100 tok/s, decode 25 tok/s (half the plan's 50): batched per stream
+    # scales the same way, 80/2 x 0.5 = 20 tok/s; TTFT alone 200/100 + 1/25 = 2.04 s; the other
+    # slot's prompts (0.1/s x 2.04 s) stall it: 20 x (1 - 0.204) = 15.92 tok/s
+    p = predictions(PLAN, {"name": "g", "model": "m", "servers": ["chat-0"]}, 12, 200, 64,
+                    alone={"chat-0": {"prefill_tps": 100.0, "decode_tps": 25.0}})
+    assert p["ttft_alone_s"] == pytest.approx(2.04)
+    assert p["tokens_per_s_per_request"] == pytest.approx(15.92)
 
 
 def test_comparison_flags_what_is_off_by_more_than_a_quarter():
