@@ -172,7 +172,7 @@ TRAITS = ("kind", "curious", "sarcastic", "shy", "brave", "playful", "wise", "st
 
 def _prose(rng: random.Random, words: int) -> str:
     out, sentence = [], []
-    for _ in range(max(words, 1)):
+    for _word in range(max(words, 1)):
         sentence.append(rng.choice(WORDS))
         if len(sentence) >= rng.randint(6, 14):
             out.append(" ".join(sentence).capitalize() + rng.choice((".", ".", ".", "!", "?")))
@@ -596,6 +596,7 @@ def assemble(cfg: BenchConfig, target: str, mode: str, started: str, group_list:
                  "tokens_per_word": run.get("tokens_per_word"), "arrival_span_s": span,
                  "load_average": run.get("load_average")},
         "groups": group_list, "servers": servers,
-        "plan_servers": [{"name": p["name"], "speed": p["speed"]} for p in (plan_result or {}).get("servers", [])], "summary": summary, "server_side": server_side,
+        "plan_servers": [{"name": p["name"], "speed": p["speed"]} for p in (plan_result or {}).get("servers", [])],
+        "summary": summary, "server_side": server_side,
         "predictions": predicted, "comparison": compared, "alone": run.get("alone") or {}, "errors": error_counts(measured), "requests": records,
     }

@@ -18,7 +18,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
+try:
+    import aiohttp
+except ImportError:  # the controller running a bench needs it (requirements.txt); importing this module alone does not
+    aiohttp = None
 
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench import (
     BenchConfig,
@@ -220,7 +223,7 @@ class Runner:
         """
         jobs = []
         for group in self.chat_groups:
-            for _ in range(self.cfg.warmup_requests * max(len(group["servers"]), 1)):
+            for _request in range(self.cfg.warmup_requests * max(len(group["servers"]), 1)):
                 jobs.append(self.chat(session, router, group, time.monotonic() - self.t0, True, max_tokens=8))
         for group in self.embed_groups if self.cfg.embed_rate_per_min > 0 else []:
             if self.cfg.warmup_requests:
@@ -243,7 +246,7 @@ class Runner:
         for group in self.chat_groups:
             for name in group["servers"]:
                 server = next(s for s in self.target.servers if s["name"] == name)
-                _, messages = self.prompts.chat(self.n_chat)
+                messages = self.prompts.chat(self.n_chat)[1]
                 self.n_chat += 1
                 body = {"model": group["model"], "messages": messages, "max_tokens": min(self.cfg.reply_tokens, 64),
                         "ignore_eos": True, "cache_prompt": False}
@@ -340,4 +343,6 @@ class Runner:
 
 
 def run(cfg: BenchConfig, target: Target, progress: Callable[[dict], None] | None = None) -> dict:
+    if aiohttp is None:
+        raise RuntimeError("the bench needs the Python package aiohttp on the controller: pip install -r requirements.txt")
     return asyncio.run(Runner(cfg, target, progress).run())

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 
-import matplotlib
+try:
+    import matplotlib
 
-matplotlib.use("Agg")  # files only; the controller may have no display
-import matplotlib.pyplot as plt  # noqa: E402
+    matplotlib.use("Agg")  # files only; the controller may have no display
+    import matplotlib.pyplot as plt
+except ImportError:  # needed to draw (requirements.txt), not to import this module
+    plt = None
 
 DPI = 80
 
@@ -71,7 +74,7 @@ def latency_over_time(result: dict, path: str, bucket_s: float = 5.0) -> None:
 
 
 def per_server_load(result: dict, path: str) -> None:
-    servers = [n for n in result["summary"]["servers"]]
+    servers = list(result["summary"]["servers"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(7, 3.2))
     counts = [result["summary"]["servers"][n]["completed"] for n in servers]
     errors = [result["summary"]["servers"][n]["errors"] for n in servers]
@@ -94,9 +97,11 @@ def per_server_load(result: dict, path: str) -> None:
 
 def write_plots(result: dict, directory: str) -> list[str]:
     """The three PNGs of a run, written into directory; their file names."""
+    if plt is None:
+        raise RuntimeError("the bench's plots need the Python package matplotlib on the controller: "
+                           "pip install -r requirements.txt")
     out = []
     for name, draw in (("ttft.png", ttft_distribution), ("latency.png", latency_over_time), ("servers.png", per_server_load)):
         draw(result, os.path.join(directory, name))
         out.append(name)
     return out
-
