@@ -419,7 +419,9 @@ def comparison(predicted: dict | None, measured: dict, slots: int) -> list[dict]
     ]
     out = []
     for name, p, m in rows:
-        ratio = (m / p) if (p and m is not None and p > 0) else None
+        if p is None and predicted.get("stable") is False:
+            p = math.inf  # the plan says the queue grows without bound at this load
+        ratio = (m / p) if (p and m is not None and 0 < p < math.inf) else None
         out.append({"figure": name, "predicted": p, "measured": m, "ratio": ratio,
                     "off": ratio is not None and abs(ratio - 1.0) > 0.25})
     return out

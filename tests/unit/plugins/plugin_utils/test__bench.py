@@ -257,3 +257,10 @@ def test_report_renders_every_section():
     for part in ("## Figures", "## Server-side figures", "## The plan beside the bench", "HTTP 501", "1 x HTTP 503: busy",
                  "| server chat-0 |", "TTFT p95 (s)"):
         assert part in text
+
+
+def test_comparison_says_unbounded_when_the_plan_says_overloaded():
+    measured = summarize(records()[:2], window_s=10.0, arrival_span_s=5.0)
+    rows = comparison({"ttft_p50_s": None, "ttft_p95_s": None, "stable": False, "utilisation": 1.2,
+                       "tokens_per_s_per_request": 1.0, "service_s": 3.0}, measured, slots=2)
+    assert rows[0]["predicted"] == float("inf") and rows[0]["ratio"] is None
