@@ -18,13 +18,7 @@ PROMPT = 200
 
 
 @pytest.fixture(scope="module")
-def lab():
-    """The lab fleet as site.yml brings it up."""
-    playbook("site.yml")
-
-
-@pytest.fixture(scope="module")
-def bench_run(lab, tmp_path_factory) -> dict:
+def bench_run(lab, tmp_path_factory) -> dict:  # lab: the session's lab fleet (conftest)
     report_dir = str(tmp_path_factory.mktemp("bench"))
     settings = {"llamafleet_bench_rate_per_min": 30, "llamafleet_bench_duration_s": 40,
                 "llamafleet_bench_prompt_tokens": PROMPT, "llamafleet_bench_reply_tokens": REPLY,
