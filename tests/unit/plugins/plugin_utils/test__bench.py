@@ -170,9 +170,14 @@ def test_constant_arrivals():
 
 
 def test_poisson_arrivals_have_the_rate():
-    times = arrival_times(60, 2000, None, "poisson", 1)  # 1/s for 2000 s: ~2000 arrivals, sd ~45
-    assert 1850 < len(times) < 2150
-    assert times == sorted(times) and times == arrival_times(60, 2000, None, "poisson", 1)
+    times = arrival_times(12, 60, None, "poisson", 1)  # 12/min for 60 s: exactly 12 requests
+    assert len(times) == 12 and times == sorted(times) and 0 <= times[0] and times[-1] < 60
+    assert times == arrival_times(12, 60, None, "poisson", 1) != arrival_times(12, 60, None, "poisson", 2)
+    many = arrival_times(60, 3000, None, "poisson", 1)
+    gaps = [b - a for a, b in zip([0.0, *many], many, strict=False)]
+    # exponential gaps of mean 1 s: about 1 - 1/e = 63% of them are shorter than the mean
+    assert 0.58 < sum(g < 1.0 for g in gaps) / len(gaps) < 0.68
+    assert len(arrival_times(30, None, 7, "poisson", 0)) == 7
 
 
 def test_prompts_share_the_character_card_and_have_the_length():
