@@ -249,7 +249,7 @@ def arrival_times(rate_per_min: float, duration_s: float | None, count: int | No
     """Send times (seconds from the start) of an open-loop run: Poisson or evenly spaced.
 
     A short run of free Poisson draws often offers a rate far from the stated one (12/min for 60 s
-    gives anything from 6 to 19 requests, 1 in 20 runs); the count is therefore fixed to the
+    gives 6 to 19 requests in 95% of runs); the count is therefore fixed to the
     stated rate x duration, and the Poisson times are the ones a Poisson process has given that
     count: independent uniform times, sorted.
     """
