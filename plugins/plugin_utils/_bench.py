@@ -540,7 +540,8 @@ def server_from_headers(headers: dict, servers: list[dict]) -> str | None:
     `<server>`); LiteLLM names the upstream it called in x-litellm-model-api-base (a URL).
     """
     lower = {k.lower(): v for k, v in headers.items()}
-    name = lower.get("x-llamafleet-server")
+    # LiteLLM passes an upstream's response headers on with the prefix llm_provider-
+    name = lower.get("x-llamafleet-server") or lower.get("llm_provider-x-llamafleet-server")
     if name:
         for s in servers:
             if name in (s["name"], f"{s.get('host')}.{s['name']}"):

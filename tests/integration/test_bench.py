@@ -22,7 +22,9 @@ def bench_run(lab, tmp_path_factory) -> dict:  # lab: the session's lab fleet (c
     report_dir = str(tmp_path_factory.mktemp("bench"))
     settings = {"llamafleet_bench_rate_per_min": 30, "llamafleet_bench_duration_s": 40,
                 "llamafleet_bench_prompt_tokens": PROMPT, "llamafleet_bench_reply_tokens": REPLY,
-                "llamafleet_bench_embed_rate_per_min": 20, "llamafleet_report_dir": report_dir}
+                "llamafleet_bench_embed_rate_per_min": 20, "llamafleet_report_dir": report_dir,
+                # per-server mode: each request's server is known, as the /metrics comparison needs
+                "llamafleet_bench_direct": True}
     result = playbook("playbooks/bench.yml", "-e", json.dumps(settings))
     with open(os.path.join(report_dir, "results.json"), encoding="utf-8") as handle:
         out = json.load(handle)

@@ -203,6 +203,7 @@ def test_calibration_scales_the_history():
 
 def test_server_from_headers():
     assert server_from_headers({"X-Llamafleet-Server": "lab.chat-1"}, SERVERS) == "chat-1"
+    assert server_from_headers({"llm_provider-x-llamafleet-server": "lab.chat-0"}, SERVERS) == "chat-0"  # via LiteLLM
     assert server_from_headers({"x-litellm-model-api-base": "http://127.0.0.1:8101/v1"}, SERVERS) == "chat-0"
     assert server_from_headers({}, SERVERS) is None
 
