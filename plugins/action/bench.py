@@ -78,7 +78,7 @@ class ActionModule(ActionBase):
         everything = report["summary"]["all"]
         result.update(
             changed=False, report_dir=report_dir, summary=report["summary"], server_side=report["server_side"],
-            comparison=report["comparison"], errors=everything["errors"],
+            comparison=report["comparison"], errors=everything["errors"], config=report["config"],
             msg=(f"{everything['completed']} of {everything['requests']} measured requests answered "
                  f"({everything['errors']} errors) in {everything['window_s']:.0f} s; TTFT p50 "
                  f"{everything['ttft']['p50'] or 0:.2f} s, p95 {everything['ttft']['p95'] or 0:.2f} s; "

@@ -92,4 +92,8 @@ errors:
   description: Number of measured requests that failed.
   returned: always
   type: int
+config:
+  description: The load's settings as the run used them (rate or concurrency, duration, prompt and reply tokens, ...).
+  returned: always
+  type: dict
 """
