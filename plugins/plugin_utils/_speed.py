@@ -162,33 +162,83 @@ class WorkloadResult:
                     (None if isinstance(v, float) else v)) for k, v in self.__dict__.items()}
 
 
+def busy_beside(slots: int, n_servers: int, offered: float) -> float:
+    """Expected busy slots on the server of a request being served (itself included).
+
+    The pool is the M/M/c queue of ``workload`` (c = all slots): m requests are in service with
+    probability P(m) (Erlang's distribution; m = c whenever any request waits). The pools route by
+    least connections, so m requests spread evenly: r = m mod S servers hold q + 1 = m // S + 1,
+    the others q. A request in service sits on a server with k busy with probability k / m, so it
+    sees (r (q + 1)^2 + (S - r) q^2) / m busy, and a random request in service sees m with
+    probability m P(m) / sum m P(m).
+    """
+    if offered >= slots:
+        return slots / n_servers
+    term, weights = 1.0, []
+    for m in range(1, slots + 1):
+        term *= offered / m                                   # a^m / m!
+        weights.append(term / (1 - offered / slots) if m == slots else term)
+    total = seen = 0.0
+    for m, w in enumerate(weights, start=1):
+        q, r = divmod(m, n_servers)
+        total += m * w
+        seen += w * (r * (q + 1) ** 2 + (n_servers - r) * q ** 2)
+    return seen / total if total else 1.0
+
+
 def workload(model_name: str, rpm: float, prompt_tokens: int, reply_tokens: int,
              servers: list[Speed]) -> WorkloadResult:
     """Expected utilisation and TTFT of one model's servers under Poisson arrivals.
 
     All slots of all servers of the model form one pool (slot-aware routing: a request waits for
     the first free slot anywhere). A slot's service time is its prefill plus reply_tokens at the
-    per-stream speed it gets while the other slots of its server decode too.
+    per-stream speed it gets beside the other busy slots of its server: alone at decode_tps, with
+    all n slots busy at batch_decode_tps / n, linear in between (each busy slot adds its share of
+    a step). How many are busy beside it follows from the load (busy_beside), which depends on the
+    service time: the two are solved together (a fixed point, reached from below).
     """
     slots = sum(s.slots for s in servers)
     if not slots:
         raise ValueError(f"workload for {model_name}: no chat server serves this model")
-    per_stream = [s.batch_decode_tps / s.slots for s in servers]
-    # a slot's share when its server is busy; alone it runs at decode_tps
-    stream_tps = sum(p * s.slots for p, s in zip(per_stream, servers, strict=True)) / slots
     ttft0 = sum(s.ttft_s * s.slots for s in servers) / slots
     lam = rpm / 60.0
-    # prompts that start on the same server while a reply decodes: its share of the arrivals that
-    # find a slot there beside this one ((slots - 1) / slots of a server's arrivals)
-    per_server = slots / len(servers)
-    others = lam / len(servers) * (per_server - 1) / per_server
-    decode_s = stalled_decode_s(reply_tokens, stream_tps, others, ttft0)
-    service = ttft0 + decode_s
-    stream_tps = reply_tokens / decode_s if decode_s > 0 and math.isfinite(decode_s) else 0.0  # what a request sees
+
+    def serve(busy: float) -> tuple[float, float]:
+        """(service time, decode time of the reply) when `busy` slots of a server are busy on average."""
+        steps = []  # a decode step's seconds on each server at that occupancy
+        for s in servers:
+            b = min(max(busy, 1.0), s.slots)
+            t1, tn = 1.0 / s.decode_tps, s.slots / s.batch_decode_tps
+            steps.append(t1 + (b - 1) / (s.slots - 1) * (tn - t1) if s.slots > 1 else t1)
+        stream_tps = sum(s.slots / t for s, t in zip(servers, steps, strict=True)) / slots
+        # prompts that start beside a reply on its server: each other busy slot takes a new
+        # request once per service time; each holds the reply for its prefill (stalled_decode_s)
+        service = ttft0 + reply_tokens / stream_tps
+        for _round in range(50):
+            decode_s = stalled_decode_s(reply_tokens, stream_tps, max(busy - 1.0, 0.0) / service, ttft0)
+            if not math.isfinite(decode_s):
+                return math.inf, math.inf
+            service = ttft0 + decode_s
+        return service, decode_s
+
+    busy, service, decode_s = 1.0, *serve(1.0)
+    for _round in range(200):
+        if not math.isfinite(service) or lam * service >= slots:
+            break
+        busy_next = busy_beside(slots, len(servers), lam * service)
+        if abs(busy_next - busy) < 1e-9:
+            break
+        busy = busy_next
+        service, decode_s = serve(busy)
     offered = lam * service
-    util = offered / slots
-    if util >= 1.0:
+    if not math.isfinite(service) or offered >= slots:
+        # overloaded: every slot is busy, so every reply shares its server's steps
+        service, decode_s = serve(slots / len(servers))
+        stream_tps = reply_tokens / decode_s if decode_s > 0 and math.isfinite(decode_s) else 0.0
+        util = lam * service / slots if math.isfinite(service) else math.inf
         return WorkloadResult(model_name, rpm, slots, service, util, math.inf, math.inf, stream_tps, False)
+    stream_tps = reply_tokens / decode_s if decode_s > 0 else 0.0  # what a request sees
+    util = offered / slots
     p_wait = erlang_c(slots, offered)
     rate = slots / service - lam  # decay rate of the waiting-time tail
 

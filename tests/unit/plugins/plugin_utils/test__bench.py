@@ -4,6 +4,8 @@ Expected values are worked out by hand in the comments (vLLM benchmark_serving's
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench import (
@@ -213,28 +215,48 @@ PLAN = {"servers": [{"name": "chat-0", "speed": {"decode_tps": 50.0, "prefill_tp
                                                  "batch_decode_tps": 80.0, "slots": 2}}]}
 
 
+def _one_server_two_slots(lam: float, ttft: float, alone_tps: float, both_tps: float, reply: int) -> tuple[float, float]:
+    """(service s, decode s) of one 2-slot server by hand: the busy count beside a reply and the
+    service time solved together by plain iteration. In service m = 1 or 2 (P ~ a, a^2/2 / (1 - a/2));
+    a reply sees 1 busy when alone, 2 otherwise, weighted m P(m); a step lasts 1/alone_tps with one
+    busy, 1/both_tps with two (linear between); the other slot starts (busy - 1) / service prompts a
+    second, each stalling the reply by the TTFT alone."""
+    service = ttft + reply / alone_tps
+    for _ in range(500):
+        a = lam * service
+        p1, p2 = a, a * a / 2 / (1 - a / 2)
+        busy = (p1 + 4 * p2) / (p1 + 2 * p2)
+        step = 1 / alone_tps + (busy - 1) * (1 / both_tps - 1 / alone_tps)
+        for _ in range(50):
+            decode = reply * step / (1 - (busy - 1) / service * ttft)
+            service = ttft + decode
+    return service, decode
+
+
 def test_predictions_at_the_measured_load_by_hand():
-    # TTFT alone 200/200 + 1/50 = 1.02 s; per stream 80/2 = 40 tok/s. 12/min = 0.2/s on one server
-    # of 2 slots: the other slot takes a new prompt 0.2 x 1/2 = 0.1 times a second, each stalling
-    # this reply ~1.02 s: decode 64/40 / (1 - 0.102) = 1.78174 s; service 1.02 + 1.78174 = 2.80174 s.
-    # Offered 0.2 x 2.80174 = 0.56035 on 2 slots: utilisation 0.28017. Erlang C(2, a) = (a^2/(2-a)) /
-    # (1 + a + a^2/(2-a)) = 0.21810 / 1.77845 = 0.12264 < 0.5: p50 has no wait.
-    # p95 wait = ln(0.12264 / 0.05) / (2/2.80174 - 0.2) = 0.89719 / 0.51384 = 1.74605 s.
+    # TTFT alone 200/200 + 1/50 = 1.02 s; a reply streams at 50 tok/s alone, 80/2 = 40 with both slots busy.
+    # 12/min = 0.2/s on one server of 2 slots.
+    service, decode = _one_server_two_slots(0.2, 1.02, 50.0, 40.0, 64)
     p = predictions(PLAN, {"name": "g", "model": "m", "servers": ["chat-0"]}, 12, 200, 64)
     assert p["ttft_p50_s"] == pytest.approx(1.02, abs=1e-3)
-    assert p["ttft_p95_s"] == pytest.approx(2.76605, abs=1e-3)
-    assert p["utilisation"] == pytest.approx(0.28017, abs=1e-3)
-    assert p["tokens_per_s_per_request"] == pytest.approx(64 / 1.78174, rel=1e-4)  # stalls included
+    assert p["service_s"] == pytest.approx(service, rel=1e-3)
+    a = 0.2 * service
+    assert p["utilisation"] == pytest.approx(a / 2, abs=1e-3)  # plan.json rounds to 3 digits
+    # Erlang C(2, a) = (a^2/(2-a)) / (1 + a + a^2/(2-a)); p95 wait = ln(C / 0.05) / (2/service - 0.2)
+    c = (a * a / (2 - a)) / (1 + a + a * a / (2 - a))
+    assert p["ttft_p95_s"] == pytest.approx(1.02 + math.log(c / 0.05) / (2 / service - 0.2), rel=1e-3)
+    assert p["tokens_per_s_per_request"] == pytest.approx(64 / decode, rel=1e-3)  # stalls included
+    assert 40 < p["tokens_per_s_per_request"] < 50
 
 
 def test_predictions_with_speeds_measured_alone():
     # measured alone: prefill 100 tok/s, decode 25 tok/s (half the plan's 50): batched per stream
-    # scales the same way, 80/2 x 0.5 = 20 tok/s; TTFT alone 200/100 + 1/25 = 2.04 s; the other
-    # slot's prompts (0.1/s x 2.04 s) stall it: 20 x (1 - 0.204) = 15.92 tok/s
+    # scales the same way, 80/2 x 0.5 = 20 tok/s; TTFT alone 200/100 + 1/25 = 2.04 s
+    service, decode = _one_server_two_slots(0.2, 2.04, 25.0, 20.0, 64)
     p = predictions(PLAN, {"name": "g", "model": "m", "servers": ["chat-0"]}, 12, 200, 64,
                     alone={"chat-0": {"prefill_tps": 100.0, "decode_tps": 25.0}})
     assert p["ttft_alone_s"] == pytest.approx(2.04)
-    assert p["tokens_per_s_per_request"] == pytest.approx(15.92)
+    assert p["tokens_per_s_per_request"] == pytest.approx(64 / decode, rel=1e-3)
 
 
 def test_comparison_flags_what_is_off_by_more_than_a_quarter():

@@ -12,6 +12,7 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import mo
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import (
     Device,
     Speed,
+    busy_beside,
     erlang_c,
     layer_params,
     server_speed,
@@ -202,23 +203,41 @@ def test_workload_p50_waits_when_most_requests_wait():
     assert r.ttft_p50_s == pytest.approx(1 + 60 * math.log(5 / 3))
 
 
-def test_workload_pools_slots_of_unequal_servers():
-    # a 2-slot server streaming 8 tok/s per slot (16 together) and a 1-slot one at 5 tok/s: per-slot average
-    # (2 x 8 + 5) / 3 = 7 tok/s; TTFT averaged over the slots (2 x 0.5 + 2) / 3 = 1 s. 0.1/s over 2 servers
-    # of 1.5 slots on average: 0.05/s x 0.5/1.5 = 0.016667 prompts/s start beside a reply, each stalling it
-    # 1 s: decode 70/7 / (1 - 0.016667) = 10.16949 s, service 11.16949 s, 70 / 10.16949 = 6.88333 tok/s
-    fast = Speed(decode_tps=12.0, prefill_tps=1000.0, ttft_s=0.5, batch_decode_tps=16.0, slots=2)
-    slow = Speed(decode_tps=5.0, prefill_tps=1000.0, ttft_s=2.0, batch_decode_tps=5.0, slots=1)
-    r = workload("m", 6, 100, 70, [fast, slow])
-    assert r.slots == 3 and r.tokens_per_s_per_request == pytest.approx(6.88333, rel=1e-5)
-    assert r.service_s == pytest.approx(11.16949, rel=1e-5)
-    # 0.1/s x 11.16949 s = 1.116949 Erlang over 3 slots
-    assert r.utilisation == pytest.approx(1.116949 / 3, rel=1e-5)
-    # Erlang C(3, a = 1.116949): terms 1, a, a^2/2 = 0.623787; tail a^3/6 x 3/(3 - a) = 0.370005:
-    # 0.370005 / 3.110742 = 0.118944
-    p_wait = 0.370005 / 3.110742
-    assert r.ttft_p95_s == pytest.approx(1.0 + math.log(p_wait / 0.05) / (3 / 11.16949 - 0.1), rel=1e-4)
-    assert r.ttft_p50_s == pytest.approx(1.0)
+def test_busy_beside_by_hand():
+    # 2 servers x 2 slots, a = 1 Erlang: P(m) ~ 1, 1/2, 1/6 and (1/24) / (1 - 1/4) = 1/18 for m = 1..4.
+    # Spread by least connections a request in service sees 1, 1, (2 x 2 + 1 x 1) / 3 = 5/3 and 2 busy on its
+    # server; weighting each m by m P(m): sum m P(m) x busy(m) = 1 + 1 + 5/6 + 8/18 = 59/18 over
+    # sum m P(m) = 1 + 1 + 1/2 + 4/18 = 49/18: 59/49
+    assert busy_beside(4, 2, 1.0) == pytest.approx(59 / 49)
+    assert busy_beside(4, 2, 0.0) == pytest.approx(1.0)       # alone on its server
+    assert busy_beside(4, 2, 4.0) == 2.0                      # overloaded: every slot busy
+    assert busy_beside(1, 1, 0.5) == pytest.approx(1.0)       # one slot: always alone
+
+
+TWO_SLOTS = Speed(decode_tps=10.0, prefill_tps=1000.0, ttft_s=1.0, batch_decode_tps=16.0, slots=2)
+
+
+def test_a_reply_decodes_alone_when_its_server_is_mostly_idle():
+    # 0.6 requests/min on 2 servers of 2 slots: a second request on the same server is rare, so a
+    # reply decodes at about the speed alone (10 tok/s), not at the 8 tok/s of both slots busy
+    r = workload("m", 0.6, 100, 90, [TWO_SLOTS, TWO_SLOTS])
+    assert 9.9 < r.tokens_per_s_per_request <= 10.0
+
+
+def test_busy_slots_follow_the_load_consistently():
+    # 4 requests/min on one 2-slot server: check the fixed point with the formulas written out here.
+    r = workload("m", 4, 100, 90, [TWO_SLOTS])
+    assert r.stable
+    a = r.service_s / 15                                       # offered Erlang: 1/15 requests/s                                      # offered Erlang
+    # the size-biased busy count (one server, c = 2): m = 1 sees 1, m = 2 sees 2; P(2) = a^2/2 / (1 - a/2)
+    p1, p2 = a, a * a / 2 / (1 - a / 2)
+    busy = (1 * p1 * 1 + 2 * p2 * 2) / (p1 + 2 * p2)
+    step = 0.1 + (busy - 1) * (2 / 16 - 0.1)                   # 1/10 s alone, 2/16 s with both busy
+    # each other busy slot starts a prompt once per service time, stalling this reply by its 1 s prefill
+    decode = 90 * step / (1 - (busy - 1) / r.service_s * 1.0)
+    assert r.service_s == pytest.approx(1.0 + decode, rel=1e-6)
+    assert r.tokens_per_s_per_request == pytest.approx(90 / decode, rel=1e-6)
+    assert 8.0 < r.tokens_per_s_per_request < 10.0
 
 
 def test_workload_overloaded_and_without_servers():
