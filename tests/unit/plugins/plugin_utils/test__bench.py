@@ -246,7 +246,7 @@ def test_predictions_at_the_measured_load_by_hand():
     c = (a * a / (2 - a)) / (1 + a + a * a / (2 - a))
     assert p["ttft_p95_s"] == pytest.approx(1.02 + math.log(c / 0.05) / (2 / service - 0.2), rel=1e-3)
     assert p["tokens_per_s_per_request"] == pytest.approx(64 / decode, rel=1e-3)  # stalls included
-    assert 40 < p["tokens_per_s_per_request"] < 50
+    assert p["tokens_per_s_per_request"] < 50  # slower than alone: the other slot is busy part of the time
 
 
 def test_predictions_with_speeds_measured_alone():
