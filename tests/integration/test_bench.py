@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from tests.integration.conftest import playbook
+from tests.integration.conftest import containers, playbook
 
 REPLY = 48
 PROMPT = 200
@@ -91,3 +91,30 @@ def test_bad_settings_send_nothing(lab, tmp_path, extra, words):
         assert word in result.stdout
     assert "nothing was sent" in result.stdout
     assert not os.path.exists(os.path.join(report_dir, "results.json"))
+
+
+def test_tune_sweeps_parallel_and_puts_the_fleet_back(lab, tmp_path):
+    """A two-value sweep of the chat servers' slots on the lab: each value applied and benched, side by side."""
+    settings = {"llamafleet_tune_knob": "parallel", "llamafleet_tune_values": [1, 2], "llamafleet_report_dir": str(tmp_path),
+                "llamafleet_bench_rate_per_min": 20, "llamafleet_bench_duration_s": 20, "llamafleet_bench_prompt_tokens": 100,
+                "llamafleet_bench_reply_tokens": 24, "llamafleet_bench_embed_rate_per_min": 0, "llamafleet_bench_direct": True}
+    result = playbook("playbooks/tune.yml", "-e", json.dumps(settings))
+    text = (tmp_path / "tune.md").read_text(encoding="utf-8")
+    print("\n" + text)
+    runs = json.loads((tmp_path / "tune.json").read_text(encoding="utf-8"))
+    assert [r["value"] for r in runs] == [1, 2] and all(r["errors"] == 0 for r in runs), runs
+    assert "| parallel=1 | 0 |" in text and "| parallel=2 | 0 |" in text and "Best: parallel=" in text
+    assert "Best: parallel=" in result.stdout  # printed, not only written
+    for run in runs:
+        report = json.loads((tmp_path / f"parallel-{run['value']}" / "results.json").read_text(encoding="utf-8"))
+        chat = [s for s in report["servers"] if s["role"] == "chat"]
+        assert {s["slots"] for s in chat} == {run["value"]}
+        if run["value"] == 1:
+            # the servers' own counters: never more than one busy slot in a decode step
+            for s in chat:
+                assert report["server_side"][s["name"]]["busy_slots_per_decode"] <= 1.0 + 1e-9
+    # put back as the inventory declares it: the lab's chat servers run with their two slots again
+    for name, c in containers().items():
+        if name.startswith("chat-"):
+            args = c["Config"]["Cmd"]
+            assert args[args.index("--parallel") + 1] == "2", (name, args)

@@ -292,21 +292,3 @@ def test_comparison_says_unbounded_when_the_plan_says_overloaded():
     rows = comparison({"ttft_p50_s": None, "ttft_p95_s": None, "stable": False, "utilisation": 1.2,
                        "tokens_per_s_per_request": 1.0, "service_s": 3.0}, measured, slots=2)
     assert rows[0]["predicted"] == float("inf") and rows[0]["ratio"] is None
-
-
-def test_the_one_slot_lab_differs_from_the_lab_only_in_slots():
-    """tests/integration/data/lab-parallel-1.yml (the plan-vs-bench runs) must follow the lab's layout."""
-    import os
-
-    import yaml
-
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
-    with open(os.path.join(root, "inventory", "lab", "group_vars", "llamafleet", "lab.yml"), encoding="utf-8") as handle:
-        lab = yaml.safe_load(handle)["llamafleet_server_layout"]
-    with open(os.path.join(root, "tests", "integration", "data", "lab-parallel-1.yml"), encoding="utf-8") as handle:
-        one = yaml.safe_load(handle)["llamafleet_server_layout"]
-    assert [e["args"].get("parallel") for e in one["per_gpu"] if e["role"] == "chat"] == [1]
-    for entry in one["per_gpu"]:
-        if entry["role"] == "chat":
-            entry["args"]["parallel"] = next(e for e in lab["per_gpu"] if e["role"] == "chat")["args"]["parallel"]
-    assert one == lab
