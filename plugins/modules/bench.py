@@ -15,7 +15,7 @@ description:
   - Metric definitions are vLLM benchmark_serving's (TTFT, ITL, TPOT, request throughput); see docs/bench.md.
   - Fails before sending anything when a setting is invalid (the message names the variable).
 version_added: "0.1.0"
-author: llamafleet contributors
+author: llamafleet contributors (@llamafleet)
 options:
   settings:
     description:
