@@ -28,7 +28,6 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._tune import (
     TuneError,
     check,
     plan_errors,
-    render,
     with_server_args,
 )
 
@@ -183,18 +182,12 @@ def llamafleet_plan_errors(plan_result: dict) -> list:
     return plan_errors(plan_result)
 
 
-def llamafleet_tune_report(runs: list, knob: str, role: str, group: str, objective: str) -> str:
-    """tune.md of a sweep (plugin_utils/_tune.py)."""
-    return render(knob, role, runs, group, objective)
-
-
 class FilterModule:
     def filters(self):
         return {
             "plan": llamafleet_plan,
             "plan_errors": llamafleet_plan_errors,
             "tune_problems": llamafleet_tune_problems,
-            "tune_report": llamafleet_tune_report,
             "plan_console": llamafleet_plan_console,
             "plan_markdown": llamafleet_plan_markdown,
             "render_args": llamafleet_render_args,

@@ -105,3 +105,35 @@ def write_plots(result: dict, directory: str) -> list[str]:
         draw(result, os.path.join(directory, name))
         out.append(name)
     return out
+
+
+def tune_plot(runs: list[dict], group: str, knob: str, path: str) -> None:
+    """tune.png: per value of the knob, TTFT p50/p95 and tokens/s per request measured, the plan's as markers."""
+    def rows(run: dict) -> dict:
+        return {r["figure"]: r for r in (run.get("comparison") or {}).get(group, [])}
+
+    labels = [str(run["value"]) for run in runs]
+    xs = list(range(len(runs)))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.4))
+    for offset, figure, colour in ((-0.2, "TTFT p50 (s)", "tab:blue"), (0.2, "TTFT p95 (s)", "orange")):
+        measured = [rows(run).get(figure, {}).get("measured") or 0 for run in runs]
+        planned = [rows(run).get(figure, {}).get("predicted") for run in runs]
+        left.bar([x + offset for x in xs], measured, width=0.4, color=colour, label=f"{figure} bench")
+        left.plot([x + offset for x, p in zip(xs, planned, strict=True) if p not in (None, float("inf"))],
+                  [p for p in planned if p not in (None, float("inf"))], "k_", markersize=18, mew=2)
+    left.plot([], [], "k_", markersize=10, mew=2, label="plan")
+    left.set_title("TTFT (s)")
+    measured = [rows(run).get("tokens/s per request", {}).get("measured") or 0 for run in runs]
+    planned = [rows(run).get("tokens/s per request", {}).get("predicted") for run in runs]
+    right.bar(xs, measured, width=0.5, color="tab:green", label="bench")
+    right.plot([x for x, p in zip(xs, planned, strict=True) if p is not None], [p for p in planned if p is not None],
+               "k_", markersize=24, mew=2, label="plan")
+    right.set_title("tokens/s per request")
+    for ax in (left, right):
+        ax.set_xticks(xs, [f"{knob}={v}" for v in labels])
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"tune: {knob} ({group})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)

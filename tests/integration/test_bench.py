@@ -101,10 +101,11 @@ def test_tune_sweeps_parallel_and_puts_the_fleet_back(lab, tmp_path):
     result = playbook("playbooks/tune.yml", "-e", json.dumps(settings))
     text = (tmp_path / "tune.md").read_text(encoding="utf-8")
     print("\n" + text)
-    runs = json.loads((tmp_path / "tune.json").read_text(encoding="utf-8"))
+    runs = json.loads((tmp_path / "tune.json").read_text(encoding="utf-8"))["runs"]
     assert [r["value"] for r in runs] == [1, 2] and all(r["errors"] == 0 for r in runs), runs
     assert "| parallel=1 | 0 |" in text and "| parallel=2 | 0 |" in text and "Best: parallel=" in text
     assert "Best: parallel=" in result.stdout  # printed, not only written
+    assert (tmp_path / "tune.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for run in runs:
         report = json.loads((tmp_path / f"parallel-{run['value']}" / "results.json").read_text(encoding="utf-8"))
         chat = [s for s in report["servers"] if s["role"] == "chat"]

@@ -81,3 +81,10 @@ def test_tune_md_sets_values_side_by_side_and_names_the_change():
     assert "poisson arrivals at 12 chat requests/min for 30 s, prompts ~200 tokens, replies 48 tokens" in text
     assert "| parallel=1 | 0 | 10.0 | 1.00 / 1.10 / 1.10 | 2.00 / 3.00 / 1.50 | 20.00 / 30.00 / 1.50 | unbounded / 0.50 / - |" in text
     assert "Best: parallel=2." in text and "  parallel: 2" in text
+
+
+def test_tune_plot_is_a_png(tmp_path):
+    from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_plots import tune_plot
+
+    tune_plot([_run(1, 0, 3.0, 30.0), _run(2, 0, 2.5, 20.0)], "g", "parallel", str(tmp_path / "tune.png"))
+    assert (tmp_path / "tune.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
