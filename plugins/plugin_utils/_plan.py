@@ -88,9 +88,10 @@ def _device_for(spec: dict, host: dict) -> Device:
 def _memory(host: dict, server: dict, model: ModelInfo, args: dict) -> ServerMemory:
     """The memory of one server on its host's backend and device, with the host's CUDA overhead."""
     device = f"cuda:{server['gpu']}" if host["backend"] == "cuda" else "cpu"
-    overhead = host.get("cuda_overhead_mib")
-    kwargs = {"cuda_overhead_mib": overhead} if overhead is not None else {}
-    return server_memory(model, args, host["backend"], device, **kwargs)
+    gpu = next((g for g in host["gpus"] if g["index"] == server["gpu"]), None)
+    calibration = (host.get("calibration") or {}).get("gpus", {}).get(gpu["name"]) if gpu else None
+    return server_memory(model, args, host["backend"], device, cuda_overhead_mib=host.get("cuda_overhead_mib"),
+                         gpu=gpu, calibration=calibration)
 
 
 def plan_host(host: dict, models: dict[str, ModelInfo]) -> dict:
@@ -107,6 +108,10 @@ def plan_host(host: dict, models: dict[str, ModelInfo]) -> dict:
         mem = _memory(host, server, model, server["args"])
         mems[server["name"]] = mem
         findings.extend(server_findings(host, server, model, mem, gpus.get(server["gpu"])))
+        for note in mem.notes:
+            if note.startswith("cuda-overhead-unknown: "):
+                findings.append(finding("error", "cuda-overhead-unknown", name, server["name"],
+                                        note.removeprefix("cuda-overhead-unknown: ")))
 
     # -- devices ------------------------------------------------------------------------------
     devices: list[dict] = []
@@ -120,6 +125,7 @@ def plan_host(host: dict, models: dict[str, ModelInfo]) -> dict:
                             "capacity_mib": round(capacity), "planned_mib": round(planned, 1),
                             "free_mib": round(capacity - planned, 1), "fits": fits,
                             "servers": [s["name"] for s in on_it]})
+            findings.extend(overhead_findings(name, index, gpu, capacity, planned, [mems[s["name"]] for s in on_it]))
             if not fits and on_it:
                 biggest = max(on_it, key=lambda s: mems[s["name"]].total)
                 alternatives = suggest(host, biggest, models, mems, capacity, planned, _device_for(gpu, host))
@@ -146,7 +152,7 @@ def plan_host(host: dict, models: dict[str, ModelInfo]) -> dict:
         mem = mems[server["name"]]
         args = effective(server["args"])
         weights = mem.model if backend == "cpu" else mem.host_model
-        own = (mem.context + mem.compute if backend == "cpu" else mem.host_compute) + mem.host_overhead
+        own = (mem.context + mem.compute if backend == "cpu" else mem.host_compute) + mem.host_output + mem.host_overhead
         cache = mem.host_prompt_cache
         limit = float(server["container_memory_mib"] or math.inf)
         if args.get("load_mode") in ("none", "dio"):
@@ -216,6 +222,7 @@ def plan_host(host: dict, models: dict[str, ModelInfo]) -> dict:
             "device": mem.device, "memory_mib": mem.columns(),
             "host_memory_mib": {"model": round(mem.host_model if backend == "cuda" else mem.model, 1),
                                 "compute": round(mem.host_compute, 1),
+                                "output": round(mem.host_output, 1),
                                 "prompt_cache": None if math.isinf(mem.host_prompt_cache) else round(mem.host_prompt_cache, 1),
                                 "overhead": round(mem.host_overhead, 1),
                                 "container_limit": server["container_memory_mib"]},
@@ -239,6 +246,34 @@ def _gpu_stack(host: dict, findings: list[dict]) -> dict:
     for err in stack["errors"]:
         findings.append(finding("error", err["code"], host["host"], None, f"{host['host']}: {err['message']}"))
     return {k: stack[k] for k in ("driver_branch", "cuda_version", "cuda_architectures", "kernel_modules")}
+
+
+def overhead_findings(hname: str, index: int, gpu: dict, capacity: float, planned: float,
+                      mems: list[ServerMemory]) -> list[dict]:
+    """How sure the verdict on one GPU is: its CUDA overhead estimated, measured or calibrated.
+
+    The servers on one card share its overhead model, so their uncertainties add up.
+    """
+    details = [m.overhead_detail for m in mems if m.overhead_detail and m.overhead_detail.source != "set"]
+    if not details:
+        return []
+    uncertainty = sum(d.uncertainty_mib for d in details)
+    spare = capacity - planned
+    per = "; ".join(sorted({d.describe(gpu["name"]) + " per process" for d in details}))
+    sources = {d.source for d in details}
+    if spare < 0:
+        return []  # does-not-fit says what to change
+    if "estimated" not in sources:
+        return [finding("info", "cuda-overhead-" + sorted(sources)[0], hname, None,
+                        f"cuda:{index} ({gpu['name']}) fits with {spare:,.0f} MiB to spare; {per}",
+                        device=f"cuda:{index}", spare_mib=round(spare, 1), uncertainty_mib=uncertainty)]
+    level = "warning" if spare < uncertainty else "info"
+    verdict = (f"fits with {spare:,.0f} MiB to spare" if level == "info" else
+               f"fits with only {spare:,.0f} MiB to spare, less than the overhead's uncertainty ({uncertainty:,.0f} MiB "
+               f"over {len(details)} process(es)), so it may not fit")
+    return [finding(level, "cuda-overhead-estimated", hname, None,
+                    f"cuda:{index} ({gpu['name']}) {verdict}; {per}; run playbooks/calibrate.yml on the host "
+                    f"to measure it", device=f"cuda:{index}", spare_mib=round(spare, 1), uncertainty_mib=uncertainty)]
 
 
 def server_findings(host: dict, server: dict, model: ModelInfo, mem: ServerMemory, gpu: dict | None) -> list[dict]:
@@ -295,11 +330,12 @@ def server_findings(host: dict, server: dict, model: ModelInfo, mem: ServerMemor
     limit = float(server["container_memory_mib"])
     if host["backend"] == "cuda":
         need = mem.host_total_without_cache
-        parts = f"CPU weights {mem.host_model:,.0f} + CPU compute {mem.host_compute:,.0f} + process {mem.host_overhead:,.0f}"
+        parts = (f"CPU weights {mem.host_model:,.0f} + CPU compute {mem.host_compute:,.0f} + "
+                 f"output buffer {mem.host_output:,.0f} + process {mem.host_overhead:,.0f}")
     else:
-        need = mem.model + mem.context + mem.compute + mem.host_overhead
+        need = mem.model + mem.context + mem.compute + mem.host_output + mem.host_overhead
         parts = (f"weights {mem.model:,.0f} + KV {mem.context:,.0f} + compute {mem.compute:,.0f} + "
-                 f"process {mem.host_overhead:,.0f}")
+                 f"output buffer {mem.host_output:,.0f} + process {mem.host_overhead:,.0f}")
     if need > limit:
         add("error", "container-memory-too-small",
             f"{name}: needs {need:,.0f} MiB of RAM ({parts}) but container_memory is {server['container_memory']}; "

@@ -53,7 +53,9 @@ def test_embedding_models_have_no_kv_cache():
     assert mem.context == 0 and mem.host_prompt_cache == 0
 
 
-@pytest.mark.parametrize("ngl,layers,output", [(99, 32, True), (33, 32, True), (32, 31, False), (0, 0, False), (-1, 32, True)])
+# -ngl counts the output layer first (src/llama-model.cpp: il = n_layer is on the GPU once ngl >= 1)
+@pytest.mark.parametrize("ngl,layers,output", [(99, 32, True), (33, 32, True), (32, 31, True), (28, 27, True),
+                                               (1, 0, True), (0, 0, False), (-1, 32, True)])
 def test_layer_placement(ngl, layers, output):
     on_gpu, out = placement(L8["Q6_K"], ngl)
     assert (len(on_gpu), out) == (layers, output)
@@ -64,8 +66,14 @@ def test_layer_placement(ngl, layers, output):
 def test_partial_offload_moves_weights_to_the_host():
     full = server_memory(L8["Q6_K"], USER, "cuda", "cuda:0")
     part = server_memory(L8["Q6_K"], dict(USER, n_gpu_layers=28), "cuda", "cuda:0")
-    assert part.model < full.model
-    assert part.host_model - full.host_model == pytest.approx(full.model - part.model, rel=1e-6)
+    # H200, llama.cpp's breakdown at -ngl 28: CUDA0 model 5,018 MiB (27 layers + output.weight);
+    # Host model 1,675 MiB at exit: the mapped range token_embd .. blk.4, output.weight included
+    assert part.model == pytest.approx(5018, abs=1)
+    assert part.host_model == pytest.approx(1675, abs=1)
+    # without mmap only the CPU tensors: token_embd 411 + 5 layers x 170.6 = 1,264 (llama.cpp's projection)
+    anon = server_memory(L8["Q6_K"], dict(USER, n_gpu_layers=28, load_mode="none"), "cuda", "cuda:0")
+    assert anon.host_model == pytest.approx(1264, abs=1)
+    assert full.host_model == pytest.approx(411, abs=1)
 
 
 def test_flash_attention_off_grows_compute():
@@ -78,3 +86,58 @@ def test_flash_attention_off_grows_compute():
 def test_default_prompt_cache_is_8_gib_and_unlimited_is_inf():
     assert server_memory(GEMMA, {}, "cpu").host_prompt_cache == 8192
     assert server_memory(GEMMA, {"cache_ram": -1}, "cpu").host_prompt_cache == float("inf")
+
+
+# -- embedding servers on decoder models: every token is an output ---------------------------------
+LAB_EMBED = {"embeddings": True, "pooling": "mean", "ctx_size": 512, "parallel": 1, "batch_size": 512,
+             "ubatch_size": 512, "threads": 1}
+
+
+def test_embedding_server_on_a_decoder_computes_logits_for_every_token():
+    mem = server_memory(GEMMA, LAB_EMBED, "cpu")
+    # logits 262,144 x 512 x 4 B = 512 MiB + residual 3 x 640 x 512 x 4 B = 3.75 MiB
+    assert mem.compute == pytest.approx(515.75, abs=0.01)
+    # output buffer: (262,144 logits + 640 embedding) floats x 512 rows = 513.25 MiB, host RAM
+    assert mem.host_output == pytest.approx(513.25, abs=0.01)
+
+
+def test_chat_server_outputs_one_row_per_slot():
+    mem = server_memory(GEMMA, {"ctx_size": 4096, "parallel": 2, "ubatch_size": 256, "batch_size": 256}, "cpu")
+    assert mem.host_output == pytest.approx(2.0)  # 262,144 x 2 slots x 4 B
+    # FFN phase: masks (2048 + 768 SWA cells: PAD256(512 + 256)) x 256 x 2 B x 2 streams = 2.75 MiB
+    # + residual 3 x 640 x 256 x 4 = 1.875 MiB + FFN 3 x 2048 x 256 x 4 = 6 MiB = 10.625 MiB;
+    # the output phase is only 2 MiB + 1.875
+    assert mem.compute == pytest.approx(10.625)
+
+
+def test_pooling_none_still_outputs_every_token():
+    none = server_memory(GEMMA, dict(LAB_EMBED, pooling="none", ubatch_size=256, batch_size=256), "cpu")
+    assert none.compute == pytest.approx(256 + 3 * 640 * 256 * 4 / 2**20)  # 256 MiB of logits + 1.875
+
+
+def test_encoder_embedding_output_buffer():
+    mem = server_memory(NOMIC, {"embeddings": True, "ctx_size": 2048, "batch_size": 2048, "ubatch_size": 2048,
+                                "n_gpu_layers": 99}, "cuda", "cuda:0")
+    # llama.cpp allocates logits rows even for BERT: (30,522 + 768) x 2048 x 4 B = 244.45 MiB pinned host
+    assert mem.host_output == pytest.approx((30522 + 768) * 2048 * 4 / 2**20)
+    # H200: CUDA0 model 216 MiB (no output projection on an encoder; token_embd stays on the host)
+    assert mem.model == pytest.approx(216, abs=1)
+    # H200: CUDA0 compute 92 MiB, Host compute 20 MiB
+    assert mem.compute == pytest.approx(92, rel=0.1)
+    assert mem.host_compute == pytest.approx(20, abs=4)
+
+
+@pytest.mark.parametrize("ctk,ub,measured", [("q8_0", 64, 37), ("f16", 64, 14), ("q8_0", 512, 116)])
+def test_cuda_compute_matches_h200(ctk, ub, measured):
+    args = dict(USER, cache_type_k=ctk, cache_type_v=ctk, ubatch_size=ub, batch_size=max(ub, 128))
+    mem = server_memory(L8["Q6_K"], args, "cuda", "cuda:0")
+    # ub 64 q8_0: masks 8192 x 64 x 2 B = 1 MiB + residual 3 x 4096 x 64 x 4 = 3 MiB + attention
+    # (Q,K,V twice: 6144 x 64 x 8 B = 3 MiB; F16 K and V: 8192 x 2048 x 2 B = 32 MiB) = 39 MiB
+    # ub 512 q8_0: masks 8 + residual 24 + FFN 3 x 14336 x 512 x 4 = 84 -> 116 MiB
+    assert mem.compute == pytest.approx(measured, abs=max(4, 0.1 * measured))
+
+
+def test_partial_offload_copies_a_cpu_weight_to_the_gpu():
+    mem = server_memory(L8["Q6_K"], dict(USER, n_gpu_layers=28), "cuda", "cuda:0")
+    # FFN phase: masks 1 + residual 3 + FFN 10.5 + the Q6_K ffn matrix 14336 x 4096 x 210/256 B = 45.9 MiB
+    assert mem.compute == pytest.approx(60.4, abs=0.1)  # llama.cpp on the H200: 61

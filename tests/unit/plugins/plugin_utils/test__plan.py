@@ -31,7 +31,8 @@ def cuda_host(**changes):
         "llamafleet_servers": [
             {"name": "chat-0", "role": "chat", "model": "q4", "gpu": 0, "port": 8100, "container_memory": "1536m",
              "args": dict(GOOD_CHAT)},
-            {"name": "embed-0", "role": "embed", "model": "nomic", "gpu": 0, "port": 8200, "container_memory": "512m",
+            # 768m: llama.cpp's output buffer alone is (30,522 + 768) x 2048 x 4 B = 244 MiB of pinned host RAM
+            {"name": "embed-0", "role": "embed", "model": "nomic", "gpu": 0, "port": 8200, "container_memory": "768m",
              "args": dict(GOOD_EMBED)},
         ],
         "llamafleet_workload": {"q4": {"requests_per_minute": 3, "prompt_tokens": 500, "reply_tokens": 256}},
