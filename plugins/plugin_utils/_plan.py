@@ -135,6 +135,11 @@ def plan_host(host: dict, models: dict[str, ModelInfo]) -> dict:
                                   for s in on_it)
                 fixes = "; ".join(_alternative_text(a) for a in alternatives if a["fits"]) \
                     or "no single change fits; move a server to another GPU"
+                details = sorted({mems[s["name"]].overhead_detail.describe(gpu["name"]) for s in on_it
+                                  if mems[s["name"]].overhead_detail
+                                  and mems[s["name"]].overhead_detail.source == "estimated"})
+                if details:
+                    fixes += f" ({'; '.join(details)} per process: run playbooks/calibrate.yml to measure it)"
                 findings.append(finding(
                     "error", "does-not-fit", name, biggest["name"],
                     f"cuda:{index} ({gpu['name']}, {capacity:,.0f} MiB) needs {planned:,.0f} MiB: {parts}. "
@@ -370,7 +375,10 @@ def server_findings(host: dict, server: dict, model: ModelInfo, mem: ServerMemor
 
 
 def _alternative_text(alt: dict) -> str:
-    text = f"{alt['change']} -> {alt['device_total_mib']:,.0f} MiB, {alt['decode_tps']:.1f} tok/s, TTFT {alt['ttft_s']:.1f} s"
+    text = f"{alt['change']} -> {alt['device_total_mib']:,.0f} MiB"
+    if "spare_mib" in alt and alt["fits"]:
+        text += f" (fits with {alt['spare_mib']:,.0f} MiB to spare)"
+    text += f", {alt['decode_tps']:.1f} tok/s, TTFT {alt['ttft_s']:.1f} s"
     wl = alt.get("workload")
     if wl:
         text += (f", at the declared load {wl['utilisation']:.0%} busy, TTFT p95 {wl['ttft_p95_s']:.1f} s" if wl["stable"]
@@ -395,6 +403,7 @@ def suggest(host: dict, server: dict, models: dict[str, ModelInfo], mems: dict[s
         total = others + mem.total
         speed = server_speed(m, mem, dev, prompt, reply)
         out = {"change": change, "device_total_mib": round(total, 1), "fits": total <= capacity,
+               "spare_mib": round(capacity - total, 1),
                "decode_tps": round(speed.decode_tps, 1), "ttft_s": round(speed.ttft_s, 2),
                "gpu_layers": f"{mem.gpu_layers}/{mem.n_layer}" + ("+output" if mem.output_on_device else "")}
         if wl:

@@ -79,6 +79,11 @@ CASES = [
     ("cache-reuse-without-shift", {"chat": {"model": "gemma", "args": dict(GOOD_CHAT, cache_reuse=256)},
                                    "llamafleet_workload": {}}),
     ("cont-batching-single-slot", {"chat": {"args": dict(GOOD_CHAT, parallel=1)}}),
+    ("cuda-overhead-estimated", {}),
+    ("cuda-overhead-measured", {"llamafleet_gpus": [{"index": 0, "name": "H200"}]}),
+    ("cuda-overhead-unknown", {"llamafleet_gpus": [{"index": 0, "name": "Custom 8GB", "memory_mib": 8000,
+                                                    "bandwidth_gbs": 256, "fp32_tflops": 6, "int8_tops": 24,
+                                                    "compute_capability": "6.1"}]}),
 ]
 QUIET = {
     # the same knob set so that the finding must stay quiet
@@ -98,7 +103,21 @@ QUIET = {
                                   "llamafleet_workload": {}},
     "cont-batching-single-slot": {"chat": {"args": dict(GOOD_CHAT, parallel=1, cont_batching=False)}},
     "does-not-fit": {"chat": {"model": "q4", "args": dict(GOOD_CHAT, parallel=1)}},
+    "cuda-overhead-estimated": {"llamafleet_cuda_overhead_mib": 250},
+    "cuda-overhead-measured": {},
+    "cuda-overhead-unknown": {"llamafleet_gpus": [{"index": 0, "name": "Custom 8GB", "memory_mib": 8000,
+                                                   "bandwidth_gbs": 256, "fp32_tflops": 6, "int8_tops": 24,
+                                                   "compute_capability": "6.1", "sms": 15}]},
 }
+
+
+def test_p106_verdict_carries_the_estimated_overhead():
+    msg = next(f["message"] for f in findings(cuda_host()) if f["code"] == "cuda-overhead-estimated")
+    # chat (Q4_K, flash attention): 94.0 + 0.001877 x (10 SMs x 2048 threads) = 132.4 MiB
+    # embed (F16 weights, cuBLAS): 132.4 + 70 + pool 2 x 2048 x 3072 x 2 B (24 MiB) = 226.4 MiB
+    assert "CUDA overhead of P106-100 estimated at 132 +/- 90 MiB per process" in msg
+    assert msg.startswith("cuda:0 (P106-100) fits with ") and "run playbooks/calibrate.yml" in msg
+    assert "CUDA overhead of P106-100 estimated at 226 +/- 90 MiB per process" in msg  # the F16 embedder
 
 
 @pytest.mark.parametrize("code,changes", CASES, ids=[c for c, _ in CASES])
