@@ -18,7 +18,6 @@ import pytest
 from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import describe_gpu
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._memory import server_memory
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import model_info_from_shape
-
 from tests.conftest import CUDA_TRUTH_ROWS, ROOT
 
 DATA = os.path.join(ROOT, "tests", "data", "cuda-truth", "h200.json")
