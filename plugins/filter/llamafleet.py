@@ -13,6 +13,7 @@ import os
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import GPUError, describe_gpu
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils import _calibration as calibration
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._driver_packages import (
     driver_packages,
     stale_driver_packages,
@@ -42,11 +43,13 @@ def _host_vars(hostvars, host: str) -> dict:
     return out
 
 
-def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str = ".", deployed_dir: str = "") -> dict:
+def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str = ".", deployed_dir: str = "",
+                    calibration_dir: str = "") -> dict:
     """The memory and speed plan and the fleet model of these hosts (plugins/plugin_utils/_plan.py).
 
     deployed_dir: where the servers play records each host's fleet as deployed (<host>.json); servers
     that left the inventory since are reported.
+    calibration_dir: where calibrate.yml wrote <host>.json (plugins/plugin_utils/_calibration.py).
     """
     normalized, models = [], {}
     problems = []
@@ -56,6 +59,9 @@ def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str 
         except InventoryError as exc:
             problems.append(str(exc))
             continue
+        source = hostvars[host].get("llamacpp_build_source") or {}
+        spec["calibration"], spec["calibration_findings"] = calibration.load(
+            calibration_dir, host, spec, source.get("ref") if isinstance(source, dict) else None)
         normalized.append(spec)
         models[host] = {}
         for name, model in spec["models"].items():

@@ -258,9 +258,12 @@ def server_memory(model: ModelInfo, args: dict, backend: str, device: str = "cpu
     """Predict the memory of one llama-server with these (validated) args.
 
     On CUDA the per-process overhead is cuda_overhead_mib when given (llamafleet_cuda_overhead_mib,
-    an override), else calibrated (calibration, from calibrate.yml) or estimated for the gpu
-    (_overhead.estimate); with neither, CUDA_OVERHEAD_MIB.
+    an override), else calibrated (the host's calibration file from calibrate.yml, checked by
+    _calibration) or estimated for the gpu (_overhead.estimate); with neither, CUDA_OVERHEAD_MIB.
+    A calibration's process_overhead_mib replaces PROCESS_OVERHEAD_MIB.
     """
+    calibration = calibration or {}
+    process_overhead = float(calibration.get("process_overhead_mib") or PROCESS_OVERHEAD_MIB)
     args = effective(args)
     layout = kv_layout(model, args)
     fa = flash_attn_enabled(args)
@@ -275,7 +278,7 @@ def server_memory(model: ModelInfo, args: dict, backend: str, device: str = "cpu
         mem.context = kv_bytes(model, args, layout) / MIB
         mem.compute = compute_bytes(model, args, layout, fa) / MIB
         mem.host_output = output_buffer_bytes(model, args, layout) / MIB
-        mem.host_overhead = PROCESS_OVERHEAD_MIB
+        mem.host_overhead = process_overhead
         mem.host_prompt_cache = prompt_cache
         return mem
 
@@ -302,7 +305,7 @@ def server_memory(model: ModelInfo, args: dict, backend: str, device: str = "cpu
         try:
             mem.overhead_detail = estimate(gpu, weight_type(model), fa, n_tokens_pp, max(model.n_ff, 3 * model.n_embd),
                                            max(model.n_head), layout.cells_base if model.has_kv_cache else n_tokens_pp,
-                                           calibration)
+                                           (calibration.get("gpus") or {}).get(gpu["name"]))
         except ValueError as err:  # no SM count: the plan turns this note into an error finding
             mem.notes.append(f"cuda-overhead-unknown: {err}")
     mem.overhead = mem.overhead_detail.mib if mem.overhead_detail else float(CUDA_OVERHEAD_MIB)
@@ -322,6 +325,6 @@ def server_memory(model: ModelInfo, args: dict, backend: str, device: str = "cpu
     n_tokens = min(layout.n_ctx, layout.n_ubatch) if model.causal else layout.n_ubatch
     mem.host_compute = host_kv + (model.n_embd * n_tokens * 4 * 3) / MIB
     mem.host_output = output_buffer_bytes(model, args, layout) / MIB
-    mem.host_overhead = PROCESS_OVERHEAD_MIB + CUDA_HOST_OVERHEAD_MIB
+    mem.host_overhead = process_overhead + CUDA_HOST_OVERHEAD_MIB
     mem.host_prompt_cache = prompt_cache
     return mem

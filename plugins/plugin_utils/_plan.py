@@ -89,9 +89,8 @@ def _memory(host: dict, server: dict, model: ModelInfo, args: dict) -> ServerMem
     """The memory of one server on its host's backend and device, with the host's CUDA overhead."""
     device = f"cuda:{server['gpu']}" if host["backend"] == "cuda" else "cpu"
     gpu = next((g for g in host["gpus"] if g["index"] == server["gpu"]), None)
-    calibration = (host.get("calibration") or {}).get("gpus", {}).get(gpu["name"]) if gpu else None
     return server_memory(model, args, host["backend"], device, cuda_overhead_mib=host.get("cuda_overhead_mib"),
-                         gpu=gpu, calibration=calibration)
+                         gpu=gpu, calibration=host.get("calibration"))
 
 
 def plan_host(host: dict, models: dict[str, ModelInfo]) -> dict:
@@ -103,6 +102,7 @@ def plan_host(host: dict, models: dict[str, ModelInfo]) -> dict:
     servers_out: list[dict] = []
     mems: dict[str, ServerMemory] = {}
 
+    findings.extend(host.get("calibration_findings") or [])
     for server in host["servers"]:
         model = models[server["model"]]
         mem = _memory(host, server, model, server["args"])

@@ -54,7 +54,7 @@ def test_flash_attention_off_pool_grows_with_the_context():
 def test_override_and_calibration_win():
     set_ = server_memory(Q4, USER, "cuda", "cuda:0", cuda_overhead_mib=300, gpu=P106)
     assert (set_.overhead, set_.overhead_detail.source) == (300, "set")
-    cal = server_memory(Q4, USER, "cuda", "cuda:0", gpu=P106, calibration={"overhead_mib": 151, "uncertainty_mib": 6})
+    cal = server_memory(Q4, USER, "cuda", "cuda:0", gpu=P106, calibration={"gpus": {"P106-100": {"overhead_mib": 151, "uncertainty_mib": 6}}})
     assert (cal.overhead, cal.overhead_detail.source, cal.overhead_detail.uncertainty_mib) == (151, "calibrated", 6)
 
 

@@ -1,0 +1,89 @@
+# Copyright: llamafleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What playbooks/calibrate.yml measured on a host, read back by the plan.
+
+One JSON file per host, ``<llamafleet_report_dir>/calibration/<inventory_hostname>.json``:
+
+    {"host": "gpu-box-1", "measured_at": "...", "llama_cpp": "0c1e570", "driver": "580.95.05" | null,
+     "backend": "cuda" | "cpu",
+     "gpus": {"P106-100": {"overhead_mib": 151.0, "uncertainty_mib": 6.0, "readings": [...]}},
+     "process_overhead_mib": 41.0,                       # host RAM of a llama-server beyond its buffers
+     "speed": {"<model>": {"<device name>": {"prefill_tps": .., "decode_tps": ..}}}}
+
+A GPU overhead is nvidia-smi's per-process memory of a server minus llama.cpp's own breakdown of
+it; a speed is the server's own timings for a fixed request. The plan uses a file only when it
+matches the host: the same llama.cpp as the inventory builds, the same driver as the host reports
+(where a GPU host was calibrated), and only for GPUs the host declares. Anything else is a finding,
+never a silent fallback.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+FILE_KEYS = {"host", "measured_at", "llama_cpp", "driver", "backend", "gpus", "process_overhead_mib", "speed"}
+
+
+def calibration_file(report_dir: str, host: str) -> str:
+    return os.path.join(report_dir, "calibration", f"{host}.json")
+
+
+def _finding(level: str, code: str, host: str, message: str) -> dict:
+    return {"level": level, "code": code, "host": host, "server": None, "message": message}
+
+
+def load(report_dir: str | None, host: str, spec: dict, llama_cpp_ref: str | None) -> tuple[dict | None, list[dict]]:
+    """(the usable calibration of this host or None, findings about it)."""
+    if not report_dir:
+        return None, []
+    path = calibration_file(report_dir, host)
+    if not os.path.exists(path):
+        return None, []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            cal = json.load(handle)
+    except (OSError, ValueError) as exc:
+        return None, [_finding("error", "calibration-invalid", host, f"{path}: cannot be read as JSON ({exc}); "
+                                                                     f"delete it or run playbooks/calibrate.yml again")]
+    return check(cal, host, spec, llama_cpp_ref, path)
+
+
+def check(cal: dict, host: str, spec: dict, llama_cpp_ref: str | None, path: str) -> tuple[dict | None, list[dict]]:
+    """Validate one host's calibration against the host as the inventory declares it."""
+    if not isinstance(cal, dict) or set(cal) - FILE_KEYS or cal.get("host") != host:
+        return None, [_finding("error", "calibration-invalid", host,
+                               f"{path}: not a calibration file of host {host} (keys {sorted(cal) if isinstance(cal, dict) else cal!r}); "
+                               f"run playbooks/calibrate.yml --limit {host} again")]
+    if llama_cpp_ref and cal.get("llama_cpp") != llama_cpp_ref:
+        return None, [_finding("error", "calibration-stale", host,
+                               f"{path} was measured with llama.cpp {cal.get('llama_cpp')}, the inventory builds "
+                               f"{llama_cpp_ref}; its figures no longer apply. Run playbooks/calibrate.yml --limit {host}")]
+    if cal.get("backend") != spec["backend"]:
+        return None, [_finding("error", "calibration-stale", host,
+                               f"{path} was measured on the {cal.get('backend')} backend, the host now uses "
+                               f"{spec['backend']}. Run playbooks/calibrate.yml --limit {host}")]
+    findings = []
+    declared = {g["name"] for g in spec["gpus"]}
+    gpus = {}
+    for name, entry in (cal.get("gpus") or {}).items():
+        if name not in declared:
+            findings.append(_finding("error", "calibration-gpu-absent", host,
+                                     f"{path} has an overhead for GPU '{name}', which llamafleet_gpus of {host} does "
+                                     f"not declare ({', '.join(sorted(declared)) or 'none'}); it is not used. Fix "
+                                     f"llamafleet_gpus or run playbooks/calibrate.yml --limit {host}"))
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("overhead_mib"), (int, float)):
+            findings.append(_finding("error", "calibration-invalid", host,
+                                     f"{path}: gpus['{name}'].overhead_mib must be a number, got {entry!r}"))
+            continue
+        gpus[name] = entry
+    return dict(cal, gpus=gpus), findings
+
+
+def driver_findings(cal: dict | None, host: str, driver: str | None) -> list[dict]:
+    """A GPU calibration taken under another driver is stale (nvidia-smi's driver_version)."""
+    if cal and cal.get("backend") == "cuda" and driver and cal.get("driver") != driver:
+        return [_finding("error", "calibration-stale", host,
+                         f"the calibration of {host} was measured with driver {cal.get('driver')}, the host now "
+                         f"runs {driver}. Run playbooks/calibrate.yml --limit {host}")]
+    return []
