@@ -87,3 +87,74 @@ def driver_findings(cal: dict | None, host: str, driver: str | None) -> list[dic
                          f"the calibration of {host} was measured with driver {cal.get('driver')}, the host now "
                          f"runs {driver}. Run playbooks/calibrate.yml --limit {host}")]
     return []
+
+
+# -- building a calibration from what calibrate.yml read on a host ---------------------------------
+def parse_compute_apps(csv_text: str) -> dict[int, float]:
+    """pid -> MiB from `nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits`."""
+    used: dict[int, float] = {}
+    for line in csv_text.strip().splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) != 2 or not fields[0].isdigit():
+            raise ValueError(f"unexpected nvidia-smi line {line!r} (expected pid, used_memory)")
+        used[int(fields[0])] = used.get(int(fields[0]), 0.0) + float(fields[1])
+    return used
+
+
+def build(host: str, backend: str, llama_cpp: str, driver: str | None, plan_servers: list[dict],
+          processes: dict[str, dict], compute_apps_csv: str, timings: dict[str, dict], measured_at: str) -> dict:
+    """The calibration of one host from its running servers.
+
+    plan_servers: this host's servers from plan.json (device, memory_mib, overhead_detail, model).
+    processes: server name -> {"pid": host pid of its llama-server, "rss_anon_mib": RssAnon}.
+    compute_apps_csv: nvidia-smi's per-process memory (cuda hosts; "" on the CPU backend).
+    timings: server name -> llama-server's "timings" of a fixed request (chat servers).
+
+    GPU: a server's reading is nvidia-smi's memory of its process minus llama.cpp's buffers as the
+    plan computes them (model + context + compute, within 1% / 10% of llama.cpp's own breakdown on
+    the H200) minus the cuBLAS and pool parts its settings add (_overhead), so the file holds the
+    card's base overhead. Host (CPU backend): a server's process overhead is its anonymous resident memory minus
+    its KV cache (allocated and cleared at start, so resident): binary, heap, HTTP threads, and the
+    few compute pages an idle server has touched (a slight overestimate, on the safe side).
+    """
+    smi = parse_compute_apps(compute_apps_csv) if compute_apps_csv.strip() else {}
+    gpus: dict[str, list[float]] = {}
+    process: list[float] = []
+    speed: dict[str, dict] = {}
+    problems = []
+    for server in plan_servers:
+        name, mem = server["name"], server["memory_mib"]
+        proc = processes.get(name)
+        if proc is None:
+            problems.append(f"{name}: no running llama-server (deploy with site.yml first)")
+            continue
+        if backend == "cuda":
+            if proc["pid"] not in smi:
+                problems.append(f"{name}: nvidia-smi lists no process {proc['pid']} (pids {sorted(smi)})")
+                continue
+            parts = (server.get("overhead_detail") or {}).get("parts", {})
+            base = smi[proc["pid"]] - mem["model"] - mem["context"] - mem["compute"] - parts.get("cublas", 0.0) \
+                - parts.get("pool", 0.0)
+            gpus.setdefault(server["gpu_name"], []).append(round(base, 1))
+        else:
+            process.append(proc["rss_anon_mib"] - mem["context"])
+        t = timings.get(name)
+        if t:
+            device = server.get("gpu_name") or "cpu"
+            speed.setdefault(server["model"], {})[device] = {
+                "prefill_tps": round(float(t["prompt_per_second"]), 1),
+                "decode_tps": round(float(t["predicted_per_second"]), 1)}
+    if problems:
+        raise ValueError(f"{host}: cannot calibrate: " + "; ".join(problems))
+    out = {"host": host, "measured_at": measured_at, "llama_cpp": llama_cpp, "driver": driver, "backend": backend,
+           "gpus": {}, "speed": speed}
+    for name, readings in gpus.items():
+        out["gpus"][name] = {"overhead_mib": round(max(readings), 1),
+                             "uncertainty_mib": round(max(MEASURED_SPREAD_FLOOR_MIB, (max(readings) - min(readings)) / 2), 1),
+                             "readings": readings}
+    if process:
+        out["process_overhead_mib"] = round(max(process), 1)
+    return out
+
+
+MEASURED_SPREAD_FLOOR_MIB = 10.0

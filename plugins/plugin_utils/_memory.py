@@ -178,7 +178,9 @@ def compute_bytes(model: ModelInfo, args: dict, layout: KVLayout, fa: bool, back
     n_kv_base = layout.cells_base if model.has_kv_cache else n_tokens
     mask_el = 2 if fa else 4
     n_tok_pad = pad(n_tokens, 64)
-    masks = (n_kv_base + layout.cells_swa) * n_tok_pad * mask_el * layout.streams
+    # one row per token of the ubatch over one stream's cells: n_kv x (n_tokens / n_stream) x n_stream
+    # (src/llama-graph.cpp build_attn_inp_kq_mask), so the slots' streams do not multiply it
+    masks = (n_kv_base + layout.cells_swa) * n_tok_pad * mask_el
     residual = 3 * model.n_embd * n_tokens * f32
     ffn = 3 * model.n_ff * n_tokens * f32
     if backend == "cuda" and n_tokens >= 32:

@@ -25,7 +25,7 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gpus import gpu_
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._memory import ServerMemory, server_memory
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import QUANTIZED_KV_TYPES, effective
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import ShapeError, model_info_from_shape
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import Device, server_speed, workload
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import Device, Speed, server_speed, workload
 
 CAPACITY_WARN = 0.8      # utilisation above which queueing makes TTFT p95 climb steeply
 DEFAULT_PROMPT, DEFAULT_REPLY = 512, 256
@@ -200,6 +200,11 @@ def plan_host(host: dict, models: dict[str, ModelInfo]) -> dict:
         dev = _device_for(gpus.get(server["gpu"]) if backend == "cuda" else None, host)
         speeds[server["name"]] = server_speed(
             model, mem, dev, int(wl.get("prompt_tokens", DEFAULT_PROMPT)), int(wl.get("reply_tokens", DEFAULT_REPLY)))
+        device_name = gpus[server["gpu"]]["name"] if backend == "cuda" and server["gpu"] in gpus else "cpu"
+        measured = ((host.get("calibration") or {}).get("speed") or {}).get(server["model"], {}).get(device_name)
+        if measured:
+            speeds[server["name"]] = calibrated_speed(speeds[server["name"]], measured,
+                                                      int(wl.get("prompt_tokens", DEFAULT_PROMPT)))
     for model_name, wl in sorted(host["workload"].items()):
         chat = [s for s in host["servers"] if s["model"] == model_name and s["role"] == "chat"]
         if not chat:
@@ -225,6 +230,11 @@ def plan_host(host: dict, models: dict[str, ModelInfo]) -> dict:
         servers_out.append({
             "host": name, "name": server["name"], "role": server["role"], "model": server["model"],
             "device": mem.device, "memory_mib": mem.columns(),
+            "gpu_name": gpus[server["gpu"]]["name"] if backend == "cuda" and server["gpu"] in gpus else None,
+            "overhead_detail": {"source": mem.overhead_detail.source, "mib": round(mem.overhead_detail.mib, 1),
+                                "uncertainty_mib": mem.overhead_detail.uncertainty_mib,
+                                "parts": {k: round(float(v), 1) for k, v in mem.overhead_detail.parts.items()}}
+                               if mem.overhead_detail else None,
             "host_memory_mib": {"model": round(mem.host_model if backend == "cuda" else mem.model, 1),
                                 "compute": round(mem.host_compute, 1),
                                 "output": round(mem.host_output, 1),
@@ -251,6 +261,16 @@ def _gpu_stack(host: dict, findings: list[dict]) -> dict:
     for err in stack["errors"]:
         findings.append(finding("error", err["code"], host["host"], None, f"{host['host']}: {err['message']}"))
     return {k: stack[k] for k in ("driver_branch", "cuda_version", "cuda_architectures", "kernel_modules")}
+
+
+def calibrated_speed(predicted: Speed, measured: dict, prompt_tokens: int) -> Speed:
+    """The host's measured decode/prefill (calibrate.yml) in place of the roofline's, for one server.
+
+    Batched decode keeps the model's ratio to single-stream decode (calibrate.yml measures one stream).
+    """
+    decode, prefill = float(measured["decode_tps"]), float(measured["prefill_tps"])
+    batch = predicted.batch_decode_tps * decode / predicted.decode_tps if predicted.decode_tps else decode
+    return Speed(decode, prefill, prompt_tokens / prefill + 1.0 / decode, batch, predicted.slots, "calibrated")
 
 
 def overhead_findings(hname: str, index: int, gpu: dict, capacity: float, planned: float,

@@ -52,6 +52,7 @@ class Speed:
     ttft_s: float              # for the workload's prompt (or 512 tokens)
     batch_decode_tps: float    # all slots decoding together (aggregate)
     slots: int
+    source: str = "estimated"  # or "calibrated": measured on the host by calibrate.yml
 
     def to_dict(self) -> dict:
         return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
