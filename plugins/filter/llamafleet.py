@@ -139,9 +139,21 @@ def llamafleet_cuda_elf_missing(listing: str, architectures: str) -> list:
     return cuda_elf_missing(listing, architectures)
 
 
+def llamafleet_calibration(measurements: dict, plan_result: dict, host: str) -> dict:
+    """The calibration file of one host from what calibrate.yml read there (plugins/plugin_utils/_calibration.py)."""
+    servers = [s for s in plan_result["servers"] if s["host"] == host]
+    try:
+        return calibration.build(host, measurements["backend"], measurements["llama_cpp"], measurements.get("driver"),
+                                 servers, measurements["processes"], measurements.get("compute_apps", ""),
+                                 measurements.get("timings", {}), measurements["measured_at"])
+    except (KeyError, ValueError) as exc:
+        raise AnsibleFilterError(f"calibration of {host}: {exc}") from None
+
+
 class FilterModule:
     def filters(self):
         return {
+            "calibration": llamafleet_calibration,
             "plan": llamafleet_plan,
             "plan_console": llamafleet_plan_console,
             "plan_markdown": llamafleet_plan_markdown,

@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import os
 
-FILE_KEYS = {"host", "measured_at", "llama_cpp", "driver", "backend", "gpus", "process_overhead_mib", "speed"}
+FILE_KEYS = {"host", "measured_at", "llama_cpp", "driver", "backend", "gpus", "process_overhead_mib",
+             "process_readings_mib", "speed"}
 
 
 def calibration_file(report_dir: str, host: str) -> str:
@@ -106,7 +107,7 @@ def build(host: str, backend: str, llama_cpp: str, driver: str | None, plan_serv
     """The calibration of one host from its running servers.
 
     plan_servers: this host's servers from plan.json (device, memory_mib, overhead_detail, model).
-    processes: server name -> {"pid": host pid of its llama-server, "rss_anon_mib": RssAnon}.
+    processes: server name -> {"pid": host pid of its llama-server, "rss_kib": RssAnon in KiB}.
     compute_apps_csv: nvidia-smi's per-process memory (cuda hosts; "" on the CPU backend).
     timings: server name -> llama-server's "timings" of a fixed request (chat servers).
 
@@ -137,7 +138,7 @@ def build(host: str, backend: str, llama_cpp: str, driver: str | None, plan_serv
                 - parts.get("pool", 0.0)
             gpus.setdefault(server["gpu_name"], []).append(round(base, 1))
         else:
-            process.append(proc["rss_anon_mib"] - mem["context"])
+            process.append(proc["rss_kib"] / 1024 - mem["context"])
         t = timings.get(name)
         if t:
             device = server.get("gpu_name") or "cpu"
@@ -154,6 +155,7 @@ def build(host: str, backend: str, llama_cpp: str, driver: str | None, plan_serv
                              "readings": readings}
     if process:
         out["process_overhead_mib"] = round(max(process), 1)
+        out["process_readings_mib"] = [round(p, 1) for p in process]
     return out
 
 
