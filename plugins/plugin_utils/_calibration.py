@@ -25,19 +25,20 @@ FILE_KEYS = {"host", "measured_at", "llama_cpp", "driver", "backend", "gpus", "p
              "process_readings_mib", "speed"}
 
 
-def calibration_file(report_dir: str, host: str) -> str:
-    return os.path.join(report_dir, "calibration", f"{host}.json")
+def calibration_file(calibration_dir: str, host: str) -> str:
+    """<llamafleet_report_dir>/calibration/<host>.json: calibrate.yml writes it, plan.yml reads it."""
+    return os.path.join(calibration_dir, f"{host}.json")
 
 
 def _finding(level: str, code: str, host: str, message: str) -> dict:
     return {"level": level, "code": code, "host": host, "server": None, "message": message}
 
 
-def load(report_dir: str | None, host: str, spec: dict, llama_cpp_ref: str | None) -> tuple[dict | None, list[dict]]:
+def load(calibration_dir: str | None, host: str, spec: dict, llama_cpp_ref: str | None) -> tuple[dict | None, list[dict]]:
     """(the usable calibration of this host or None, findings about it)."""
-    if not report_dir:
+    if not calibration_dir:
         return None, []
-    path = calibration_file(report_dir, host)
+    path = calibration_file(calibration_dir, host)
     if not os.path.exists(path):
         return None, []
     try:
@@ -114,9 +115,10 @@ def build(host: str, backend: str, llama_cpp: str, driver: str | None, plan_serv
     GPU: a server's reading is nvidia-smi's memory of its process minus llama.cpp's buffers as the
     plan computes them (model + context + compute, within 1% / 10% of llama.cpp's own breakdown on
     the H200) minus the cuBLAS and pool parts its settings add (_overhead), so the file holds the
-    card's base overhead. Host (CPU backend): a server's process overhead is its anonymous resident memory minus
-    its KV cache (allocated and cleared at start, so resident): binary, heap, HTTP threads, and the
-    few compute pages an idle server has touched (a slight overestimate, on the safe side).
+    card's base overhead. Host (CPU backend): a server's process overhead is its anonymous resident
+    memory when idle after a request: heap, HTTP threads, and whatever KV and compute pages it has
+    touched so far (measured on the lab it is below the KV cache's size, so the buffers are not all
+    resident at idle), an upper bound of the process's own part, on the safe side.
     """
     smi = parse_compute_apps(compute_apps_csv) if compute_apps_csv.strip() else {}
     gpus: dict[str, list[float]] = {}
@@ -138,7 +140,7 @@ def build(host: str, backend: str, llama_cpp: str, driver: str | None, plan_serv
                 - parts.get("pool", 0.0)
             gpus.setdefault(server["gpu_name"], []).append(round(base, 1))
         else:
-            process.append(proc["rss_kib"] / 1024 - mem["context"])
+            process.append(proc["rss_kib"] / 1024)
         t = timings.get(name)
         if t:
             device = server.get("gpu_name") or "cpu"

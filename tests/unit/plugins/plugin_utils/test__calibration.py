@@ -39,11 +39,11 @@ def test_cuda_overhead_from_a_stand_in_nvidia_smi():
     assert out["driver"] == "580.95.05" and "process_overhead_mib" not in out
 
 
-def test_cpu_process_overhead_is_rss_minus_kv():
+def test_cpu_process_overhead_is_the_idle_anonymous_rss():
     plan_server = {"name": "chat-0", "model": "m", "memory_mib": {"model": 80, "context": 24.0, "compute": 9}}
     out = cal.build("lab", "cpu", "0c1e570", None, [plan_server], {"chat-0": {"pid": 7, "rss_kib": 70 * 1024}}, "",
                     {}, "t")
-    assert out["process_overhead_mib"] == 46.0  # 70 MiB anonymous - 24 MiB KV
+    assert out["process_overhead_mib"] == 70.0  # 70 x 1024 KiB of RssAnon
 
 
 def test_a_server_missing_from_nvidia_smi_is_an_error():
@@ -56,7 +56,7 @@ def test_a_server_missing_from_nvidia_smi_is_an_error():
 def write(tmp_path, data):
     (tmp_path / "calibration").mkdir(exist_ok=True)
     (tmp_path / "calibration" / "h.json").write_text(json.dumps(data))
-    return str(tmp_path)
+    return str(tmp_path / "calibration")
 
 
 def spec():
@@ -99,7 +99,7 @@ def test_stale_calibration_another_driver():
 def test_unreadable_or_foreign_files_are_errors(tmp_path):
     (tmp_path / "calibration").mkdir()
     (tmp_path / "calibration" / "h.json").write_text("{not json")
-    _, problems = cal.load(str(tmp_path), "h", spec(), None)
+    _, problems = cal.load(str(tmp_path / "calibration"), "h", spec(), None)
     assert [p["code"] for p in problems] == ["calibration-invalid"]
     _, problems = cal.load(write(tmp_path, dict(build_cuda(), host="other")), "h", spec(), None)
     assert [p["code"] for p in problems] == ["calibration-invalid"]
