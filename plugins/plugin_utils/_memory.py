@@ -63,7 +63,8 @@ class ServerMemory:
     context: float = 0.0             # KV cache
     compute: float = 0.0             # graph buffers
     overhead: float = 0.0            # CUDA context + pool (cuda only)
-    host_model: float = 0.0          # weights left in host RAM (mmap or anonymous)
+    host_model: float = 0.0          # weights left in host RAM (mmap: the mapped range)
+    host_weights: float = 0.0        # the CPU-resident tensors themselves (read per token)
     host_compute: float = 0.0        # CPU-side graph buffers when offloading
     host_output: float = 0.0         # llama.cpp's output buffer (logits/embeddings rows), host RAM
     host_prompt_cache: float = 0.0   # --cache-ram cap (inf when unlimited)
@@ -311,7 +312,7 @@ def server_memory(model: ModelInfo, args: dict, backend: str, device: str = "cpu
         except ValueError as err:  # no SM count: the plan turns this note into an error finding
             mem.notes.append(f"cuda-overhead-unknown: {err}")
     mem.overhead = mem.overhead_detail.mib if mem.overhead_detail else float(CUDA_OVERHEAD_MIB)
-    mem.host_model = host_weights / MIB
+    mem.host_model = mem.host_weights = host_weights / MIB
     if args.get("load_mode", "auto") in ("auto", "mmap", "mlock", "mmap+mlock"):
         # the mapped range, not just the CPU tensors (see mapped_span_bytes)
         gpu_set = set(gpu_layers)

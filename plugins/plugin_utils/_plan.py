@@ -82,7 +82,8 @@ def _device_for(spec: dict, host: dict) -> Device:
     if spec is None:  # the CPU backend: both "device" and host are the CPU
         return Device("cpu", host_bw, host_gflops / 1000.0, host_bw)
     int8 = spec["int8_tops"] or spec["fp32_tflops"]
-    return Device("cuda", spec["bandwidth_gbs"], int8, host_bw)
+    return Device("cuda", spec["bandwidth_gbs"], int8, host_bw, spec.get("sms"),
+                  cc_int(spec["compute_capability"]) >= 70)
 
 
 def _memory(host: dict, server: dict, model: ModelInfo, args: dict) -> ServerMemory:
