@@ -16,6 +16,9 @@ ansible-lint -q
 section "unit tests"
 pytest -q tests/unit
 
+section "mutation testing of the planner core: a fixed sample (the full run: scripts/mutation.sh)"
+scripts/mutation.sh --sample
+
 section "ansible-test sanity on the collection artifact"
 scripts/sanity.sh
 
@@ -23,7 +26,7 @@ section "the lab's llama.cpp image (built once, about 8 minutes on 2 cores; reus
 ansible-playbook playbooks/build.yml
 
 section "molecule role scenarios"
-for scenario in docker_engine llm_models llamacpp_build llama_server nvidia_driver nvidia_container_toolkit; do
+for scenario in docker_engine llm_models llamacpp_build llama_server nvidia_driver nvidia_container_toolkit watchdog; do
   molecule test -s "$scenario"
 done
 

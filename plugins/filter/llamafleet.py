@@ -19,6 +19,7 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._driver_packages 
     stale_driver_packages,
     supported,
 )
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gateway import DEFAULT_PORT, DEFAULT_STATS_PORT, GatewayError
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gpus import cuda_elf_missing, gpu_differences, gpu_stack
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import InventoryError, normalize_host
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._plan import PlanError, describe_model, plan
@@ -43,12 +44,33 @@ def _host_vars(hostvars, host: str) -> dict:
     return out
 
 
+def _gateway_config(hostvars, hosts: list, gateway_hosts: list) -> dict | None:
+    """The gateway hosts' llamafleet_gateway_* variables and how each fleet host is reached (_gateway.pools)."""
+    if not gateway_hosts:
+        return None
+    first = hostvars[gateway_hosts[0]]
+
+    def where(host: str) -> dict:
+        hv = hostvars[host]
+        return {"host": host, "connection": hv.get("ansible_connection"), "ansible_host": hv.get("ansible_host"),
+                "upstream_address": hv.get("llamafleet_gateway_upstream_address")}
+
+    return {
+        "models": first.get("llamafleet_gateway_models"), "key": first.get("llamafleet_gateway_key"),
+        "port": first.get("llamafleet_gateway_port", DEFAULT_PORT),
+        "stats_port": first.get("llamafleet_gateway_stats_port", DEFAULT_STATS_PORT),
+        "server_key": first.get("llama_server_api_key"),
+        "hosts": [where(h) for h in gateway_hosts], "fleet_hosts": {h: where(h) for h in hosts},
+    }
+
+
 def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str = ".", deployed_dir: str = "",
-                    calibration_dir: str = "") -> dict:
+                    gateway_hosts: list | None = None, calibration_dir: str = "") -> dict:
     """The memory and speed plan and the fleet model of these hosts (plugins/plugin_utils/_plan.py).
 
     deployed_dir: where the servers play records each host's fleet as deployed (<host>.json); servers
     that left the inventory since are reported.
+    gateway_hosts: the inventory group 'gateway'; its pools are validated and planned (plugin_utils/_gateway.py).
     calibration_dir: where calibrate.yml wrote <host>.json (plugins/plugin_utils/_calibration.py).
     """
     normalized, models = [], {}
@@ -80,7 +102,10 @@ def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str 
                     deployed[host] = json.load(handle)
             except (OSError, ValueError) as exc:
                 raise AnsibleFilterError(f"cannot read the deployment record {record}: {exc}; remove it to start afresh") from None
-    return plan(normalized, models, deployed)
+    try:
+        return plan(normalized, models, deployed, _gateway_config(hostvars, hosts, gateway_hosts or []))
+    except GatewayError as exc:
+        raise AnsibleFilterError(str(exc)) from None
 
 
 def llamafleet_plan_console(plan_result: dict) -> str:

@@ -21,11 +21,12 @@ from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gguf i
 )
 from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import cc_int
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._fleet import fleet_host
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gateway import pools
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gpus import gpu_stack
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._memory import ServerMemory, server_memory
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import QUANTIZED_KV_TYPES, effective
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import ShapeError, model_info_from_shape
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import Device, Speed, server_speed, workload
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import Device, Speed, random_routing, server_speed, workload
 
 CAPACITY_WARN = 0.8      # utilisation above which queueing makes TTFT p95 climb steeply
 DEFAULT_PROMPT, DEFAULT_REPLY = 512, 256
@@ -94,8 +95,14 @@ def _memory(host: dict, server: dict, model: ModelInfo, args: dict) -> ServerMem
                          gpu=gpu, calibration=host.get("calibration"))
 
 
-def plan_host(host: dict, models: dict[str, ModelInfo]) -> dict:
-    """Plan one normalized host: servers, devices, workloads and findings."""
+def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] | None = None) -> dict:
+    """Plan one normalized host: servers, devices, workloads and findings.
+
+    pooled: model -> {prompt_tokens, reply_tokens} of the gateway pool its chat servers sit in; their
+    queueing is planned per pool (all hosts together, see gateway_workloads), not per host, and their
+    speed for the pool's request shape.
+    """
+    pooled = pooled or {}
     name = host["host"]
     backend = host["backend"]
     gpus = {g["index"]: g for g in host["gpus"]}
@@ -197,7 +204,8 @@ def plan_host(host: dict, models: dict[str, ModelInfo]) -> dict:
     for server in host["servers"]:
         model = models[server["model"]]
         mem = mems[server["name"]]
-        wl = host["workload"].get(server["model"], {})
+        wl = pooled.get(server["model"]) if server["role"] == "chat" and server["model"] in pooled else \
+            host["workload"].get(server["model"], {})
         dev = _device_for(gpus.get(server["gpu"]) if backend == "cuda" else None, host)
         speeds[server["name"]] = server_speed(
             model, mem, dev, int(wl.get("prompt_tokens", DEFAULT_PROMPT)), int(wl.get("reply_tokens", DEFAULT_REPLY)))
@@ -208,7 +216,7 @@ def plan_host(host: dict, models: dict[str, ModelInfo]) -> dict:
                                                       int(wl.get("prompt_tokens", DEFAULT_PROMPT)))
     for model_name, wl in sorted(host["workload"].items()):
         chat = [s for s in host["servers"] if s["model"] == model_name and s["role"] == "chat"]
-        if not chat:
+        if not chat or model_name in pooled:
             continue
         result = workload(model_name, float(wl["requests_per_minute"]), int(wl["prompt_tokens"]),
                           int(wl["reply_tokens"]), [speeds[s["name"]] for s in chat])
@@ -390,7 +398,7 @@ def server_findings(host: dict, server: dict, model: ModelInfo, mem: ServerMemor
             add("warning", "partial-offload",
                 f"{name}: only {mem.gpu_layers}/{mem.n_layer} layers"
                 f"{'' if mem.output_on_device else ' (output layer on the CPU)'} are on {gpu['name']}; "
-                f"{mem.host_model:,.0f} MiB of weights are read by the CPU for every token, which dominates decode "
+                f"{mem.host_weights:,.0f} MiB of weights are read by the CPU for every token, which dominates decode "
                 f"speed. Fit the model (smaller quantization or context) to offload all {mem.n_layer + 1} layers")
     return out
 
@@ -501,15 +509,80 @@ def leaving_servers(deployed: dict, fleet: dict) -> list[dict]:
     return out
 
 
-def plan(hosts: list[dict], models: dict[str, dict[str, ModelInfo]], deployed: dict | None = None) -> dict:
-    """Plan every host. models maps host -> model name -> ModelInfo; deployed maps host -> its fleet as last deployed."""
+def pool_load(pool: dict, hosts: list[dict]) -> dict:
+    """The declared load of a chat pool and its request shape.
+
+    The pool's own requests_per_minute when given, otherwise the sum of what its servers' hosts
+    declare for the model in llamafleet_workload (behind the gateway the same clients arrive in one
+    queue); prompt and reply tokens from the pool, else the first host that declares them.
+    """
+    members = {m["host"] for m in pool["servers"]}
+    declared = [h["workload"][pool["model"]] for h in hosts if h["host"] in members and pool["model"] in h["workload"]]
+    first = declared[0] if declared else {}
+    own = pool["workload"]
+    rpm = own.get("requests_per_minute")
+    if rpm is None and declared:
+        rpm = sum(float(d["requests_per_minute"]) for d in declared)
+    return {"requests_per_minute": None if rpm is None else float(rpm),
+            "prompt_tokens": int(own.get("prompt_tokens", first.get("prompt_tokens", DEFAULT_PROMPT))),
+            "reply_tokens": int(own.get("reply_tokens", first.get("reply_tokens", DEFAULT_REPLY)))}
+
+
+def gateway_workloads(gateway: dict, hosts: list[dict], servers: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Queueing of every chat pool at its declared load (pool_load): one M/M/c queue over all slots
+    of the group, and beside it the same load under random routing (each server its own queue)."""
+    speeds = {(s["host"], s["name"]): Speed(**s["speed"]) for s in servers}
+    rows, findings = [], []
+    for pool in gateway["pools"]:
+        if pool["role"] != "chat":
+            continue
+        member_hosts = list(dict.fromkeys(m["host"] for m in pool["servers"]))
+        load = pool_load(pool, hosts)
+        if load["requests_per_minute"] is None:
+            continue
+        rpm, prompt, reply = load["requests_per_minute"], load["prompt_tokens"], load["reply_tokens"]
+        group = [speeds[(m["host"], m["server"])] for m in pool["servers"]]
+        pooled = workload(pool["alias"], rpm, prompt, reply, group)
+        scattered = random_routing(pool["alias"], rpm, prompt, reply, group)
+        rows.append(dict(pooled.to_dict(), host="gateway", pool=pool["alias"], servers=len(group),
+                         random_routing={"ttft_p50_s": scattered.to_dict()["ttft_p50_s"],
+                                         "ttft_p95_s": scattered.to_dict()["ttft_p95_s"],
+                                         "utilisation_max": round(scattered.utilisation, 3),
+                                         "stable": scattered.stable}))
+        if not pooled.stable or pooled.utilisation > CAPACITY_WARN:
+            findings.append(finding(
+                "error" if not pooled.stable else "warning", "capacity-exceeded", "gateway", None,
+                f"pool {pool['alias']} (model {pool['model']}): {rpm:g} requests/min x {reply} reply tokens across "
+                f"{pooled.slots} slot(s) on {', '.join(member_hosts)}; each request holds a slot {pooled.service_s:.1f} s, "
+                f"utilisation {pooled.utilisation:.0%}"
+                + (" (the queue grows without bound)" if not pooled.stable else f", TTFT p95 {pooled.ttft_p95_s:.1f} s")
+                + ". Fixes: more slots per server (parallel: 2-4), a smaller quantization, or more servers in the pool",
+                model=pool["model"]))
+    return rows, findings
+
+
+def plan(hosts: list[dict], models: dict[str, dict[str, ModelInfo]], deployed: dict | None = None,
+         gateway: dict | None = None) -> dict:
+    """Plan every host. models maps host -> model name -> ModelInfo; deployed maps host -> its fleet as last
+    deployed; gateway is the gateway hosts' configuration (see _gateway.pools; a GatewayError refuses it)."""
     result = {"servers": [], "devices": [], "hosts": [], "workloads": [], "findings": []}
+    fleet = {host["host"]: fleet_host(host) for host in hosts}
+    pools_ = None
+    if gateway:
+        reach = gateway.get("fleet_hosts", {})
+        pools_ = pools(gateway, [dict(reach.get(h, {}), host=h, servers=f["servers"]) for h, f in fleet.items()])
+    pooled = {p["model"]: pool_load(p, hosts) for p in (pools_ or {}).get("pools", []) if p["role"] == "chat"}
     for host in hosts:
-        part = plan_host(host, models[host["host"]])
+        part = plan_host(host, models[host["host"]], pooled)
         for key in result:
             result[key].extend(part[key])
-    result["fleet"] = {host["host"]: fleet_host(host) for host in hosts}
+    result["fleet"] = fleet
     result["findings"].extend(leaving_servers(deployed or {}, result["fleet"]))
+    if pools_:
+        rows, findings = gateway_workloads(pools_, hosts, result["servers"])
+        result["workloads"].extend(rows)
+        result["findings"].extend(findings)
+        result["gateway"] = pools_
     result["summary"] = {
         "errors": sum(f["level"] == "error" for f in result["findings"]),
         "warnings": sum(f["level"] == "warning" for f in result["findings"]),

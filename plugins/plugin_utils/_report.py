@@ -75,11 +75,15 @@ def console(plan: dict, width: int = 110) -> str:
     if stack_rows(plan)[1]:
         lines += ["", "GPU hosts (installed by nvidia_driver, built by llamacpp_build):"] + _table(*stack_rows(plan))
     lines += ["", "Servers (MiB on their device; speed for one request alone):"] + _table(*server_rows(plan))
+    if plan.get("gateway"):
+        lines += ["", f"Gateway pools (one queue per model group, behind :{plan['gateway']['port']}):"]
+        lines += _table(*pool_rows(plan))
     if plan["workloads"]:
-        lines += ["", "Workloads (Poisson arrivals, one slot pool per model):"]
-        lines += _table(["model", "req/min", "slots", "busy s/req", "utilisation", "TTFT p50", "TTFT p95"],
+        lines += ["", "Workloads (Poisson arrivals, one slot pool per model; pool rows: every host of the group):"]
+        lines += _table(["model/pool", "req/min", "slots", "busy s/req", "utilisation", "TTFT p50", "TTFT p95",
+                         "p95 if routed at random"],
                         [[w["model"], w["requests_per_minute"], w["slots"], f"{w['service_s']:.1f}",
-                          f"{w['utilisation']:.0%}", _s(w["ttft_p50_s"]), _s(w["ttft_p95_s"])]
+                          f"{w['utilisation']:.0%}", _s(w["ttft_p50_s"]), _s(w["ttft_p95_s"]), _random_p95(w)]
                          for w in plan["workloads"]])
     return "\n".join(lines)
 
@@ -100,6 +104,19 @@ def grouped(findings: list[dict], server_names: list[str] = ()) -> list[tuple[di
     return sorted(groups.values(), key=lambda g: order.index(g[0]["level"]))
 
 
+def pool_rows(plan: dict) -> tuple[list[str], list[list]]:
+    rows = [[p["alias"], p["model"], p["role"], p["port"], p["slots"],
+             ", ".join(f"{m['name']} ({m['slots']} slot{'s' if m['slots'] > 1 else ''})" for m in p["servers"])]
+            for p in plan["gateway"]["pools"]]
+    return ["pool (alias)", "model", "role", "port", "slots", "servers"], rows
+
+
+def _random_p95(w: dict) -> str:
+    """Pool rows carry the same load routed at random, for comparison; per-host rows do not."""
+    scattered = w.get("random_routing")
+    return _s(scattered["ttft_p95_s"]) if scattered else "-"
+
+
 def _s(value) -> str:
     return "unbounded" if value is None else f"{value:.2f} s"
 
@@ -113,11 +130,16 @@ def markdown(plan: dict) -> str:
     if stack_rows(plan)[1]:
         lines += ["", "## GPU hosts", ""] + _md_table(*stack_rows(plan))
     lines += ["", "## Servers", ""] + _md_table(*server_rows(plan))
+    if plan.get("gateway"):
+        lines += ["", "## Gateway pools", "",
+                  f"One queue per model group behind the gateway (port {plan['gateway']['port']}): a request waits "
+                  "for the first free slot on any server of its group.", ""]
+        lines += _md_table(*pool_rows(plan))
     if plan["workloads"]:
-        lines += ["", "## Workloads", "", "| model | req/min | slots | utilisation | TTFT p50 | TTFT p95 |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "## Workloads", "", "| model / pool | req/min | slots | utilisation | TTFT p50 | TTFT p95 | "
+                  "TTFT p95 if routed at random |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {w['model']} | {w['requests_per_minute']} | {w['slots']} | {w['utilisation']:.0%} | "
-                  f"{_s(w['ttft_p50_s'])} | {_s(w['ttft_p95_s'])} |" for w in plan["workloads"]]
+                  f"{_s(w['ttft_p50_s'])} | {_s(w['ttft_p95_s'])} | {_random_p95(w)} |" for w in plan["workloads"]]
     lines += ["", "## Findings", ""]
     for f, others in grouped(plan["findings"], [s["name"] for s in plan["servers"]]):
         where = f"{f['host']}/{f['server']}" if f["server"] else f["host"]

@@ -199,3 +199,48 @@ def workload(model_name: str, rpm: float, prompt_tokens: int, reply_tokens: int,
 
     return WorkloadResult(model_name, rpm, slots, service, util, ttft0 + wait_quantile(0.5),
                           ttft0 + wait_quantile(0.95), stream_tps, True)
+
+
+def random_routing(model_name: str, rpm: float, prompt_tokens: int, reply_tokens: int,
+                   servers: list[Speed]) -> WorkloadResult:
+    """The same load when each request goes to one server picked at random (no shared queue).
+
+    Each server is then its own M/M/c queue (c = its slots) with lambda/n arrivals, and a request's
+    wait follows the mixture of their waiting-time distributions: a request can queue behind a
+    busy server while another one idles. This is what slot-aware pooling (``workload``) avoids.
+    """
+    if not servers:
+        raise ValueError(f"random routing for {model_name}: no chat server serves this model")
+    lam = rpm / 60.0 / len(servers)
+    tails = []  # (P(wait > 0), decay rate) per server
+    services = []
+    for s in servers:
+        service = s.ttft_s + reply_tokens / (s.batch_decode_tps / s.slots)
+        services.append(service)
+        offered = lam * service
+        if offered >= s.slots:
+            return WorkloadResult(model_name, rpm, sum(x.slots for x in servers), service, offered / s.slots,
+                                  math.inf, math.inf, s.batch_decode_tps / s.slots, False)
+        tails.append((erlang_c(s.slots, offered), s.slots / service - lam))
+    slots = sum(s.slots for s in servers)
+    ttft0 = sum(s.ttft_s * s.slots for s in servers) / slots
+    service = sum(services) / len(services)
+    util = max(lam * sv / s.slots for sv, s in zip(services, servers, strict=True))
+
+    def tail(t: float) -> float:
+        return sum(p * math.exp(-rate * t) for p, rate in tails) / len(tails)
+
+    def wait_quantile(q: float) -> float:
+        if tail(0.0) <= 1 - q:
+            return 0.0
+        low, high = 0.0, 1.0
+        while tail(high) > 1 - q:
+            high *= 2
+        for _ in range(100):  # bisection: the tail is monotone
+            mid = (low + high) / 2
+            low, high = (mid, high) if tail(mid) > 1 - q else (low, mid)
+        return high
+
+    stream_tps = sum(s.batch_decode_tps for s in servers) / slots
+    return WorkloadResult(model_name, rpm, slots, service, util, ttft0 + wait_quantile(0.5),
+                          ttft0 + wait_quantile(0.95), stream_tps, True)

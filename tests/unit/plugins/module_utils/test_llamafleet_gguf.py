@@ -1,9 +1,7 @@
 """GGUF description: real and synthetic files, damaged files, remote headers by HTTP range."""
 from __future__ import annotations
 
-import http.server
 import os
-import threading
 
 import pytest
 
@@ -13,6 +11,7 @@ from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gguf i
     read_remote_model_info,
 )
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import SHAPES
+from tests.support.range_server import RangeHandler
 from tests.support.synthetic_gguf import write_model
 
 SMALL = dict(architecture="llama", n_layer=4, n_embd=512, n_head=8, n_head_kv=2, head_dim=64, n_ff=1536,
@@ -30,7 +29,9 @@ def test_reads_shape_and_tensor_sizes(small_model):
     assert info.n_head_kv == [2] * 4 and info.head_dim_k == 64 and info.causal and info.has_kv_cache
     # Q8_0: 34 bytes per 32 values; token_embd is 512 x 4096
     assert info.token_embd_bytes == 512 * 4096 // 32 * 34
-    assert info.layer_bytes(0) == sum(t.n_bytes for t in info.tensors if t.name.startswith("blk.0."))
+    # one block in Q8_0: 2 norms of 512 F32 (2 x 2,048 B), Q and O 512 x 512 (278,528 B each), K and V 512 x 128
+    # (69,632 B each), gate, up and down 512 x 1536 (835,584 B each): 3,207,168 B
+    assert info.layer_bytes(0) == 3_207_168
     assert not any(info.swa_layers)
 
 
@@ -78,41 +79,6 @@ def test_cache_reuses_the_description(small_model, tmp_path):
     assert len(list(tmp_path.iterdir())) == 1
     again = read_model_info(small_model, cache_dir=str(tmp_path))
     assert again.to_dict() == first.to_dict()
-
-
-class RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """A file server that answers Range requests (Python's own ignores them) and counts bytes."""
-    served = 0
-
-    def do_GET(self):  # noqa: N802 - http.server API
-        path = self.translate_path(self.path)
-        size = os.path.getsize(path)
-        start, _, end = self.headers["Range"].removeprefix("bytes=").partition("-")
-        start, end = int(start), min(int(end), size - 1)
-        with open(path, "rb") as handle:
-            handle.seek(start)
-            body = handle.read(end - start + 1)
-        RangeHandler.served += len(body)
-        self.send_response(206)
-        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def http_dir(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), lambda *a, **k: RangeHandler(*a, directory=str(root), **k))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def test_remote_header_by_range_requests(http_dir, tmp_path):

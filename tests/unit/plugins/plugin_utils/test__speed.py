@@ -1,4 +1,5 @@
-"""Speed model: roofline figures against facts.md, and the queueing arithmetic."""
+"""Speed model: roofline figures against facts.md, hand-worked rooflines on the toy model, and the
+queueing arithmetic against textbook M/M/c values."""
 from __future__ import annotations
 
 import math
@@ -8,7 +9,15 @@ import pytest
 from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import lookup
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._memory import server_memory
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import model_info_from_shape
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import Device, erlang_c, server_speed, workload
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import (
+    Device,
+    Speed,
+    erlang_c,
+    layer_params,
+    server_speed,
+    workload,
+)
+from tests.support.toy import toy
 
 P106 = lookup("P106-100")
 DEV = Device("cuda", P106["bandwidth_gbs"], P106["int8_tops"], 12.0)
@@ -33,14 +42,13 @@ def test_ttft_for_500_tokens_on_p106():
 
 
 def test_partial_offload_reads_cpu_layers_at_host_bandwidth():
-    model = model_info_from_shape("llama-3.1-8b", "Q6_K", "t")
-    mem = server_memory(model, dict(ARGS, n_gpu_layers=28), "cuda", "cuda:0")
-    # ngl 28: output + layers 5-31 on the GPU, layers 0-4 on the CPU (read at the host's 12 GB/s);
-    # this Device names no SM count, so the GPU side is the flat 60% of 192.2 GB/s
-    cpu_layers = sum(model.layer_bytes(i) for i in range(5))
-    expected = 1 / (mem.model * 2**20 / (0.6 * 192.2e9) + cpu_layers / 12e9)
+    # facts.md #7: Q6_K is 5,871 MiB on the GPU at full offload, 171 MiB per layer, output.weight 411 MiB.
+    # -ngl 28 counts the output layer first (i_gpu_start = n_layer + 1 - ngl = 5): output + layers 5-31 on the
+    # GPU, layers 0-4 on the CPU: 5 x 171 = 855 MiB = 896,532,480 B read at the host's 12 GB/s = 0.074711 s;
+    # 5,871 - 855 = 5,016 MiB = 5,259,657,216 B at the flat 60% of 192.2 GB/s (this Device names no SM count)
+    # = 115.32 GB/s = 0.045609 s: 1 / 0.120320 s = 8.31 tok/s, still far below the full offload
     got = speed("Q6_K", n_gpu_layers=28).decode_tps
-    assert got == pytest.approx(expected, rel=0.05)  # the KV read is the rest
+    assert got == pytest.approx(8.31, rel=0.03)  # the KV read (27 layers of q8_0) is the rest
     assert got < speed("Q6_K").decode_tps / 2
 
 
@@ -67,3 +75,144 @@ def test_workload_stable_with_enough_slots():
     result = workload("m", 15, 500, 512, [s] * 4)
     assert result.stable and result.ttft_p50_s <= result.ttft_p95_s
     assert result.ttft_p50_s >= s.ttft_s
+
+
+# -- the toy model (tests/support/toy.py) by hand ------------------------------------------------------
+# A GPU of 100 GB/s and 10 TOPS on a host of 10 GB/s. Planning efficiencies (facts.md): decode reaches
+# 60% of peak bandwidth, prefill 23.5% of the integer peak.
+TOY = toy()
+GPU = Device("cuda", 100.0, 10.0, 10.0)
+ONE = {"ctx_size": 4096, "parallel": 1, "flash_attn": "on"}
+
+
+def test_toy_layer_params():
+    # per layer: Q and O 8 x 64 x 512 each, K and V 2 x 64 x 512 each, FFN 3 x 512 x 1024 = 2,228,224; x 4 layers
+    assert layer_params(TOY) == 8_912_896
+
+
+def test_toy_decode_and_prefill_fully_offloaded():
+    mem = server_memory(TOY, ONE, "cuda", "cuda:0")
+    s = server_speed(TOY, mem, GPU, prompt_tokens=512, reply_tokens=256)
+    # a step reads 44 MiB of weights = 46,137,344 B and the KV of 512 + 256/2 = 640 tokens x 2,048 B = 1,310,720 B
+    # at 0.6 x 100 GB/s: 47,448,064 / 6e10 = 790.80 us -> 1,264.54 tok/s
+    assert s.decode_tps == pytest.approx(1264.54, abs=0.01)
+    assert s.batch_decode_tps == pytest.approx(1264.54, abs=0.01) and s.slots == 1
+    # prefill: 0.235 x 10e12 / (2 x 8,912,896) = 131,831.45 tok/s; TTFT = 512 / that + one decode step
+    assert s.prefill_tps == pytest.approx(131_831.45, abs=0.01)
+    assert s.ttft_s == pytest.approx(512 / 131_831.45 + 790.80e-6, rel=1e-5)
+    # no calibration file: the figures are the model's estimate
+    assert s.to_dict() == {"decode_tps": 1264.54, "prefill_tps": 131831.45, "ttft_s": 0.0, "batch_decode_tps": 1264.54,
+                           "slots": 1, "source": "estimated"}
+
+
+def test_toy_two_slots_read_the_weights_once():
+    mem = server_memory(TOY, dict(ONE, parallel=2), "cuda", "cuda:0")
+    s = server_speed(TOY, mem, GPU, prompt_tokens=512, reply_tokens=256)
+    # 2 streams of 2048 cells: still 2,048 B per token. One step for both: 46,137,344 + 2 x 1,310,720 B
+    # = 48,758,784 B / 6e10 = 812.65 us -> 2 / that = 2,461.09 tok/s together
+    assert s.slots == 2
+    assert s.batch_decode_tps == pytest.approx(2461.09, abs=0.01)
+    assert s.decode_tps == pytest.approx(1264.54, abs=0.01)
+
+
+def test_toy_partial_offload_reads_cpu_layers_and_uploads_them_per_ubatch():
+    mem = server_memory(TOY, dict(ONE, n_gpu_layers=3), "cuda", "cuda:0")
+    s = server_speed(TOY, mem, GPU, prompt_tokens=512, reply_tokens=256)
+    # -ngl 3 offloads the output layer first (i_gpu_start = 4 + 1 - 3 = 2): GPU: layers 2-3 + output 3 + norm 1
+    # = 24 MiB = 25,165,824 B at 6e10 B/s = 419.43 us; host: layers 0-1 = 20 MiB = 20,971,520 B (token_embd is a
+    # lookup) at 10 GB/s = 2,097.15 us; KV of the 2 GPU layers: 640 x 1,024 B at 6e10 = 10.92 us: 2,527.51 us
+    assert s.decode_tps == pytest.approx(1 / 2527.51e-6, rel=1e-5)
+    # prefill uploads the 20 MiB of CPU weights once per ubatch of 512 at 3 GB/s (PCIe): 6,990.51 us
+    assert s.ttft_s == pytest.approx(512 / 131_831.45 + 6990.51e-6 + 2527.51e-6, rel=1e-5)
+    # a 1024-token prompt is two ubatches: two uploads
+    s2 = server_speed(TOY, mem, GPU, prompt_tokens=1024, reply_tokens=256)
+    # the decode step now reads 1152 tokens of KV: 1,179,648 B at 6e10 = 19.66 us
+    step = 419.43e-6 + 2097.15e-6 + 19.66e-6
+    assert s2.ttft_s == pytest.approx(1024 / 131_831.45 + 2 * 6990.51e-6 + step, rel=1e-5)
+
+
+def test_toy_on_the_cpu_uses_declared_figures_without_efficiency():
+    cpu = Device("cpu", 20.0, 0.1, 20.0)
+    mem = server_memory(TOY, ONE, "cpu")
+    s = server_speed(TOY, mem, cpu, prompt_tokens=512, reply_tokens=256)
+    # weights read: 46 - 2 (token_embd lookup) = 44 MiB + KV 1,310,720 B = 47,448,064 B at 20 GB/s: 2,372.40 us
+    assert s.decode_tps == pytest.approx(1 / 2372.4032e-6, rel=1e-6)
+    # prefill: 0.1 TOPS / 17,825,792 FLOP per token = 5,609.85 tok/s
+    assert s.prefill_tps == pytest.approx(5609.85, abs=0.01)
+    tied = toy(tied=True)  # the output projection reads token_embd whole: 43 MiB, nothing subtracted
+    s = server_speed(tied, server_memory(tied, ONE, "cpu"), cpu, prompt_tokens=512, reply_tokens=256)
+    assert s.decode_tps == pytest.approx(20e9 / (43 * 2**20 + 1_310_720), rel=1e-6)
+
+
+def test_device_efficiencies():
+    assert (GPU.decode_efficiency, GPU.prefill_efficiency) == (0.6, 0.235)
+    assert (Device("cpu", 1, 1, 1).decode_efficiency, Device("cpu", 1, 1, 1).prefill_efficiency) == (1.0, 1.0)
+
+
+# -- queueing: M/M/c ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("c,a,p", [
+    (1, 0.5, 0.5),          # M/M/1: P(wait) = rho
+    (2, 1.0, 1 / 3),        # (a^2/2! x 2/(2-1)) / (1 + a + 1) = 1/3
+    (3, 2.0, 4 / 9),        # terms 1, 2, 2 and the tail 8/6 x 3/(3-2) = 4: 4/9
+    (4, 4.5, 1.0), (2, 2.0, 1.0),  # at or past saturation everyone waits
+])
+def test_erlang_c_textbook_values(c, a, p):
+    assert erlang_c(c, a) == pytest.approx(p)
+
+
+ONE_SLOT = Speed(decode_tps=10.0, prefill_tps=1000.0, ttft_s=1.0, batch_decode_tps=10.0, slots=1)
+
+
+def test_workload_waiting_time_quantiles_by_hand():
+    # service = TTFT 1 s + 90 tokens at 10 tok/s = 10 s; 3 requests/min = 0.05/s: rho = 0.5 = P(wait).
+    # M/M/1: P(W > t) = rho e^-(mu - lambda) t with mu - lambda = 0.1 - 0.05 = 0.05/s
+    r = workload("m", 3, 100, 90, [ONE_SLOT])
+    assert (r.slots, r.service_s, r.utilisation, r.stable) == (1, 10.0, 0.5, True)
+    assert r.ttft_p50_s == 1.0                               # P(W > 0) = 0.5: the median request does not wait
+    assert r.ttft_p95_s == pytest.approx(1 + math.log(10) / 0.05)  # 0.5 e^-0.05t = 0.05 -> t = ln(10)/0.05
+    assert r.tokens_per_s_per_request == 10.0
+    assert r.to_dict() == {"model": "m", "requests_per_minute": 3, "slots": 1, "service_s": 10.0, "utilisation": 0.5,
+                           "ttft_p50_s": 1.0, "ttft_p95_s": 47.052, "tokens_per_s_per_request": 10.0, "stable": True}
+
+
+def test_workload_p50_waits_when_most_requests_wait():
+    # 5 requests/min: rho = 5/6 = P(wait); mu - lambda = 0.1 - 1/12 = 1/60: p50 wait = 60 ln((5/6)/0.5)
+    r = workload("m", 5, 100, 90, [ONE_SLOT])
+    assert r.ttft_p50_s == pytest.approx(1 + 60 * math.log(5 / 3))
+
+
+def test_workload_pools_slots_of_unequal_servers():
+    # a 2-slot server streaming 8 tok/s per slot (16 together) and a 1-slot one at 5 tok/s: per-slot average
+    # (2 x 8 + 5) / 3 = 7 tok/s; TTFT averaged over the slots (2 x 0.5 + 2) / 3 = 1 s; service 1 + 70/7 = 11 s
+    fast = Speed(decode_tps=12.0, prefill_tps=1000.0, ttft_s=0.5, batch_decode_tps=16.0, slots=2)
+    slow = Speed(decode_tps=5.0, prefill_tps=1000.0, ttft_s=2.0, batch_decode_tps=5.0, slots=1)
+    r = workload("m", 6, 100, 70, [fast, slow])
+    assert r.slots == 3 and r.tokens_per_s_per_request == pytest.approx(7.0) and r.service_s == pytest.approx(11.0)
+    # 0.1/s x 11 s = 1.1 Erlang over 3 slots
+    assert r.utilisation == pytest.approx(1.1 / 3)
+    # Erlang C(3, 1.1): terms 1, 1.1, 0.605; tail 1.1^3/6 x 3/1.9 = 0.35025: 0.35025 / 3.05525 = 0.11464
+    p_wait = 0.35025 / 3.05525
+    assert r.ttft_p95_s == pytest.approx(1.0 + math.log(p_wait / 0.05) / (3 / 11 - 0.1), rel=1e-4)
+    assert r.ttft_p50_s == pytest.approx(1.0)
+
+
+def test_workload_overloaded_and_without_servers():
+    r = workload("m", 6, 100, 90, [ONE_SLOT])  # 0.1/s x 10 s = 1 Erlang on 1 slot
+    assert not r.stable and r.utilisation == 1.0 and math.isinf(r.ttft_p50_s)
+    assert r.to_dict() == {"model": "m", "requests_per_minute": 6, "slots": 1, "service_s": 10.0, "utilisation": 1.0,
+                           "ttft_p50_s": None, "ttft_p95_s": None, "tokens_per_s_per_request": 10.0, "stable": False}
+    with pytest.raises(ValueError, match="workload for m: no chat server serves this model"):
+        workload("m", 1, 1, 1, [])
+
+
+def test_defaults_are_512_prompt_and_256_reply_tokens():
+    mem = server_memory(TOY, ONE, "cuda", "cuda:0")
+    assert server_speed(TOY, mem, GPU) == server_speed(TOY, mem, GPU, prompt_tokens=512, reply_tokens=256)
+
+
+def test_one_token_ubatches_upload_cpu_layers_per_token():
+    mem = server_memory(TOY, dict(ONE, n_gpu_layers=3, ubatch_size=1), "cuda", "cuda:0")
+    s = server_speed(TOY, mem, GPU, prompt_tokens=512, reply_tokens=256)
+    # 512 uploads of the 20 MiB of CPU weights (layers 0-1; the output layer is on the GPU) at 3 GB/s:
+    # 512 x 6,990.51 us = 3.579 s
+    assert s.ttft_s == pytest.approx(512 / 131_831.45 + 512 * 6990.51e-6 + 2527.51e-6, rel=1e-5)

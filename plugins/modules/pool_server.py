@@ -1,0 +1,241 @@
+#!/usr/bin/python
+# Copyright: llamafleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Set one server of a gateway pool to ready, drain or maint through HAProxy's runtime API."""
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: pool_server
+short_description: Put one server of a gateway pool in drain, maint or back in ready
+version_added: "0.2.0"
+description:
+  - Talks to the HAProxy runtime API (the admin-level stats socket the C(gateway_pools) role opens) on the
+    gateway host, sets the administrative state of one server of one pool, and returns its state and
+    current sessions.
+  - C(drain) takes the server out of routing for new requests while the ones it is serving finish;
+    C(maint) also stops its health checks; C(ready) puts it back. Changed only when the state changes.
+  - With O(wait_drained), waits until the server has no current session (its in-flight requests have
+    finished), at most O(drain_timeout) seconds, and fails when they have not. The rolling restart
+    builds on this.
+  - A reload of the pool's configuration (a changed pool) resets every server to ready.
+options:
+  socket:
+    description: Path of HAProxy's admin socket on the gateway host.
+    type: path
+    default: /var/lib/llamafleet/gateway_pools/run/admin.sock
+  pool:
+    description: The pool (HAProxy backend), named after the gateway alias of the model group.
+    type: str
+    required: true
+  server:
+    description: The server in the pool, C(<inventory host>.<server name>) (e.g. C(lab.chat-0)).
+    type: str
+    required: true
+  state:
+    description: The administrative state to set.
+    type: str
+    required: true
+    choices: [ready, drain, maint]
+  wait_drained:
+    description: With C(drain) or C(maint), wait until the server's current sessions reach 0.
+    type: bool
+    default: false
+  drain_timeout:
+    description: Seconds to wait for the sessions to reach 0 before failing.
+    type: int
+    default: 120
+attributes:
+  check_mode:
+    support: full
+author: llamafleet contributors
+"""
+
+EXAMPLES = r"""
+- name: Take chat-0 of host gpu-box-1 out of routing and wait for its requests to finish
+  llamafleet.fleet.pool_server:
+    pool: chat
+    server: gpu-box-1.chat-0
+    state: drain
+    wait_drained: true
+    drain_timeout: 120
+  delegate_to: "{{ groups['gateway'][0] }}"
+
+- name: Put it back
+  llamafleet.fleet.pool_server:
+    pool: chat
+    server: gpu-box-1.chat-0
+    state: ready
+  delegate_to: "{{ groups['gateway'][0] }}"
+"""
+
+RETURN = r"""
+state:
+  description: The administrative state after the call (in check mode, the state it would have).
+  type: str
+  returned: always
+  sample: drain
+previous_state:
+  description: The administrative state before the call.
+  type: str
+  returned: always
+  sample: ready
+status:
+  description: HAProxy's operational status of the server (UP, DOWN, DRAIN, MAINT, UP 1/2 ...).
+  type: str
+  returned: always
+  sample: DRAIN
+sessions:
+  description: Requests the server is serving now (HAProxy's current sessions, scur).
+  type: int
+  returned: always
+  sample: 0
+waited:
+  description: Seconds spent waiting for the sessions to reach 0.
+  type: float
+  returned: always
+  sample: 3.5
+"""
+
+import socket
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+# srv_admin_state bits in `show servers state` (HAProxy include/haproxy/server-t.h): forced
+# maintenance, and forced drain; other bits are inherited or set by resolution and health.
+ADMF_FMAINT = 0x01
+ADMF_MAINT_ANY = 0x01 | 0x02 | 0x04 | 0x20 | 0x40
+ADMF_FDRAIN = 0x08
+ADMF_DRAIN_ANY = 0x08 | 0x10
+
+
+class RuntimeAPIError(Exception):
+    pass
+
+
+def runtime(path: str, command: str, timeout: float = 5.0) -> str:
+    """One command on the runtime API (non-interactive: HAProxy answers and closes)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            raise RuntimeAPIError(f"cannot reach HAProxy's runtime API at {path} ({exc}); is the pools container "
+                                  f"running (role gateway_pools) and is socket the right path?") from None
+        sock.sendall(command.encode() + b"\n")
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def admin_state(bits: int) -> str:
+    if bits & ADMF_MAINT_ANY:
+        return "maint"
+    if bits & ADMF_DRAIN_ANY:
+        return "drain"
+    return "ready"
+
+
+def servers_state_rows(text: str, pool: str):
+    """The rows of `show servers state <pool>` as dicts keyed by its header."""
+    fields = None
+    for line in text.splitlines():
+        if line.startswith("# "):
+            fields = line[2:].split()
+            continue
+        parts = line.split()
+        if fields and len(parts) >= len(fields) - 1 and parts[1:2] == [pool]:
+            yield dict(zip(fields, parts, strict=False))
+
+
+def parse_servers_state(text: str, pool: str, server: str) -> int | None:
+    """srv_admin_state of pool/server from `show servers state <pool>` (None: no such server)."""
+    for row in servers_state_rows(text, pool):
+        if row.get("srv_name") == server:
+            return int(row["srv_admin_state"])
+    return None
+
+
+def parse_stat(text: str, pool: str, server: str) -> dict | None:
+    """status, scur and qcur of pool/server from `show stat` CSV."""
+    header = None
+    for line in text.splitlines():
+        if line.startswith("# "):
+            header = line[2:].split(",")
+            continue
+        if header and line:
+            row = dict(zip(header, line.split(","), strict=False))
+            if row.get("pxname") == pool and row.get("svname") == server:
+                return {"status": row.get("status", ""), "sessions": int(row.get("scur") or 0),
+                        "queued": int(row.get("qcur") or 0)}
+    return None
+
+
+def server_names(text: str, pool: str) -> list[str]:
+    return [row.get("srv_name", "?") for row in servers_state_rows(text, pool)]
+
+
+def read(path: str, pool: str, server: str) -> tuple[str, dict]:
+    states = runtime(path, f"show servers state {pool}")
+    if "Can't find backend" in states or "No such backend" in states:
+        raise RuntimeAPIError(f"pool {pool!r} does not exist in this HAProxy ({states.strip()}); pools are named "
+                              f"after the gateway aliases (llamafleet_gateway_models)")
+    bits = parse_servers_state(states, pool, server)
+    if bits is None:
+        raise RuntimeAPIError(f"server {server!r} is not in pool {pool!r}; its servers are "
+                              f"{', '.join(server_names(states, pool)) or 'none'} (<inventory host>.<server name>)")
+    stat = parse_stat(runtime(path, f"show stat {pool} 4 -1"), pool, server) or {"status": "?", "sessions": 0, "queued": 0}
+    return admin_state(bits), stat
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "socket": {"type": "path", "default": "/var/lib/llamafleet/gateway_pools/run/admin.sock"},
+            "pool": {"type": "str", "required": True},
+            "server": {"type": "str", "required": True},
+            "state": {"type": "str", "required": True, "choices": ["ready", "drain", "maint"]},
+            "wait_drained": {"type": "bool", "default": False},
+            "drain_timeout": {"type": "int", "default": 120},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    if p["drain_timeout"] < 0:
+        module.fail_json(msg=f"drain_timeout must be 0 or more seconds, got {p['drain_timeout']}")
+    try:
+        before, stat = read(p["socket"], p["pool"], p["server"])
+        changed = before != p["state"]
+        if changed and not module.check_mode:
+            answer = runtime(p["socket"], f"set server {p['pool']}/{p['server']} state {p['state']}").strip()
+            if answer:  # HAProxy answers an empty line on success
+                raise RuntimeAPIError(f"HAProxy refused 'set server {p['pool']}/{p['server']} state {p['state']}': {answer}")
+            after, stat = read(p["socket"], p["pool"], p["server"])
+        else:
+            after = p["state"]
+        waited = 0.0
+        if p["wait_drained"] and p["state"] != "ready" and not module.check_mode:
+            start = time.monotonic()
+            while stat["sessions"] > 0:
+                waited = time.monotonic() - start
+                if waited >= p["drain_timeout"]:
+                    module.fail_json(
+                        msg=f"{p['pool']}/{p['server']} still serves {stat['sessions']} request(s) after "
+                            f"{p['drain_timeout']} s in {after}; raise drain_timeout or look at the server",
+                        changed=changed, state=after, previous_state=before, waited=round(waited, 1), **stat)
+                time.sleep(0.5)
+                after, stat = read(p["socket"], p["pool"], p["server"])
+            waited = time.monotonic() - start
+    except RuntimeAPIError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(changed=changed, state=after, previous_state=before, status=stat["status"],
+                     sessions=stat["sessions"], queued=stat["queued"], waited=round(waited, 1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+# Copyright: llamafleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The gateway and its pools: validated model groups, one pool per group spanning every host.
+
+A model group is every server, on any host of the fleet, of one model and one role (the chat
+servers of model X, the embedding servers of model Y). The gateway (LiteLLM) exposes each group
+under an alias; the alias's pool (an HAProxy backend) holds all of the group's servers, each
+limited to its slots, so that a request waits in one queue for the first free slot anywhere.
+
+Everything here is pure: hosts' normalized servers in, the pools or a GatewayError listing every
+problem (naming the variable and the fix) out. The preflight runs it before any host is touched.
+"""
+from __future__ import annotations
+
+import re
+
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import ROLES
+
+ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+ENTRY_KEYS = {"alias", "model", "role", "port", "fallbacks", "requests_per_minute", "prompt_tokens", "reply_tokens"}
+LOOPBACK = ("127.", "localhost", "::1")
+ANY_ADDRESS = ("0.0.0.0", "::", "")
+MIN_KEY_LENGTH = 16
+# Connections a server must still accept while all its slots are busy: the pool's health check
+# and one probe (watchdog or operator). llama-server's own default is parallel + 2 for the same reason.
+HTTP_THREADS_SPARE = 2
+DEFAULT_PORT = 4000
+DEFAULT_STATS_PORT = 8404
+
+
+class GatewayError(ValueError):
+    """Every problem found in the gateway configuration, one per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("gateway configuration is not valid (nothing was changed):\n  - " + "\n  - ".join(problems))
+
+
+def pool_server_name(host: str, server: str) -> str:
+    """The name of a fleet server inside its pool (HAProxy allows no '/' in a server name)."""
+    return f"{host}.{server}"
+
+
+def _is_port(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1024 <= value <= 65535
+
+
+def upstream_address(bind_address: str | None, ansible_host: str | None, host: str) -> str:
+    """Where a pool reaches a server: its bind address, or the host's address when it binds to all."""
+    bind = str(bind_address or "127.0.0.1")
+    if bind in ANY_ADDRESS:
+        return str(ansible_host or host)
+    return bind
+
+
+def _machine(host: dict) -> str:
+    """Hosts with a local connection are the controller's machine (the lab's stand-in hosts)."""
+    if host.get("connection") == "local":
+        return "localhost"
+    return str(host.get("ansible_host") or host["host"])
+
+
+def pools(gateway: dict, hosts: list[dict]) -> dict:
+    """Validate the gateway configuration against the fleet and return its pools.
+
+    gateway: the llamafleet_gateway_* variables of the gateway hosts (``models``, ``key``,
+    ``port``, ``stats_port``), the servers' key (``server_key``) and ``hosts``: the gateway
+    hosts, each {host, connection, ansible_host}.
+    hosts: the fleet's hosts, each {host, servers (the fleet model's, with address and slots), connection,
+    ansible_host, upstream_address (optional: where the gateway reaches this host's servers)}.
+    """
+    problems: list[str] = []
+    entries = gateway.get("models")
+    if not isinstance(entries, list) or not entries:
+        raise GatewayError([
+            "llamafleet_gateway_models must be a non-empty list of {alias, model, role, port}: one entry per "
+            "model group (e.g. {alias: chat, model: stheno-q4km, role: chat, port: 4101})"])
+
+    port = gateway.get("port", DEFAULT_PORT)
+    stats_port = gateway.get("stats_port", DEFAULT_STATS_PORT)
+    own_ports: dict[int, str] = {}
+
+    def claim(value, where: str) -> None:
+        if not _is_port(value):
+            problems.append(f"{where} must be an integer in 1024..65535, got {value!r}")
+        elif value in own_ports:
+            problems.append(f"{where} {value} is already used by {own_ports[value]}; give each a port of its own")
+        else:
+            own_ports[value] = where
+
+    claim(port, "llamafleet_gateway_port")
+    claim(stats_port, "llamafleet_gateway_stats_port")
+
+    key = gateway.get("key")
+    if not isinstance(key, str) or len(key) < MIN_KEY_LENGTH:
+        problems.append(
+            f"llamafleet_gateway_key is {'not set' if not key else 'shorter than ' + str(MIN_KEY_LENGTH) + ' characters'}: "
+            f"clients authenticate to the gateway with it and nothing reaches a server without it. Keep it in a "
+            f"vault, e.g. `ansible-vault encrypt_string --name llamafleet_gateway_key \"$(openssl rand -hex 24)\"` "
+            f"into group_vars/gateway/vault.yml")
+    elif key == gateway.get("server_key"):
+        problems.append("llamafleet_gateway_key equals llama_server_api_key: clients would hold the servers' key and "
+                        "could bypass the gateway; give the gateway a key of its own")
+
+    # every server of the fleet by (model, role), and every port any server listens on
+    by_group: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
+    server_ports: dict[int, str] = {}
+    for host in hosts:
+        for server in host["servers"]:
+            by_group.setdefault((server["model"], server["role"]), []).append((host, server))
+            server_ports.setdefault(server["port"], f"server {server['name']} on {host['host']}")
+    for value, where in own_ports.items():
+        if value in server_ports:
+            problems.append(f"{where} {value} is already used by {server_ports[value]}; pick a free port")
+
+    aliases: dict[str, int] = {}
+    groups: dict[tuple[str, str], str] = {}
+    out_pools: list[dict] = []
+    gateway_machines = {_machine(g) for g in gateway.get("hosts", [])}
+    for i, entry in enumerate(entries):
+        where = f"llamafleet_gateway_models[{i}]"
+        if not isinstance(entry, dict):
+            problems.append(f"{where} must be a mapping with alias, model, role and port")
+            continue
+        unknown = set(entry) - ENTRY_KEYS
+        if unknown:
+            problems.append(f"{where} has unknown keys {sorted(unknown)}; valid: {sorted(ENTRY_KEYS)}")
+        alias = entry.get("alias")
+        if not isinstance(alias, str) or not ALIAS_RE.match(alias):
+            problems.append(f"{where}.alias must match {ALIAS_RE.pattern} (clients send it as 'model'), got {alias!r}")
+            continue
+        where = f"{where} (alias {alias})"
+        if alias in aliases:
+            problems.append(f"{where}: the alias is declared twice (entries {aliases[alias]} and {i}); "
+                            f"each alias names one pool: rename or remove one")
+            continue
+        aliases[alias] = i
+        model, role = entry.get("model"), entry.get("role")
+        if role not in ROLES:
+            problems.append(f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}")
+            continue
+        group = (model, role)
+        if group in groups:
+            problems.append(f"{where}: model {model} role {role} is already the pool of alias {groups[group]}; "
+                            f"two pools over the same servers would each let them take their slots twice over. "
+                            f"Use one alias per model group")
+            continue
+        groups[group] = alias
+        claim(entry.get("port"), f"{where}.port")
+        if _is_port(entry.get("port")) and entry["port"] in server_ports:
+            problems.append(f"{where}.port {entry['port']} is already used by {server_ports[entry['port']]}; "
+                            f"pick a free port")
+        members = by_group.get(group, [])
+        if not members:
+            known = sorted({f"{m} ({r})" for m, r in by_group})
+            problems.append(f"{where}: no server of model {model!r} with role {role} on any host of the fleet, so its "
+                            f"pool would have no servers. Fix model/role (servers serve: {', '.join(known) or 'nothing'}) "
+                            f"or remove the entry")
+            continue
+        fallbacks = entry.get("fallbacks", [])
+        if not isinstance(fallbacks, list) or not all(isinstance(f, str) for f in fallbacks):
+            problems.append(f"{where}.fallbacks must be a list of other aliases, got {fallbacks!r}")
+            fallbacks = []
+        for number in ("requests_per_minute", "prompt_tokens", "reply_tokens"):
+            value = entry.get(number)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                problems.append(f"{where}.{number} must be a positive number, got {value!r}")
+        servers = []
+        for host, server in members:
+            slots = server["slots"]
+            threads_http = int(server["args"].get("threads_http", -1))
+            if 0 < threads_http < slots + HTTP_THREADS_SPARE:
+                problems.append(
+                    f"server {server['name']} on {host['host']}: threads_http {threads_http} with {slots} slot(s): when the "
+                    f"pool fills its slots no HTTP thread is left for /health, and a busy server looks dead. Set "
+                    f"threads_http to {slots + HTTP_THREADS_SPARE} or more, or leave it unset (llama-server uses parallel + 2)")
+            address = upstream_address(server["address"], host.get("ansible_host"), host["host"])
+            if not host.get("upstream_address") and address.startswith(LOOPBACK) and gateway_machines and gateway_machines != {_machine(host)}:
+                problems.append(
+                    f"server {server['name']} on {host['host']} listens on {address}, which gateway host(s) on another "
+                    f"machine cannot reach. Set llamafleet_bind_address on {host['host']} to an internal address "
+                    f"the gateway reaches (or llamafleet_gateway_upstream_address)")
+            servers.append({"name": pool_server_name(host["host"], server["name"]), "host": host["host"],
+                            "server": server["name"], "address": host.get("upstream_address") or address,
+                            "port": server["port"], "slots": slots})
+        out_pools.append({"alias": alias, "model": model, "role": role, "port": entry.get("port"),
+                          "slots": sum(s["slots"] for s in servers), "fallbacks": fallbacks,
+                          "workload": {k: entry[k] for k in ("requests_per_minute", "prompt_tokens", "reply_tokens")
+                                       if k in entry},
+                          "servers": servers})
+    for pool in out_pools:
+        for other in pool["fallbacks"]:
+            if other not in aliases:
+                problems.append(f"llamafleet_gateway_models (alias {pool['alias']}).fallbacks: '{other}' is not an alias "
+                                f"(aliases: {', '.join(aliases)})")
+            elif other == pool["alias"]:
+                problems.append(f"llamafleet_gateway_models (alias {pool['alias']}).fallbacks names the alias itself")
+    if problems:
+        raise GatewayError(problems)
+    return {"port": port, "stats_port": stats_port, "pools": out_pools}

@@ -1,0 +1,319 @@
+"""The lab fleet through its gateway: real LiteLLM, real HAProxy pools, real llama-servers on two hosts.
+
+A client with the gateway key gets chat and embedding answers; without it (or with a wrong one) it
+is refused and no server sees the request. Then three measurements under load, printed, never timed
+assertions: slot-aware pooling vs random routing (TTFT p95), a drain through the pool_server module
+(no request reaches the drained server, none fails), and the gateway's added latency.
+"""
+from __future__ import annotations
+
+import csv
+import http.client
+import io
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tests.integration.conftest import playbook
+
+# The lab's gateway as its inventory declares it (the documented lab key is part of it).
+with open(os.path.join(ROOT, "inventory", "lab", "group_vars", "all", "gateway.yml"), encoding="utf-8") as _f:
+    LAB = yaml.safe_load(_f)
+GATEWAY = LAB["llamafleet_gateway_url"]
+KEY = LAB["llamafleet_gateway_key"]
+POOLS = {m["alias"]: m for m in LAB["llamafleet_gateway_models"]}
+CHAT = next(a for a, m in POOLS.items() if m["role"] == "chat")
+EMBED = next(a for a, m in POOLS.items() if m["role"] == "embed")
+STATS = f"http://127.0.0.1:{LAB['llamafleet_gateway_stats_port']}/stats;csv"
+LAB_CHAT = {"lab.chat-0": 8101, "lab.chat-1": 8102}   # the lab's two chat servers (inventory/lab)
+LAB2_CHAT = "lab2.chat-0"
+ANSIBLE = os.path.join(os.path.dirname(sys.executable), "ansible")
+# Enough prompt for a real prefill (~200 tokens), different at its start so no prompt cache helps.
+TEXT = ("The lighthouse keeper counted the ships that passed each night, wrote their names in a "
+        "ledger, and wondered where each one was bound. ") * 8
+
+
+def server_key() -> str:
+    with open(os.path.join(ROOT, ".cache", "lab-api-key"), encoding="utf-8") as handle:
+        return handle.read().split()[0]
+
+
+def post(url: str, body: dict, key: str | None, timeout: float = 120) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json",
+                                          **({"Authorization": f"Bearer {key}"} if key else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+        try:
+            return err.code, json.loads(raw or b"{}")
+        except ValueError:
+            return err.code, {"raw": raw.decode(errors="replace")}
+
+
+def pool_stats() -> dict[tuple[str, str], dict]:
+    """HAProxy's own counters per (pool, server): status, scur (in flight), stot (total sessions)."""
+    with urllib.request.urlopen(STATS, timeout=10) as resp:
+        text = resp.read().decode()
+    rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
+    return {(r["pxname"], r["svname"]): r for r in rows}
+
+
+def total_sessions() -> dict[str, int]:
+    return {f"{px}/{sv}": int(r["stot"] or 0) for (px, sv), r in pool_stats().items()
+            if sv not in ("FRONTEND", "BACKEND") and px in POOLS}
+
+
+def prompt_tokens_total(port: int) -> float:
+    """llama-server's own count of prompt tokens it processed (--metrics)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {server_key()}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        text = resp.read().decode()
+    return float(re.search(r"^llamacpp:prompt_tokens_total (\S+)", text, re.M).group(1))
+
+
+def pool_server(state: str, server: str, *extra: str) -> dict:
+    """The pool_server module, run by Ansible on the gateway host as an operator would."""
+    args = f"pool={CHAT} server={server} state={state} " + " ".join(a for a in extra if not a.startswith("--"))
+    flags = [a for a in extra if a.startswith("--")]
+    result = subprocess.run([ANSIBLE, "gateway", *TWO_HOSTS, "-m", "llamafleet.fleet.pool_server", "-a", args, "-o", *flags],
+                            cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout.split("=>", 1)[1])
+
+
+def stream_ttft(port: int, key: str, body: dict) -> float:
+    """Seconds to the first generated token of a streamed chat completion (raises on any error)."""
+    start = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.request("POST", "/v1/chat/completions", json.dumps(dict(body, stream=True)),
+                     {"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:200]!r}")
+        ttft = None
+        for raw in resp:
+            line = raw.decode().strip()
+            if not line.startswith("data:") or line == "data: [DONE]":
+                continue
+            delta = json.loads(line[5:])["choices"][0].get("delta", {})
+            if ttft is None and delta.get("content"):
+                ttft = time.monotonic() - start
+        if ttft is None:
+            raise RuntimeError("no token came back")
+        return ttft
+    finally:
+        conn.close()
+
+
+def chat_body(i: int, max_tokens: int = 48) -> dict:
+    return {"model": CHAT, "messages": [{"role": "user", "content": f"Request {i} of the run. {TEXT} Go on:"}],
+            "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+
+
+def poisson_load(rate: float, seconds: float, target, seed: int) -> tuple[list[float], list[str]]:
+    """Requests at Poisson arrivals (rate per second) for `seconds`; target(i) -> TTFT. Returns TTFTs, errors."""
+    rng = random.Random(seed)
+    ttfts: list[float] = []
+    errors: list[str] = []
+    threads = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        try:
+            value = target(i)
+            with lock:
+                ttfts.append(value)
+        except Exception as exc:  # a failed client request is what is counted, whatever it was
+            with lock:
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    start, at, i = time.monotonic(), 0.0, 0
+    while True:
+        at += rng.expovariate(rate)
+        if at > seconds:
+            break
+        time.sleep(max(0.0, start + at - time.monotonic()))
+        thread = threading.Thread(target=one, args=(i,))
+        thread.start()
+        threads.append(thread)
+        i += 1
+    for thread in threads:
+        thread.join(timeout=180)
+    return ttfts, errors
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20, method="inclusive")[-1]
+
+
+def get_json(url: str, key: str) -> dict:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.load(resp)
+
+
+def report(capsys, line: str) -> None:
+    """A measured figure, printed in the test run's output whatever pytest captures."""
+    with capsys.disabled():
+        print(f"\n  {line}")
+
+
+TWO_HOSTS = ["-i", "inventory/lab", "-i", "inventory/lab2"]
+
+
+@pytest.fixture(scope="module")
+def gateway(lab):
+    """The lab with its second stand-in host (inventory/lab2): the chat pool spans lab and lab2.
+
+    Afterwards the lab is as its default inventory declares it again (pools without lab2, no lab2
+    container), so the other tests see the lab they expect.
+    """
+    playbook("site.yml", *TWO_HOSTS)
+    yield
+    playbook("playbooks/gateway.yml")
+    subprocess.run(["docker", "rm", "-f", "llamafleet-lab2-chat-0"], capture_output=True, check=False)
+
+
+def test_chat_and_embedding_answer_through_the_gateway(gateway):
+    status, body = post(f"{GATEWAY}/v1/chat/completions",
+                        {"model": CHAT, "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 8}, KEY)
+    assert status == 200, body
+    assert body["choices"][0]["message"]["content"] and body["usage"]["completion_tokens"] >= 1
+    status, body = post(f"{GATEWAY}/v1/embeddings", {"model": EMBED, "input": "a lamp"}, KEY)
+    assert status == 200, body
+    vector = body["data"][0]["embedding"]
+    assert len(vector) == 640 and any(abs(v) > 0 for v in vector)  # Gemma 3 270M: 640 dimensions
+
+
+@pytest.mark.parametrize("key", [None, "sk-wrong-key-0000000000", "server"], ids=["no key", "wrong key", "servers' key"])
+def test_requests_without_the_gateway_key_are_refused_and_reach_no_server(gateway, key):
+    key = server_key() if key == "server" else key  # the servers' key is not a gateway key either
+    before = total_sessions()
+    chat = {"model": CHAT, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    # LiteLLM without a database answers a key other than its master key with 400 "No connected db."
+    # (it would look the key up there); no key at all is 401. Either way: refused.
+    refused = {401} if key is None else {400, 401}
+    assert post(f"{GATEWAY}/v1/chat/completions", chat, key)[0] in refused
+    assert post(f"{GATEWAY}/v1/embeddings", {"model": EMBED, "input": "x"}, key)[0] in refused
+    # nor can a client skip the gateway and use a pool without the key
+    assert post(f"http://127.0.0.1:{POOLS[CHAT]['port']}/v1/chat/completions", chat, key)[0] == 401
+    assert total_sessions() == before
+
+
+def test_the_chat_pool_spans_two_hosts_and_takes_slots_as_limits(gateway):
+    stats = pool_stats()
+    servers = {sv: r for (px, sv), r in stats.items() if px == CHAT and sv not in ("FRONTEND", "BACKEND")}
+    assert set(servers) == set(LAB_CHAT) | {LAB2_CHAT}
+    assert all(r["status"] == "UP" for r in servers.values()), {k: r["status"] for k, r in servers.items()}
+    assert servers[LAB2_CHAT]["slim"] == "1"  # lab2's server has one slot: the pool sends it one request at a time
+    before = total_sessions()
+    _, errors = poisson_load(3.0, 6, lambda i: stream_ttft(POOLS[CHAT]["port"], KEY, chat_body(i, 8)), seed=1)
+    after = total_sessions()
+    assert not errors
+    assert after[f"{CHAT}/{LAB2_CHAT}"] > before[f"{CHAT}/{LAB2_CHAT}"], "lab2's server took no request"
+
+
+def test_drain_stops_new_requests_lets_in_flight_finish_and_ready_restores(gateway, capsys):
+    target = "lab.chat-0"
+    port = LAB_CHAT[target]
+    checked = pool_server("drain", target, "--check")
+    assert checked["changed"] and checked["previous_state"] == "ready"
+    assert pool_stats()[(CHAT, target)]["status"] == "UP", "check mode changed the server"
+
+    outcome: dict = {}
+
+    def drain_later() -> None:
+        time.sleep(8)  # while the load runs
+        outcome["drain"] = pool_server("drain", target, "wait_drained=true", "drain_timeout=90")
+        outcome["tokens_at_drain"] = prompt_tokens_total(port)
+        outcome["sessions_at_drain"] = total_sessions()[f"{CHAT}/{target}"]
+        outcome["again"] = pool_server("drain", target)
+
+    helper = threading.Thread(target=drain_later)
+    try:
+        helper.start()
+        _, errors = poisson_load(0.8, 30, lambda i: stream_ttft(POOLS[CHAT]["port"], KEY, chat_body(i, 16)), seed=2)
+        helper.join(timeout=120)
+        tokens_after, sessions_after = prompt_tokens_total(port), total_sessions()[f"{CHAT}/{target}"]
+        status = pool_stats()[(CHAT, target)]["status"]
+    finally:
+        ready = pool_server("ready", target)
+    assert outcome["drain"]["changed"] and outcome["drain"]["state"] == "drain" and outcome["drain"]["sessions"] == 0
+    assert not outcome["again"]["changed"], "draining a drained server changed something"
+    assert not errors, errors[:3]
+    assert status == "DRAIN"
+    assert sessions_after == outcome["sessions_at_drain"], "the pool sent the drained server new requests"
+    assert tokens_after == outcome["tokens_at_drain"], "the drained server processed new prompts"
+    assert ready["changed"] and ready["state"] == "ready"
+    assert not pool_server("ready", target)["changed"]
+    report(capsys, f"drain: {target} drained in {outcome['drain']['waited']} s under load; no new request reached it "
+                   f"afterwards; {len(errors)} client errors")
+
+
+def test_routing_slot_aware_pool_vs_random(gateway, capsys):
+    """TTFT p95 under the same Poisson load: one queue for both servers vs clients picking one at random."""
+    key = server_key()
+    slots = [get_json(f"http://127.0.0.1:{p}/props", key).get("total_slots") for p in LAB_CHAT.values()]
+    # service time of one request alone on one server (prefill + 48 tokens), measured now
+    start = time.monotonic()
+    for i in range(2):
+        status, _ = post(f"http://127.0.0.1:{LAB_CHAT['lab.chat-0']}/v1/chat/completions",
+                         dict(chat_body(1000 + i), model="x"), key)
+        assert status == 200
+    service = (time.monotonic() - start) / 2
+    rate = 0.7 * len(LAB_CHAT) / service  # about 70% busy with one request at a time per server
+    seconds = 60
+    pool_server("maint", LAB2_CHAT)  # the pool holds exactly the two servers the random clients pick from
+    try:
+        pooled, pooled_errors = poisson_load(
+            rate, seconds, lambda i: stream_ttft(POOLS[CHAT]["port"], KEY, chat_body(i)), seed=3)
+        ports = list(LAB_CHAT.values())
+        rng = random.Random(4)
+        scattered, scattered_errors = poisson_load(
+            rate, seconds, lambda i: stream_ttft(rng.choice(ports), key, chat_body(i)), seed=3)
+    finally:
+        pool_server("ready", LAB2_CHAT)
+    assert not pooled_errors and not scattered_errors, (pooled_errors[:3], scattered_errors[:3])
+    line = (f"routing ({len(LAB_CHAT)} servers, slots per server "
+            f"{slots}, service {service:.2f} s, {rate * 60:.1f} req/min, "
+            f"{seconds} s each): TTFT p95 slot-aware pool {p95(pooled):.2f} s (p50 {statistics.median(pooled):.2f}, "
+            f"n={len(pooled)}) vs random {p95(scattered):.2f} s (p50 {statistics.median(scattered):.2f}, "
+            f"n={len(scattered)}); ratio pool/random {p95(pooled) / p95(scattered):.2f}; 0 errors")
+    report(capsys, line)
+
+
+def test_overhead_of_gateway_and_pool_over_a_direct_call(gateway, capsys):
+    """Median latency of a short non-streamed request, direct to a server vs through gateway + pool."""
+    key = server_key()
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0}
+    direct, via = [], []
+    for i in range(15):  # interleaved, so drift hits both alike
+        start = time.monotonic()
+        status, _ = post(f"http://127.0.0.1:{LAB_CHAT['lab.chat-1']}/v1/chat/completions", dict(body, model="x"), key)
+        direct.append(time.monotonic() - start)
+        assert status == 200
+        start = time.monotonic()
+        status, _ = post(f"{GATEWAY}/v1/chat/completions", dict(body, model=CHAT), KEY)
+        via.append(time.monotonic() - start)
+        assert status == 200
+        del i
+    added = statistics.median(via) - statistics.median(direct)
+    line = (f"overhead: median {statistics.median(direct) * 1000:.0f} ms direct vs {statistics.median(via) * 1000:.0f} ms "
+            f"through gateway + pool: {added * 1000:.0f} ms added (15 requests each, max_tokens 1)")
+    report(capsys, line)

@@ -1,0 +1,268 @@
+"""End to end on the lab: the watchdog heals a killed and a frozen llama-server; Prometheus sees it all.
+
+Real Docker, real llama-servers (the lab fixture: one site.yml bring-up per session), the real
+watchdog image and the real Prometheus (Debian package). `docker kill` a chat server: the watchdog
+must restart it (Docker's restart policy does not act after `docker kill`); `docker pause` one: it
+must unpause it. Times are measured from the fault and printed (never asserted as speed targets).
+
+Both faults happen under a steady load of chat requests through the gateway (LiteLLM, then the
+HAProxy pool): the failed client requests (goal 0) are printed beside the watchdog's times.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from tests.conftest import FAULT_ROWS, ROOT
+from tests.integration.conftest import playbook
+
+WATCHDOG = "http://127.0.0.1:9391"      # watchdog_port, role default
+PROMETHEUS = "http://127.0.0.1:9390"    # monitoring_port, role default
+SERVERS = {"chat-0": 8101, "chat-1": 8102, "embed-0": 8201, "embed-1": 8202}
+LIMIT_S = 180                            # a fault not healed within this is a failure, not a slow result
+
+
+def running(name: str) -> bool:
+    return subprocess.run(["docker", "inspect", name], capture_output=True).returncode == 0
+
+
+def get(url: str, timeout: float = 5) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, ""
+    except OSError:
+        return 0, ""
+
+
+def health(port: int) -> int:
+    return get(f"http://127.0.0.1:{port}/health", timeout=2)[0]
+
+
+def metric(text: str, name: str, **labels) -> float | None:
+    """The value of the first sample of `name` carrying all `labels` in a Prometheus exposition."""
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def events(since: float) -> list[dict]:
+    """The watchdog's JSON log lines from `since` on."""
+    out = subprocess.run(["docker", "logs", "--since", f"{since - 1:.3f}", "llamafleet-watchdog"],
+                         capture_output=True, text=True, check=True)
+    lines = [json.loads(line) for line in (out.stdout + out.stderr).splitlines() if line.startswith("{")]
+    return [e for e in lines if e.get("epoch", 0) >= since]
+
+
+def prom_query(expr: str) -> dict:
+    status, body = get(f"{PROMETHEUS}/api/v1/query?query={urllib.parse.quote(expr)}")
+    assert status == 200, (expr, status, body)
+    return json.loads(body)
+
+
+@pytest.fixture(scope="module")
+def watched(lab):
+    """The watchdog and Prometheus on the lab; what was not running before is removed afterwards,
+    so that the shared lab runs without them until site.yml brings them up."""
+    before = {name: running(name) for name in ("llamafleet-watchdog", "llamafleet-prometheus")}
+    playbook("playbooks/watchdog.yml")
+    playbook("playbooks/monitoring.yml")
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        text = get(f"{WATCHDOG}/metrics")[1]
+        if all(metric(text, "llamafleet_watchdog_up", server=s) == 1 for s in SERVERS):
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"the watchdog never saw every server healthy:\n{text}")
+    yield
+    for name, was in before.items():
+        if not was:
+            subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+GATEWAY = "http://127.0.0.1:4000"            # llamafleet_gateway_url of the lab inventory
+GATEWAY_KEY = "sk-llamafleet-lab-gateway-key"  # llamafleet_gateway_key of the lab inventory (documented lab key)
+
+
+class GatewayLoad:
+    """Chat requests through the gateway at a steady rate in the background; counts what failed."""
+
+    def __init__(self, rate_per_s: float = 2.0):
+        self.rate, self.results, self.stop = rate_per_s, [], threading.Event()
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _one(self, i: int) -> None:
+        body = json.dumps({"model": "lab-chat", "max_tokens": 8,
+                           "messages": [{"role": "user", "content": f"Count to three ({i})."}]}).encode()
+        req = urllib.request.Request(f"{GATEWAY}/v1/chat/completions", data=body, headers={
+            "Content-Type": "application/json", "Authorization": f"Bearer {GATEWAY_KEY}"})
+        try:
+            with urllib.request.urlopen(req, timeout=90) as resp:
+                ok = resp.status == 200 and bool(json.load(resp)["choices"])
+        except (OSError, ValueError, KeyError):
+            ok = False
+        with self.lock:
+            self.results.append(ok)
+
+    def _run(self) -> None:
+        workers, i, start = [], 0, time.time()
+        while not self.stop.is_set():
+            if time.time() - start >= i / self.rate:
+                worker = threading.Thread(target=self._one, args=(i,), daemon=True)
+                worker.start()
+                workers.append(worker)
+                i += 1
+            time.sleep(0.02)
+        for worker in workers:
+            worker.join(timeout=120)
+
+    def __enter__(self):
+        self.thread.start()
+        time.sleep(3)  # the load is flowing before the fault
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(5)  # and keeps flowing after the server is back
+        self.stop.set()
+        self.thread.join(timeout=180)
+
+    @property
+    def failed(self) -> int:
+        return sum(not ok for ok in self.results)
+
+
+def fault_and_heal(server: str, fault: str) -> dict:
+    """Apply `docker <fault>` to a server; return the watchdog's events and the measured times."""
+    container = f"llamafleet-{server}"
+    port = SERVERS[server]
+    before = get(f"{WATCHDOG}/metrics")[1]
+    start = time.time()
+    subprocess.run(["docker", fault, container], check=True, capture_output=True)
+    seen_down = False
+    back = None
+    while time.time() - start < LIMIT_S:
+        code = health(port)
+        seen_down = seen_down or code != 200
+        if seen_down and code == 200:
+            back = time.time() - start
+            break
+        time.sleep(0.1)
+    assert back is not None, f"{server} was not healthy {LIMIT_S} s after docker {fault}: {events(start)}"
+    time.sleep(1.5)     # the watchdog's next tick logs "healthy"
+    log = [e for e in events(start) if e.get("server") == server]
+    acted = [e for e in events(start) if e["event"] in ("restart", "unpause", "action_failed")]
+    failed = next(e for e in log if e["event"] == "failed")
+    action = next(e for e in log if e["event"] in ("restart", "unpause"))
+    return {"log": log, "acted": acted, "failed": failed, "action": action, "back": back, "start": start,
+            "metrics_before": before, "metrics_after": get(f"{WATCHDOG}/metrics")[1]}
+
+
+def report(what: str, result: dict, load: GatewayLoad) -> None:
+    detect = result["failed"]["epoch"] - result["start"]
+    act = result["action"]["epoch"] - result["start"]
+    row = (f"{what:<28} detected {detect:5.2f}  {result['action']['event']} at {act:5.2f}"
+           f"  (+{act - detect:.2f} after detection)  /health 200 again at {result['back']:5.2f}"
+           f"  reason {result['action']['reason']}  gateway load: {load.failed} of {len(load.results)} requests failed")
+    FAULT_ROWS.append(row)
+    print(row)
+
+
+def test_killed_server_is_restarted(watched):
+    with GatewayLoad() as load:
+        result = fault_and_heal("chat-0", "kill")
+    report("docker kill chat-0", result, load)
+    assert load.failed == 0, f"{load.failed} of {len(load.results)} client requests failed through the gateway"
+    assert result["failed"]["reason"] == "exited" and result["action"]["event"] == "restart"
+    assert result["action"]["since_detection_s"] <= 5          # the rule: healed within 5 s of detection
+    assert [e["server"] for e in result["acted"]] == ["chat-0"]   # nothing else was touched
+    before = metric(result["metrics_before"], "llamafleet_watchdog_restarts_total", server="chat-0", reason="exited")
+    after = metric(result["metrics_after"], "llamafleet_watchdog_restarts_total", server="chat-0", reason="exited")
+    assert after == before + 1
+    assert metric(result["metrics_after"], "llamafleet_watchdog_up", server="chat-0") == 1
+
+
+def test_frozen_server_is_unpaused(watched):
+    with GatewayLoad() as load:
+        result = fault_and_heal("chat-1", "pause")
+    report("docker pause chat-1", result, load)
+    assert load.failed == 0, f"{load.failed} of {len(load.results)} client requests failed through the gateway"
+    assert result["failed"]["reason"] == "paused" and result["action"]["event"] == "unpause"
+    assert result["action"]["since_detection_s"] <= 5
+    assert [e["server"] for e in result["acted"]] == ["chat-1"]
+    state = subprocess.run(["docker", "inspect", "-f", "{{.State.Status}}", "llamafleet-chat-1"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert state == "running"
+
+
+def test_maintenance_flag_keeps_the_watchdog_away(watched):
+    """What the rolling restart relies on: a server with the flag is left down."""
+    flag = "/run/llamafleet/watchdog/maintenance/embed-1"
+    start = time.time()
+    with open(flag, "w", encoding="utf-8"):
+        pass
+    try:
+        time.sleep(1.5)
+        subprocess.run(["docker", "stop", "-t", "2", "llamafleet-embed-1"], check=True, capture_output=True)
+        time.sleep(6)       # twice the time the watchdog needs to act on a stopped server
+        assert health(SERVERS["embed-1"]) != 200
+        assert not [e for e in events(start) if e["event"] in ("restart", "unpause")]
+    finally:
+        os.remove(flag)
+    deadline = time.time() + LIMIT_S       # flag gone: healed like any stopped server
+    while health(SERVERS["embed-1"]) != 200 and time.time() < deadline:
+        time.sleep(0.5)
+    assert health(SERVERS["embed-1"]) == 200
+    assert [e["reason"] for e in events(start) if e["event"] == "restart"] == ["exited"]
+
+
+def test_prometheus_scrapes_the_servers_and_the_watchdog(watched):
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        servers = {r["metric"].get("server") for r in prom_query('llamacpp:requests_processing{job="llama-server"}')["data"]["result"]}
+        watchdog = {r["metric"].get("server") for r in prom_query("llamafleet_watchdog_up")["data"]["result"]}
+        usage = {r["metric"].get("server") for r in prom_query("llamafleet:slot_usage:ratio")["data"]["result"]}
+        if servers == watchdog == usage == set(SERVERS):
+            break
+        time.sleep(2)
+    assert servers == set(SERVERS), "llamacpp: metrics of every llama-server"
+    assert watchdog == set(SERVERS), "the watchdog's metrics"
+    assert usage == set(SERVERS), "the slot usage rule joins both"
+    restarts = prom_query('llamafleet_watchdog_restarts_total{server="chat-0",reason="exited"}')["data"]["result"]
+    assert restarts and float(restarts[0]["value"][1]) >= 1, "the kill above is visible in Prometheus"
+
+
+def test_every_dashboard_query_runs(watched):
+    with open(os.path.join(ROOT, "roles", "monitoring", "files", "dashboards", "llamafleet-fleet.json"), encoding="utf-8") as handle:
+        dashboard = json.load(handle)
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(exprs) >= 10
+    for expr in exprs:
+        assert prom_query(expr)["status"] == "success", expr
+
+
+def test_the_watchdog_is_a_supervised_hardened_container(watched):
+    deadline = time.time() + 60      # Docker's first health check runs 15 s after the start
+    while True:
+        info = json.loads(subprocess.run(["docker", "inspect", "llamafleet-watchdog"], capture_output=True, text=True,
+                                         check=True).stdout)[0]
+        if info["State"]["Health"]["Status"] == "healthy" or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert info["State"]["Health"]["Status"] == "healthy"     # its /healthz: the loop is ticking
+    host = info["HostConfig"]
+    assert host["RestartPolicy"]["Name"] == "unless-stopped"
+    assert host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"] and not host["CapAdd"]
+    assert "no-new-privileges:true" in host["SecurityOpt"]
+    assert {m["Destination"]: m["RW"] for m in info["Mounts"]}["/run/llamafleet/watchdog"] is False
