@@ -23,7 +23,7 @@ FIELDS = (
     ("pcie.link.width.current", "pcie_link_width", int),
     ("pcie.link.width.max", "pcie_link_width_max", int),
 )
-QUERY = ",".join(f for f, _, _ in FIELDS)
+QUERY = ",".join(field[0] for field in FIELDS)
 ARGV = ["--query-gpu=" + QUERY, "--format=csv,noheader,nounits"]
 
 # nvidia-smi's markers for a value it cannot give. These mean "this card or driver has no such

@@ -17,7 +17,7 @@ description:
   - Comparing the GPUs with the inventory is a separate check, the filter
     llamafleet.fleet.gpu_differences.
 version_added: "0.2.0"
-author: llamafleet contributors
+author: llamafleet contributors (@llamafleet)
 options:
   nvidia_smi:
     description: The nvidia-smi executable (a name on PATH or a path).

@@ -48,7 +48,8 @@ options:
 attributes:
   check_mode:
     support: full
-author: llamafleet contributors
+    description: Reports the state change it would make without sending it to HAProxy.
+author: llamafleet contributors (@llamafleet)
 """
 
 EXAMPLES = r"""

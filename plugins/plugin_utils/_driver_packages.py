@@ -33,7 +33,7 @@ _BRANCH_IN_VERSION = re.compile(r"^(?:[0-9]+:)?([0-9]{3})\.")
 
 def _release(distribution: str, version: str) -> str:
     """Debian's point releases (12.15) are Debian 12; Ubuntu's releases are year.month."""
-    return str(version).split(".")[0] if distribution == "Debian" else str(version)
+    return str(version).split(".", maxsplit=1)[0] if distribution == "Debian" else str(version)
 
 
 def supported(distribution: str, version: str) -> str | None:
@@ -101,7 +101,7 @@ def stale_driver_packages(installed: str, branch: int) -> list[str]:
     """Installed driver packages of another branch, from `dpkg-query -W -f '${Package} ${Version}\\n'`."""
     stale = []
     for line in installed.splitlines():
-        name, _, version = line.strip().partition(" ")
+        name, _sep, version = line.strip().partition(" ")
         found = installed_branch(name, version.strip())
         if found is not None and found != int(branch):
             stale.append(name)

@@ -67,7 +67,7 @@ def arch_covers(architectures: str, cc: int) -> bool:
         item = item.strip()
         if item in ("native", "all", "all-major"):
             return True
-        number, _, kind = item.partition("-")
+        number, _sep, kind = item.partition("-")
         digits = "".join(ch for ch in number if ch.isdigit())
         if not digits:
             continue
@@ -108,7 +108,7 @@ def gpu_stack(gpus: list[dict], pins: dict | None = None) -> dict:
         if cc not in GENERATIONS:
             error("gpu-generation-unsupported",
                   f"{gpu['name']}: compute capability {gpu['compute_capability']} is not a generation llamafleet "
-                  f"knows ({', '.join(sorted({g for g, _, _ in GENERATIONS.values()}, key=str))}, CC 5.0 to 12.1); "
+                  f"knows ({', '.join(sorted({generation[0] for generation in GENERATIONS.values()}, key=str))}, CC 5.0 to 12.1); "
                   f"below 5.0 (Kepler) needs driver 470 and CUDA 11, which llama.cpp's CUDA backend no longer builds for")
         else:
             known[cc] = gpu["name"]
@@ -137,7 +137,7 @@ def gpu_stack(gpus: list[dict], pins: dict | None = None) -> dict:
         else:
             branch = int(pinned_branch)
             for cc in ccs:
-                name, _, min_branch = GENERATIONS[cc]
+                name, _first_cuda, min_branch = GENERATIONS[cc]
                 if cc < OPEN_MODULES_FROM and branch > LAST_BRANCH_PRE_TURING:
                     error("driver-branch-unsupported",
                           f"nvidia_driver_branch {branch} drops {known[cc]} ({name}, CC {cc / 10:.1f}): "
@@ -159,7 +159,7 @@ def gpu_stack(gpus: list[dict], pins: dict | None = None) -> dict:
               f"llamacpp_build_cuda_version must look like 12.9.1, got {cuda_version!r}")
     else:
         for cc in ccs:
-            name, first_cuda, _ = GENERATIONS[cc]
+            name, first_cuda, _min_branch = GENERATIONS[cc]
             if cuda[0] >= 13 and cc < OPEN_MODULES_FROM:
                 error("cuda-arch-unsupported",
                       f"CUDA {cuda_version} cannot build for {known[cc]} (compute capability {cc / 10:.1f}): CUDA 13 "
@@ -247,7 +247,7 @@ def cuda_elf_missing(listing: str, architectures: str) -> list[str]:
     found = set(elf_architectures(listing))
     wanted = []
     for item in str(architectures).replace(",", ";").split(";"):
-        number, _, kind = item.strip().partition("-")
+        number, _sep, kind = item.strip().partition("-")
         if number and kind in ("", "real"):
             wanted.append(f"sm_{number}")
     return [w for w in wanted if w not in found]

@@ -236,7 +236,7 @@ def random_routing(model_name: str, rpm: float, prompt_tokens: int, reply_tokens
         low, high = 0.0, 1.0
         while tail(high) > 1 - q:
             high *= 2
-        for _ in range(100):  # bisection: the tail is monotone
+        for _step in range(100):  # bisection: the tail is monotone
             mid = (low + high) / 2
             low, high = (mid, high) if tail(mid) > 1 - q else (low, mid)
         return high

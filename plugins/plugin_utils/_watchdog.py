@@ -381,7 +381,7 @@ class Supervisor:
                       if st.phase == "failed" and now >= self.next_action_at(name)]
         if not candidates:
             return []
-        _, name = min(candidates)
+        _since, name = min(candidates)
         st = self.states[name]
         kind = "unpause" if st.container == "paused" else "restart"
         return [Action(server=name, kind=kind, reason=st.reason, detail=st.detail or st.gpu_fault)]
@@ -599,7 +599,7 @@ class GpuMonitor:
             self.last_smi = now
             try:
                 proc = self.run([self.config.nvidia_smi, "--query-gpu=index,pci.bus_id", "--format=csv,noheader"],
-                                capture_output=True, text=True, timeout=10)
+                                capture_output=True, text=True, timeout=10, check=False)
                 result = parse_nvidia_smi(proc.returncode, proc.stdout, proc.stderr, self.buses)
             except (OSError, subprocess.TimeoutExpired) as err:
                 result = parse_nvidia_smi(1, "", f"nvidia-smi: {err}", self.buses)
