@@ -50,7 +50,7 @@ def test_check_mode_names_exactly_the_server_a_change_would_recreate(lab):
 PHASES = {
     "plan": "Show the plan",
     "docker": "llamafleet.fleet.docker_engine : Ask the Docker daemon whether it answers",
-    "gpus": "Compare nvidia-smi with llamafleet_gpus",
+    "gpus": "Read the GPUs with nvidia-smi",
     "build": "llamafleet.fleet.llamacpp_build : Look for an image built from exactly these inputs",
     "models": "llamafleet.fleet.llm_models : Place each model",
     "servers": "llamafleet.fleet.llama_server : Run one container per server",

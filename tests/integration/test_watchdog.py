@@ -179,14 +179,21 @@ def report(what: str, result: dict, load: GatewayLoad) -> None:
     print(row)
 
 
-def test_killed_server_is_restarted(watched):
+def healed_under_load(server: str, fault: str, reason: str, action: str) -> dict:
+    """`docker <fault>` one server under a gateway load: no client request fails, the watchdog names the
+    reason, takes the action within 5 s of detection (the rule), and touches nothing else."""
     with GatewayLoad() as load:
-        result = fault_and_heal("chat-0", "kill")
-    report("docker kill chat-0", result, load)
+        result = fault_and_heal(server, fault)
+    report(f"docker {fault} {server}", result, load)
     assert load.failed == 0, f"{load.failed} of {len(load.results)} client requests failed through the gateway"
-    assert result["failed"]["reason"] == "exited" and result["action"]["event"] == "restart"
-    assert result["action"]["since_detection_s"] <= 5          # the rule: healed within 5 s of detection
-    assert [e["server"] for e in result["acted"]] == ["chat-0"]   # nothing else was touched
+    assert result["failed"]["reason"] == reason and result["action"]["event"] == action
+    assert result["action"]["since_detection_s"] <= 5
+    assert [e["server"] for e in result["acted"]] == [server]
+    return result
+
+
+def test_killed_server_is_restarted(watched):
+    result = healed_under_load("chat-0", "kill", reason="exited", action="restart")
     before = metric(result["metrics_before"], "llamafleet_watchdog_restarts_total", server="chat-0", reason="exited")
     after = metric(result["metrics_after"], "llamafleet_watchdog_restarts_total", server="chat-0", reason="exited")
     assert after == before + 1
@@ -194,13 +201,7 @@ def test_killed_server_is_restarted(watched):
 
 
 def test_frozen_server_is_unpaused(watched):
-    with GatewayLoad() as load:
-        result = fault_and_heal("chat-1", "pause")
-    report("docker pause chat-1", result, load)
-    assert load.failed == 0, f"{load.failed} of {len(load.results)} client requests failed through the gateway"
-    assert result["failed"]["reason"] == "paused" and result["action"]["event"] == "unpause"
-    assert result["action"]["since_detection_s"] <= 5
-    assert [e["server"] for e in result["acted"]] == ["chat-1"]
+    healed_under_load("chat-1", "pause", reason="paused", action="unpause")
     state = subprocess.run(["docker", "inspect", "-f", "{{.State.Status}}", "llamafleet-chat-1"],
                            capture_output=True, text=True, check=True).stdout.strip()
     assert state == "running"
