@@ -236,14 +236,14 @@ def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] 
 
     for server in host["servers"]:
         mem = mems[server["name"]]
+        detail = mem.overhead_detail
         servers_out.append({
             "host": name, "name": server["name"], "role": server["role"], "model": server["model"],
             "device": mem.device, "memory_mib": mem.columns(),
             "gpu_name": gpus[server["gpu"]]["name"] if backend == "cuda" and server["gpu"] in gpus else None,
-            "overhead_detail": {"source": mem.overhead_detail.source, "mib": round(mem.overhead_detail.mib, 1),
-                                "uncertainty_mib": mem.overhead_detail.uncertainty_mib,
-                                "parts": {k: round(float(v), 1) for k, v in mem.overhead_detail.parts.items()}}
-                               if mem.overhead_detail else None,
+            "overhead_detail": None if not detail else {
+                "source": detail.source, "mib": round(detail.mib, 1), "uncertainty_mib": detail.uncertainty_mib,
+                "parts": {k: round(float(v), 1) for k, v in detail.parts.items()}},
             "host_memory_mib": {"model": round(mem.host_model if backend == "cuda" else mem.model, 1),
                                 "compute": round(mem.host_compute, 1),
                                 "output": round(mem.host_output, 1),
