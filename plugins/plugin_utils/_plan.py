@@ -136,18 +136,24 @@ def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] 
             findings.extend(overhead_findings(name, index, gpu, capacity, planned, [mems[s["name"]] for s in on_it]))
             if not fits and on_it:
                 biggest = max(on_it, key=lambda s: mems[s["name"]].total)
-                alternatives = suggest(host, biggest, models, mems, capacity, planned, _device_for(gpu, host))
+                # an estimated overhead is uncertain on every process of the card (overhead_findings)
+                uncertainty = sum(mems[s["name"]].overhead_detail.uncertainty_mib for s in on_it
+                                  if mems[s["name"]].overhead_detail
+                                  and mems[s["name"]].overhead_detail.source == "estimated")
+                alternatives = suggest(host, biggest, models, mems, capacity, planned, _device_for(gpu, host),
+                                       uncertainty)
                 parts = ", ".join(f"{s['name']} {mems[s['name']].total:,.0f} MiB "
                                   f"(model {mems[s['name']].model:,.0f} + context {mems[s['name']].context:,.0f} + "
                                   f"compute {mems[s['name']].compute:,.0f} + CUDA {mems[s['name']].overhead:,.0f})"
                                   for s in on_it)
                 fixes = "; ".join(_alternative_text(a) for a in alternatives if a["fits"]) \
                     or "no single change fits; move a server to another GPU"
-                details = sorted({mems[s["name"]].overhead_detail.describe(gpu["name"]) for s in on_it
-                                  if mems[s["name"]].overhead_detail
-                                  and mems[s["name"]].overhead_detail.source == "estimated"})
+                details = [f"{s['name']} {mems[s['name']].overhead_detail.mib:,.0f} +/- "
+                           f"{mems[s['name']].overhead_detail.uncertainty_mib:,.0f} MiB" for s in on_it
+                           if mems[s["name"]].overhead_detail and mems[s["name"]].overhead_detail.source == "estimated"]
                 if details:
-                    fixes += f" ({'; '.join(details)} per process: run playbooks/calibrate.yml to measure it)"
+                    fixes += (f" (CUDA overhead of {gpu['name']} estimated, per process: {', '.join(details)}; "
+                              f"run playbooks/calibrate.yml to measure it)")
                 findings.append(finding(
                     "error", "does-not-fit", name, biggest["name"],
                     f"cuda:{index} ({gpu['name']}, {capacity:,.0f} MiB) needs {planned:,.0f} MiB: {parts}. "
@@ -406,7 +412,11 @@ def server_findings(host: dict, server: dict, model: ModelInfo, mem: ServerMemor
 def _alternative_text(alt: dict) -> str:
     text = f"{alt['change']} -> {alt['device_total_mib']:,.0f} MiB"
     if "spare_mib" in alt and alt["fits"]:
-        text += f" (fits with {alt['spare_mib']:,.0f} MiB to spare)"
+        if alt["spare_mib"] < alt.get("uncertainty_mib", 0):
+            text += (f" (fits with only {alt['spare_mib']:,.0f} MiB to spare, less than the CUDA overhead's "
+                     f"uncertainty of {alt['uncertainty_mib']:,.0f} MiB: it may not fit)")
+        else:
+            text += f" (fits with {alt['spare_mib']:,.0f} MiB to spare)"
     text += f", {alt['decode_tps']:.1f} tok/s, TTFT {alt['ttft_s']:.1f} s"
     wl = alt.get("workload")
     if wl:
@@ -416,8 +426,12 @@ def _alternative_text(alt: dict) -> str:
 
 
 def suggest(host: dict, server: dict, models: dict[str, ModelInfo], mems: dict[str, ServerMemory],
-            capacity: float, planned: float, dev: Device) -> list[dict]:
-    """Single changes to one server that would make its GPU fit, cheapest first, with predictions."""
+            capacity: float, planned: float, dev: Device, uncertainty: float = 0.0) -> list[dict]:
+    """Single changes to one server that would make its GPU fit, cheapest first, with predictions.
+
+    uncertainty: MiB the card's estimated CUDA overhead may be off by; a change that leaves less to
+    spare is marked so (uncertainty_mib), still counted as fitting on the planned figures.
+    """
     model = models[server["model"]]
     current = mems[server["name"]].total
     others = planned - current
@@ -432,7 +446,7 @@ def suggest(host: dict, server: dict, models: dict[str, ModelInfo], mems: dict[s
         total = others + mem.total
         speed = server_speed(m, mem, dev, prompt, reply)
         out = {"change": change, "device_total_mib": round(total, 1), "fits": total <= capacity,
-               "spare_mib": round(capacity - total, 1),
+               "spare_mib": round(capacity - total, 1), **({"uncertainty_mib": uncertainty} if uncertainty else {}),
                "decode_tps": round(speed.decode_tps, 1), "ttft_s": round(speed.ttft_s, 2),
                "gpu_layers": f"{mem.gpu_layers}/{mem.n_layer}" + ("+output" if mem.output_on_device else "")}
         if wl:

@@ -129,6 +129,27 @@ def test_p106_verdict_carries_the_estimated_overhead():
     assert "CUDA overhead of P106-100 estimated at 226 +/- 90 MiB per process" in msg  # the F16 embedder
 
 
+def test_alternatives_within_the_estimated_overheads_uncertainty_are_marked():
+    """A fix that fits by less than the card's estimated overhead may be off by is said to be so."""
+    hv = cuda_host(chat={"model": "q6", "args": dict(GOOD_CHAT, parallel=1)},
+                   llamafleet_gpus=[{"index": 0, "name": "P106-100", "memory_mib": 6000}])
+    [f] = [f for f in findings(hv) if f["code"] == "does-not-fit"]
+    fits = {a["change"]: a for a in f["alternatives"] if a["fits"]}
+    # two estimated processes on the card (chat-0, embed-0), each +/- 90 MiB (the P40's spread, _overhead.py)
+    assert {a["uncertainty_mib"] for a in f["alternatives"]} == {180}
+    roomy, tight = fits["model: q4 (Q4_K_M)"], fits["n_gpu_layers: 26"]
+    assert roomy["spare_mib"] > 180 > tight["spare_mib"] > 0
+    assert f"q4 (Q4_K_M) -> 5,680 MiB (fits with {roomy['spare_mib']:,.0f} MiB to spare)" in f["message"]
+    assert (f"n_gpu_layers: 26 -> 5,879 MiB (fits with only {tight['spare_mib']:,.0f} MiB to spare, less than the "
+            f"CUDA overhead's uncertainty of 180 MiB: it may not fit)") in f["message"]
+    assert f["message"].endswith("(CUDA overhead of P106-100 estimated, per process: chat-0 132 +/- 90 MiB, "
+                                 "embed-0 226 +/- 90 MiB; run playbooks/calibrate.yml to measure it)")
+    # a declared overhead is no estimate: no uncertainty, no note
+    [f] = [f for f in findings(dict(hv, llamafleet_cuda_overhead_mib=200)) if f["code"] == "does-not-fit"]
+    assert all("uncertainty_mib" not in a for a in f["alternatives"])
+    assert "only" not in f["message"] and "estimated" not in f["message"]
+
+
 # the level of each code as docs/findings.md gives it (for the cases above)
 LEVELS = {"does-not-fit": "error", "partial-offload": "warning", "cuda-arch-unsupported": "error",
           "ubatch-exceeds-batch": "warning", "quantized-v-needs-flash-attn": "error", "kv-cache-type-no-effect": "info",
