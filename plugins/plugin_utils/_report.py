@@ -36,11 +36,21 @@ def server_rows(plan: dict) -> tuple[list[str], list[list]]:
     for s in plan["servers"]:
         m, sp = s["memory_mib"], s["speed"]
         rows.append([s["name"], s["role"], s["model"], s["device"], s["gpu_layers"], f"{m['model']:,.0f}",
-                     f"{m['context']:,.0f}", f"{m['compute']:,.0f}", f"{m['overhead']:,.0f}", f"{m['total']:,.0f}",
-                     f"{sp['decode_tps']:.1f}" if s["role"] == "chat" else "-",
+                     f"{m['context']:,.0f}", f"{m['compute']:,.0f}", _overhead_cell(m["overhead"], s.get("overhead_detail")),
+                     f"{m['total']:,.0f}",
+                     (f"{sp['decode_tps']:.1f}" + (" calibrated" if sp.get("source") == "calibrated" else ""))
+                     if s["role"] == "chat" else "-",
                      f"{sp['ttft_s']:.2f}" if s["role"] == "chat" else "-"])
     return ["server", "role", "model", "device", "layers", "model", "context", "compute", "overhead",
             "total MiB", "tok/s", "TTFT s"], rows
+
+
+def _overhead_cell(mib: float, detail: dict | None) -> str:
+    """The CUDA overhead with where it comes from: estimated or measured +/- MiB, calibrated, or set."""
+    if not detail:
+        return f"{mib:,.0f}"
+    spread = f" +/- {detail['uncertainty_mib']:,.0f}" if detail.get("uncertainty_mib") else ""
+    return f"{mib:,.0f}{spread} {detail['source']}"
 
 
 def stack_rows(plan: dict) -> tuple[list[str], list[list]]:
@@ -125,7 +135,8 @@ def markdown(plan: dict) -> str:
     lines = ["# llamafleet plan", "",
              "Predicted from GGUF metadata and the inventory, before deployment. Memory columns are "
              "llama.cpp's own (model, context = KV cache, compute = graph buffers) plus the per-process "
-             "CUDA overhead; speeds are roofline estimates (see docs/plan.md).", "", "## Devices", ""]
+             "CUDA overhead (estimated, measured on the card elsewhere, calibrated on the host, or set in the inventory); "
+             "speeds are roofline estimates unless marked calibrated (see docs/plan.md).", "", "## Devices", ""]
     lines += _md_table(*device_rows(plan))
     if stack_rows(plan)[1]:
         lines += ["", "## GPU hosts", ""] + _md_table(*stack_rows(plan))

@@ -27,10 +27,12 @@ PLAN = {
     "servers": [
         {"name": "chat-0", "role": "chat", "model": "q6", "device": "cuda:0", "gpu_layers": "32/32+output",
          "memory_mib": {"model": 5871.2, "context": 272.0, "compute": 37.4, "overhead": 250.0, "total": 6430.6},
-         "speed": {"decode_tps": 18.44, "ttft_s": 2.046}},
+         "overhead_detail": {"source": "estimated", "mib": 250.0, "uncertainty_mib": 90.0},
+         "speed": {"decode_tps": 18.44, "ttft_s": 2.046, "source": "calibrated"}},
         {"name": "embed-0", "role": "embed", "model": "nomic", "device": "cuda:0", "gpu_layers": "12/12+output",
          "memory_mib": {"model": 260.9, "context": 0.0, "compute": 21.0, "overhead": 250.0, "total": 531.9},
-         "speed": {"decode_tps": 99.0, "ttft_s": 0.1}},
+         "overhead_detail": {"source": "set", "mib": 250.0, "uncertainty_mib": 0.0},
+         "speed": {"decode_tps": 99.0, "ttft_s": 0.1, "source": "estimated"}},
     ],
     "workloads": [{"model": "q6", "requests_per_minute": 30, "slots": 2, "service_s": 30.5, "utilisation": 1.27,
                    "ttft_p50_s": None, "ttft_p95_s": None},
@@ -63,10 +65,10 @@ gpu1  cuda:0  P106-100          6063        6,712  NO    chat-0, embed-0$
 cpu1  cpu     host RAM  ?                   1,234  yes                  $
 $
 Servers (MiB on their device; speed for one request alone):$
-server   role   model  device  layers        model  context  compute  overhead  total MiB  tok/s  TTFT s$
--------  -----  -----  ------  ------------  -----  -------  -------  --------  ---------  -----  ------$
-chat-0   chat   q6     cuda:0  32/32+output  5,871      272       37       250      6,431   18.4    2.05$
-embed-0  embed  nomic  cuda:0  12/12+output    261        0       21       250        532  -      -     $
+server   role   model  device  layers        model  context  compute  overhead              total MiB  tok/s            TTFT s$
+-------  -----  -----  ------  ------------  -----  -------  -------  --------------------  ---------  ---------------  ------$
+chat-0   chat   q6     cuda:0  32/32+output  5,871      272       37  250 +/- 90 estimated      6,431  18.4 calibrated    2.05$
+embed-0  embed  nomic  cuda:0  12/12+output    261        0       21               250 set        532  -                -     $
 $
 Workloads (Poisson arrivals, one slot pool per model; pool rows: every host of the group):$
 model/pool  req/min  slots  busy s/req  utilisation  TTFT p50   TTFT p95   p95 if routed at random$
@@ -78,8 +80,9 @@ MARKDOWN = """\
 # llamafleet plan
 
 Predicted from GGUF metadata and the inventory, before deployment. Memory columns are llama.cpp's own \
-(model, context = KV cache, compute = graph buffers) plus the per-process CUDA overhead; speeds are roofline \
-estimates (see docs/plan.md).
+(model, context = KV cache, compute = graph buffers) plus the per-process CUDA overhead (estimated, measured on \
+the card elsewhere, calibrated on the host, or set in the inventory); speeds are roofline estimates unless marked \
+calibrated (see docs/plan.md).
 
 ## Devices
 
@@ -92,8 +95,8 @@ estimates (see docs/plan.md).
 
 | server | role | model | device | layers | model | context | compute | overhead | total MiB | tok/s | TTFT s |
 |---|---|---|---|---|---|---|---|---|---|---|---|
-| chat-0 | chat | q6 | cuda:0 | 32/32+output | 5,871 | 272 | 37 | 250 | 6,431 | 18.4 | 2.05 |
-| embed-0 | embed | nomic | cuda:0 | 12/12+output | 261 | 0 | 21 | 250 | 532 | - | - |
+| chat-0 | chat | q6 | cuda:0 | 32/32+output | 5,871 | 272 | 37 | 250 +/- 90 estimated | 6,431 | 18.4 calibrated | 2.05 |
+| embed-0 | embed | nomic | cuda:0 | 12/12+output | 261 | 0 | 21 | 250 set | 532 | - | - |
 
 ## Workloads
 
