@@ -131,6 +131,15 @@ def _s(value) -> str:
     return "unbounded" if value is None else f"{value:.2f} s"
 
 
+def _fits_cell(alt: dict) -> str:
+    """yes/no, and "maybe" where the spare MiB are fewer than the card's estimated overhead may be off by."""
+    if not alt["fits"]:
+        return "no"
+    if alt.get("spare_mib", 0) < alt.get("uncertainty_mib", 0):
+        return f"maybe ({alt['spare_mib']:,.0f} MiB spare, overhead +/- {alt['uncertainty_mib']:,.0f})"
+    return "yes"
+
+
 def markdown(plan: dict) -> str:
     lines = ["# llamafleet plan", "",
              "Predicted from GGUF metadata and the inventory, before deployment. Memory columns are "
@@ -161,7 +170,7 @@ def markdown(plan: dict) -> str:
                       "utilisation at declared load | TTFT p50 | TTFT p95 |", "  |---|---|---|---|---|---|---|---|---|"]
         for alt in f.get("alternatives", []):
             w = alt.get("workload") or {}
-            lines.append(f"  | {alt['change']} | {alt['device_total_mib']:,.0f} | {'yes' if alt['fits'] else 'no'} | "
+            lines.append(f"  | {alt['change']} | {alt['device_total_mib']:,.0f} | {_fits_cell(alt)} | "
                          f"{alt['gpu_layers']} | {alt['decode_tps']} | {alt['ttft_s']} s | "
                          f"{format(w['utilisation'], '.0%') if w else '-'} | {_s(w.get('ttft_p50_s')) if w else '-'} | "
                          f"{_s(w.get('ttft_p95_s')) if w else '-'} |")
