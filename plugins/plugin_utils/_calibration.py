@@ -115,10 +115,13 @@ def build(host: str, backend: str, llama_cpp: str, driver: str | None, plan_serv
     GPU: a server's reading is nvidia-smi's memory of its process minus llama.cpp's buffers as the
     plan computes them (model + context + compute, within 1% / 10% of llama.cpp's own breakdown on
     the H200) minus the cuBLAS and pool parts its settings add (_overhead), so the file holds the
-    card's base overhead. Host (CPU backend): a server's process overhead is its anonymous resident
-    memory when idle after a request: heap, HTTP threads, and whatever KV and compute pages it has
-    touched so far (measured on the lab it is below the KV cache's size, so the buffers are not all
-    resident at idle), an upper bound of the process's own part, on the safe side.
+    card's base overhead. Host (CPU backend): a server's anonymous resident memory when idle is its
+    own part (heap, HTTP threads) plus whatever KV, compute and output pages it has touched so far,
+    so each reading bounds the process's own part from above, and the host's figure is the smallest
+    reading: the tightest bound, still on the safe side. The largest would count buffers the plan
+    already has: on the lab, an embedding server that once took a full batch holds 1,102 MiB of
+    RssAnon, its compute 516 + output 513 + KV 9 MiB and 64 MiB of its own, against 60-85 MiB for
+    any server whose buffers are still mostly untouched.
     """
     smi = parse_compute_apps(compute_apps_csv) if compute_apps_csv.strip() else {}
     gpus: dict[str, list[float]] = {}
@@ -156,7 +159,7 @@ def build(host: str, backend: str, llama_cpp: str, driver: str | None, plan_serv
                              "uncertainty_mib": round(max(MEASURED_SPREAD_FLOOR_MIB, (max(readings) - min(readings)) / 2), 1),
                              "readings": readings}
     if process:
-        out["process_overhead_mib"] = round(max(process), 1)
+        out["process_overhead_mib"] = round(min(process), 1)
         out["process_readings_mib"] = [round(p, 1) for p in process]
     return out
 

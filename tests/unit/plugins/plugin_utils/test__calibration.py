@@ -46,6 +46,17 @@ def test_cpu_process_overhead_is_the_idle_anonymous_rss():
     assert out["process_overhead_mib"] == 70.0  # 70 x 1024 KiB of RssAnon
 
 
+def test_cpu_process_overhead_is_the_smallest_reading():
+    """Each idle RssAnon is the process's own part plus the buffer pages it touched: the smallest bounds it best."""
+    chat = {"name": "chat-0", "model": "m", "memory_mib": {"model": 80, "context": 24.0, "compute": 9}}
+    embed = {"name": "embed-0", "model": "e", "memory_mib": {"model": 235, "context": 9.0, "compute": 516}}
+    # the lab's embedding server after a full batch: 1,102 MiB resident, a chat server 62 MiB
+    out = cal.build("lab", "cpu", "0c1e570", None, [embed, chat],
+                    {"embed-0": {"pid": 8, "rss_kib": 1102 * 1024}, "chat-0": {"pid": 7, "rss_kib": 62 * 1024}},
+                    "", {}, "t")
+    assert out["process_overhead_mib"] == 62.0 and out["process_readings_mib"] == [1102.0, 62.0]
+
+
 def test_a_server_missing_from_nvidia_smi_is_an_error():
     with pytest.raises(ValueError, match="nvidia-smi lists no process 4343"):
         cal.build("h", "cuda", "x", "d", [CHAT, EMBED], {"chat-0": {"pid": 4242, "rss_kib": 1},
