@@ -76,7 +76,15 @@ if ! docker info >/dev/null 2>&1; then
     # No systemd: start the daemon ourselves. No bridge and no iptables: every container of
     # llamafleet uses host networking and binds to loopback.
     say "starting dockerd (no systemd on this machine)"
-    nohup dockerd --bridge=none --iptables=false --ip-masq=false >/var/log/llamafleet-dockerd.log 2>&1 &
+    # The daemon outlives this script: it must not inherit its open files beyond stdio (a caller's
+    # `flock LOCK scripts/...` would otherwise stay locked for as long as dockerd runs).
+    (
+      for fd in /proc/self/fd/*; do
+        fd=${fd##*/}
+        if [ "$fd" -gt 2 ] 2>/dev/null; then eval "exec $fd>&-"; fi
+      done
+      exec nohup dockerd --bridge=none --iptables=false --ip-masq=false </dev/null >/var/log/llamafleet-dockerd.log 2>&1
+    ) &
   fi
   for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
   docker info >/dev/null 2>&1 || { echo "dockerd did not answer within 60 s; see /var/log/llamafleet-dockerd.log" >&2; exit 1; }

@@ -25,6 +25,12 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._plan import PlanError, describe_model, plan
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._report import console, markdown
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import parse_help_flags, render_args, unknown_flags
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._tune import (
+    TuneError,
+    check,
+    plan_errors,
+    with_server_args,
+)
 
 HOST_KEYS = (
     "llamafleet_backend", "llamafleet_gpus", "llamafleet_models", "llamafleet_servers",
@@ -35,12 +41,14 @@ HOST_KEYS = (
 )
 
 
-def _host_vars(hostvars, host: str) -> dict:
+def _host_vars(hostvars, host: str, server_args: dict | None = None) -> dict:
     hv = hostvars[host]
     out = {}
     for key in HOST_KEYS:
         if key in hv:
             out[key] = hv[key]
+    if server_args:
+        out = with_server_args(out, server_args["role"], server_args["args"])
     return out
 
 
@@ -65,19 +73,21 @@ def _gateway_config(hostvars, hosts: list, gateway_hosts: list) -> dict | None:
 
 
 def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str = ".", deployed_dir: str = "",
-                    gateway_hosts: list | None = None, calibration_dir: str = "") -> dict:
+                    gateway_hosts: list | None = None, calibration_dir: str = "",
+                    server_args: dict | None = None) -> dict:
     """The memory and speed plan and the fleet model of these hosts (plugins/plugin_utils/_plan.py).
 
     deployed_dir: where the servers play records each host's fleet as deployed (<host>.json); servers
     that left the inventory since are reported.
     gateway_hosts: the inventory group 'gateway'; its pools are validated and planned (plugin_utils/_gateway.py).
     calibration_dir: where calibrate.yml wrote <host>.json (plugins/plugin_utils/_calibration.py).
+    server_args: {role, args}: plan as if every server of that role had these args (playbooks/tune.yml).
     """
     normalized, models = [], {}
     problems = []
     for host in hosts:
         try:
-            spec = normalize_host(host, _host_vars(hostvars, host))
+            spec = normalize_host(host, _host_vars(hostvars, host, server_args))
         except InventoryError as exc:
             problems.append(str(exc))
             continue
@@ -175,11 +185,27 @@ def llamafleet_calibration(measurements: dict, plan_result: dict, host: str) -> 
         raise AnsibleFilterError(f"calibration of {host}: {exc}") from None
 
 
+def llamafleet_tune_problems(knob, values, role, objective) -> list:
+    """[] when the sweep's settings can work, else the message naming the variable and the fix."""
+    try:
+        check(knob, values, role, objective)
+    except TuneError as exc:
+        return [str(exc)]
+    return []
+
+
+def llamafleet_plan_errors(plan_result: dict) -> list:
+    """The messages of a plan's error findings."""
+    return plan_errors(plan_result)
+
+
 class FilterModule:
     def filters(self):
         return {
             "calibration": llamafleet_calibration,
             "plan": llamafleet_plan,
+            "plan_errors": llamafleet_plan_errors,
+            "tune_problems": llamafleet_tune_problems,
             "plan_console": llamafleet_plan_console,
             "plan_markdown": llamafleet_plan_markdown,
             "render_args": llamafleet_render_args,

@@ -45,6 +45,12 @@ options:
     description: Seconds to wait for the sessions to reach 0 before failing.
     type: int
     default: 120
+  missing_ok:
+    description:
+      - When the pool or the server is not in this HAProxy's configuration, return C(state=absent)
+        unchanged instead of failing (a server that leaves the fleet may already be gone from the pool).
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -72,7 +78,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 state:
-  description: The administrative state after the call (in check mode, the state it would have).
+  description:
+    - The administrative state after the call (in check mode, the state it would have); C(absent) when
+      O(missing_ok) and the server is not in the pool.
   type: str
   returned: always
   sample: drain
@@ -113,6 +121,10 @@ ADMF_DRAIN_ANY = 0x08 | 0x10
 
 class RuntimeAPIError(Exception):
     pass
+
+
+class NotInPool(RuntimeAPIError):
+    """The pool or the server is not in this HAProxy's configuration."""
 
 
 def runtime(path: str, command: str, timeout: float = 5.0) -> str:
@@ -184,11 +196,11 @@ def server_names(text: str, pool: str) -> list[str]:
 def read(path: str, pool: str, server: str) -> tuple[str, dict]:
     states = runtime(path, f"show servers state {pool}")
     if "Can't find backend" in states or "No such backend" in states:
-        raise RuntimeAPIError(f"pool {pool!r} does not exist in this HAProxy ({states.strip()}); pools are named "
+        raise NotInPool(f"pool {pool!r} does not exist in this HAProxy ({states.strip()}); pools are named "
                               f"after the gateway aliases (llamafleet_gateway_models)")
     bits = parse_servers_state(states, pool, server)
     if bits is None:
-        raise RuntimeAPIError(f"server {server!r} is not in pool {pool!r}; its servers are "
+        raise NotInPool(f"server {server!r} is not in pool {pool!r}; its servers are "
                               f"{', '.join(server_names(states, pool)) or 'none'} (<inventory host>.<server name>)")
     stat = parse_stat(runtime(path, f"show stat {pool} 4 -1"), pool, server) or {"status": "?", "sessions": 0, "queued": 0}
     return admin_state(bits), stat
@@ -203,6 +215,7 @@ def main():
             "state": {"type": "str", "required": True, "choices": ["ready", "drain", "maint"]},
             "wait_drained": {"type": "bool", "default": False},
             "drain_timeout": {"type": "int", "default": 120},
+            "missing_ok": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
@@ -210,7 +223,14 @@ def main():
     if p["drain_timeout"] < 0:
         module.fail_json(msg=f"drain_timeout must be 0 or more seconds, got {p['drain_timeout']}")
     try:
-        before, stat = read(p["socket"], p["pool"], p["server"])
+        try:
+            before, stat = read(p["socket"], p["pool"], p["server"])
+        except NotInPool as exc:
+            if not p["missing_ok"]:
+                raise
+            # nothing of this pool routes to the server: there is nothing to drain
+            module.exit_json(changed=False, state="absent", previous_state="absent", status="absent",
+                             sessions=0, queued=0, waited=0.0, msg=str(exc))
         changed = before != p["state"]
         if changed and not module.check_mode:
             answer = runtime(p["socket"], f"set server {p['pool']}/{p['server']} state {p['state']}").strip()

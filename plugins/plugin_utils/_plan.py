@@ -504,23 +504,39 @@ def _change_args(change: str, base: dict) -> dict:
     return {}
 
 
-def leaving_servers(deployed: dict, fleet: dict) -> list[dict]:
-    """Info findings for deployed servers that the fleet model no longer has.
+def departures(deployed: dict, fleet: dict) -> list[tuple[str, dict]]:
+    """(host, server) for each deployed server that the fleet model no longer has.
 
     deployed maps host -> its fleet as the servers play last applied it (the controller's record);
-    a server that left the inventory is stopped and removed by the next servers play.
+    a host outside this run (--limit, another inventory) has nothing to say.
     """
     out = []
     for host, before in sorted(deployed.items()):
         if host not in fleet:
-            continue  # a host outside this run (--limit, another inventory): nothing to say
+            continue
         now = {s["name"] for s in fleet[host]["servers"]}
-        for server in before.get("servers", []):
-            if server["name"] not in now:
-                out.append(finding("info", "server-leaves", host, server["name"],
-                                   f"{server['name']} is no longer in the inventory: the servers play stops and removes "
-                                   f"its container {server['container_name']} (port {server['port']} and its memory are freed)"))
+        out.extend((host, server) for server in before.get("servers", []) if server["name"] not in now)
     return out
+
+
+def leaving_servers(deployed: dict, fleet: dict) -> list[dict]:
+    """Info findings for the departures: the next servers play drains and removes them."""
+    return [finding("info", "server-leaves", host, server["name"],
+                    f"{server['name']} is no longer in the inventory: the servers play drains it in its gateway pool, "
+                    f"then stops and removes its container {server['container_name']} (port {server['port']} "
+                    f"and its memory are freed)")
+            for host, server in departures(deployed, fleet)]
+
+
+def record_departures(deployed: dict, fleet: dict, pools_: dict | None) -> None:
+    """Add to each host's fleet model the servers that leave it (`leaving`), with the gateway pool
+    that still routes to them, so that the servers play drains them before removing them."""
+    alias = {p["model"]: p["alias"] for p in (pools_ or {}).get("pools", [])}
+    for host in fleet:
+        fleet[host]["leaving"] = []
+    for host, server in departures(deployed, fleet):
+        fleet[host]["leaving"].append({"name": server["name"], "container_name": server["container_name"],
+                                       "pool": alias.get(server.get("model")), "pool_server": f"{host}.{server['name']}"})
 
 
 def pool_load(pool: dict, hosts: list[dict]) -> dict:
@@ -591,7 +607,8 @@ def plan(hosts: list[dict], models: dict[str, dict[str, ModelInfo]], deployed: d
         for key in result:
             result[key].extend(part[key])
     result["fleet"] = fleet
-    result["findings"].extend(leaving_servers(deployed or {}, result["fleet"]))
+    result["findings"].extend(leaving_servers(deployed or {}, fleet))
+    record_departures(deployed or {}, fleet, pools_)
     if pools_:
         rows, findings = gateway_workloads(pools_, hosts, result["servers"])
         result["workloads"].extend(rows)

@@ -124,7 +124,10 @@ def server_speed(model: ModelInfo, mem: ServerMemory, dev: Device, prompt_tokens
     t_weights = t_dev + host_w / host_bw + dev.fixed_step_s(model.n_layer)
     t_step1 = t_weights + kv_read / bw
     decode = 1.0 / t_step1
-    extra = PER_SEQUENCE_SHARE * t_dev if dev.kind == "cuda" and dev.sms is not None else 0.0
+    # CUDA cards with an SM count: the share fitted to llama-batched-bench on the H200; other devices
+    # (the CPU backend, measured on the lab in docs/bench.md): one more slot's matmul work per step
+    extra = (PER_SEQUENCE_SHARE * t_dev if dev.kind == "cuda" and dev.sms is not None
+             else shared_step_s(model, dev))
     t_stepn = t_weights + slots * kv_read / bw + (slots - 1) * extra
     batch = slots / t_stepn
 
@@ -136,6 +139,36 @@ def server_speed(model: ModelInfo, mem: ServerMemory, dev: Device, prompt_tokens
     upload = math.ceil(prompt_tokens / max(n_ubatch, 1)) * host_w / (PCIE_GBS * 1e9) if host_w else 0.0
     ttft = prompt_tokens / prefill + upload + t_step1
     return Speed(decode, prompt_tokens / max(ttft - t_step1, 1e-9), ttft, batch, slots)
+
+
+# -- slots sharing a server (measured against bench.yml: docs/bench.md) -----------------------------
+# A decode step with n busy slots reads the weights once, but every slot's token is multiplied
+# through them: each slot beyond the first adds its matmul work, at a fraction of the rate prefill
+# reaches (a few columns do not get big-matmul efficiency). Fitted on the P40's batched decode
+# (PR #7314, FA on: 52.6 / 96.8 / 115.5 / 147.5 tok/s in total at 1 / 2 / 4 / 8 sequences, i.e.
+# about 5 ms more per step for each sequence: 24% of the prefill rate the plan assumes for that
+# card) and on the lab's CPU (one thread: 2 slots decode at 0.5-0.65 of one alone, i.e. 50%).
+SHARED_STEP_SHARE = {"cuda": 0.24, "cpu": 0.5}
+
+
+def shared_step_s(model: ModelInfo, dev: Device) -> float:
+    """Seconds one more busy slot adds to a decode step of a server."""
+    rate = dev.compute_tops * 1e12 * dev.prefill_efficiency * SHARED_STEP_SHARE.get(dev.kind, 0.24)
+    return 2 * layer_params(model) / max(rate, 1.0)
+
+
+def stalled_decode_s(reply_tokens: float, stream_tps: float, others_per_s: float, prefill_s: float) -> float:
+    """Decode time of a reply while the other slots of its server take new prompts.
+
+    llama-server prefills a new prompt in the same steps as the other slots' decoding, so each
+    prompt that starts on the server while a reply is being generated holds that reply for about
+    the prompt's prefill time. With others_per_s such arrivals, D = R / tps + others_per_s x D x
+    prefill_s, so D = R / tps / (1 - others_per_s x prefill_s).
+    """
+    busy = others_per_s * prefill_s
+    if busy >= 1.0:
+        return math.inf
+    return reply_tokens / stream_tps / (1.0 - busy)
 
 
 # -- queueing --------------------------------------------------------------------------------------
@@ -170,27 +203,83 @@ class WorkloadResult:
                     (None if isinstance(v, float) else v)) for k, v in self.__dict__.items()}
 
 
+def busy_beside(slots: int, n_servers: int, offered: float) -> float:
+    """Expected busy slots on the server of a request being served (itself included).
+
+    The pool is the M/M/c queue of ``workload`` (c = all slots): m requests are in service with
+    probability P(m) (Erlang's distribution; m = c whenever any request waits). The pools route by
+    least connections, so m requests spread evenly: r = m mod S servers hold q + 1 = m // S + 1,
+    the others q. A request in service sits on a server with k busy with probability k / m, so it
+    sees (r (q + 1)^2 + (S - r) q^2) / m busy, and a random request in service sees m with
+    probability m P(m) / sum m P(m).
+    """
+    if offered >= slots:
+        return slots / n_servers
+    term, weights = 1.0, []
+    for m in range(1, slots + 1):
+        term *= offered / m                                   # a^m / m!
+        weights.append(term / (1 - offered / slots) if m == slots else term)
+    total = seen = 0.0
+    for m, w in enumerate(weights, start=1):
+        q, r = divmod(m, n_servers)
+        total += m * w
+        seen += w * (r * (q + 1) ** 2 + (n_servers - r) * q ** 2)
+    return seen / total if total else 1.0
+
+
 def workload(model_name: str, rpm: float, prompt_tokens: int, reply_tokens: int,
              servers: list[Speed]) -> WorkloadResult:
     """Expected utilisation and TTFT of one model's servers under Poisson arrivals.
 
     All slots of all servers of the model form one pool (slot-aware routing: a request waits for
     the first free slot anywhere). A slot's service time is its prefill plus reply_tokens at the
-    per-stream speed it gets while the other slots of its server decode too.
+    per-stream speed it gets beside the other busy slots of its server: alone at decode_tps, with
+    all n slots busy at batch_decode_tps / n, linear in between (each busy slot adds its share of
+    a step). How many are busy beside it follows from the load (busy_beside), which depends on the
+    service time: the two are solved together (a fixed point, reached from below).
     """
     slots = sum(s.slots for s in servers)
     if not slots:
         raise ValueError(f"workload for {model_name}: no chat server serves this model")
-    per_stream = [s.batch_decode_tps / s.slots for s in servers]
-    # a slot's share when its server is busy; alone it runs at decode_tps
-    stream_tps = sum(p * s.slots for p, s in zip(per_stream, servers, strict=True)) / slots
     ttft0 = sum(s.ttft_s * s.slots for s in servers) / slots
-    service = ttft0 + reply_tokens / stream_tps
     lam = rpm / 60.0
+
+    def serve(busy: float) -> tuple[float, float]:
+        """(service time, decode time of the reply) when `busy` slots of a server are busy on average."""
+        steps = []  # a decode step's seconds on each server at that occupancy
+        for s in servers:
+            b = min(max(busy, 1.0), s.slots)
+            t1, tn = 1.0 / s.decode_tps, s.slots / s.batch_decode_tps
+            steps.append(t1 + (b - 1) / (s.slots - 1) * (tn - t1) if s.slots > 1 else t1)
+        stream_tps = sum(s.slots / t for s, t in zip(servers, steps, strict=True)) / slots
+        # prompts that start beside a reply on its server: each other busy slot takes a new
+        # request once per service time; each holds the reply for its prefill (stalled_decode_s)
+        service = ttft0 + reply_tokens / stream_tps
+        for _round in range(50):
+            decode_s = stalled_decode_s(reply_tokens, stream_tps, max(busy - 1.0, 0.0) / service, ttft0)
+            if not math.isfinite(decode_s):
+                return math.inf, math.inf
+            service = ttft0 + decode_s
+        return service, decode_s
+
+    busy, service, decode_s = 1.0, *serve(1.0)
+    for _round in range(200):
+        if not math.isfinite(service) or lam * service >= slots:
+            break
+        busy_next = busy_beside(slots, len(servers), lam * service)
+        if abs(busy_next - busy) < 1e-9:
+            break
+        busy = busy_next
+        service, decode_s = serve(busy)
     offered = lam * service
-    util = offered / slots
-    if util >= 1.0:
+    if not math.isfinite(service) or offered >= slots:
+        # overloaded: every slot is busy, so every reply shares its server's steps
+        service, decode_s = serve(slots / len(servers))
+        stream_tps = reply_tokens / decode_s if decode_s > 0 and math.isfinite(decode_s) else 0.0
+        util = lam * service / slots if math.isfinite(service) else math.inf
         return WorkloadResult(model_name, rpm, slots, service, util, math.inf, math.inf, stream_tps, False)
+    stream_tps = reply_tokens / decode_s if decode_s > 0 else 0.0  # what a request sees
+    util = offered / slots
     p_wait = erlang_c(slots, offered)
     rate = slots / service - lam  # decay rate of the waiting-time tail
 

@@ -81,6 +81,20 @@ def test_a_server_that_left_the_inventory_is_reported():
     assert leaving_servers({}, {"gpu1": now}) == []
 
 
+def test_a_leaving_server_is_drained_in_the_pool_of_its_model_group():
+    from ansible_collections.llamafleet.fleet.plugins.plugin_utils._plan import record_departures
+    now = {"gpu1": fleet_host(normalize_host("gpu1", HOST)), "gpu2": {"servers": []}}
+    before = {"servers": [{"name": "old-0", "container_name": "llamafleet-old-0", "port": 8401, "model": "chat-model"},
+                          {"name": "old-1", "container_name": "llamafleet-old-1", "port": 8402, "model": "gone-model"}]}
+    pools_ = {"pools": [{"alias": "chat", "model": "chat-model"}]}
+    record_departures({"gpu1": before, "elsewhere": before}, now, pools_)
+    assert now["gpu1"]["leaving"] == [
+        {"name": "old-0", "container_name": "llamafleet-old-0", "pool": "chat", "pool_server": "gpu1.old-0"},
+        # no pool serves its model any more: nothing to drain, the container is still removed
+        {"name": "old-1", "container_name": "llamafleet-old-1", "pool": None, "pool_server": "gpu1.old-1"}]
+    assert now["gpu2"]["leaving"] == []
+
+
 def test_only_the_models_the_servers_use_are_placed():
     hv = copy.deepcopy(HOST)
     hv["llamafleet_models"]["unused"] = {"path": "/srv/models/unused.gguf", "sha256": SHA, "url": "http://mirror.invalid/u.gguf"}

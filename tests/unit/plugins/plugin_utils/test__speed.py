@@ -12,9 +12,12 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import mo
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import (
     Device,
     Speed,
+    busy_beside,
     erlang_c,
     layer_params,
     server_speed,
+    shared_step_s,
+    stalled_decode_s,
     workload,
 )
 from tests.support.toy import toy
@@ -54,8 +57,29 @@ def test_partial_offload_reads_cpu_layers_at_host_bandwidth():
 
 def test_more_slots_raise_aggregate_throughput():
     one, four = speed("Q4_K_M"), speed("Q4_K_M", parallel=4)
-    assert four.batch_decode_tps > 2 * one.batch_decode_tps
+    # a Pascal card decoding 4 sequences at once: 115.5 tok/s in total vs 52.6 alone on a P40
+    # (PR #7314, FA on), 2.2x; the weights are read once per step, but each sequence adds its matmuls
+    assert 1.6 * one.batch_decode_tps < four.batch_decode_tps < 2.8 * one.batch_decode_tps
     assert four.batch_decode_tps / 4 < one.decode_tps
+
+
+def test_each_more_slot_adds_its_matmul_work_to_a_step():
+    # P40 batched decode (PR #7314, FA on, 7B Q4_0): 52.6 / 96.8 / 115.5 / 147.5 tok/s in total at
+    # 1 / 2 / 4 / 8 sequences -> steps of 19.0 / 20.7 / 34.6 / 54.2 ms: (54.2 - 19.0) / 7 = 5.0 ms per sequence.
+    # P40: dp4a 47 TOPS; Llama-2 7B block parameters 32 x (4 x 4096^2 + 3 x 4096 x 11008) = 6.48 G.
+    llama2 = model_info_from_shape("llama-3.1-8b", "Q4_0", "t")
+    p40 = Device("cuda", 347.0, 47.0, 12.0)
+    extra = shared_step_s(llama2, p40)
+    # Llama-3.1-8B has 6.98 G block parameters (GQA, wider FFN): scale the P40's 5.0 ms by 6.98 / 6.48
+    assert extra == pytest.approx(5.0e-3 * 6.98 / 6.48, rel=0.1)
+
+
+def test_prompts_starting_beside_a_reply_stall_it():
+    # 64 tokens at 40 tok/s = 1.6 s alone; one other prompt every 10 s, each 1 s of prefill, holds
+    # it 10% of the time: 1.6 / 0.9 = 1.778 s
+    assert stalled_decode_s(64, 40.0, 0.1, 1.0) == pytest.approx(1.7778, abs=1e-3)
+    assert stalled_decode_s(64, 40.0, 0.0, 1.0) == pytest.approx(1.6)
+    assert math.isinf(stalled_decode_s(64, 40.0, 1.0, 1.0))
 
 
 def test_erlang_c_limits():
@@ -109,9 +133,10 @@ def test_toy_two_slots_read_the_weights_once():
     mem = server_memory(TOY, dict(ONE, parallel=2), "cuda", "cuda:0")
     s = server_speed(TOY, mem, GPU, prompt_tokens=512, reply_tokens=256)
     # 2 streams of 2048 cells: still 2,048 B per token. One step for both: 46,137,344 + 2 x 1,310,720 B
-    # = 48,758,784 B / 6e10 = 812.65 us -> 2 / that = 2,461.09 tok/s together
+    # = 48,758,784 B / 6e10 = 812.65 us, plus the second slot's matmuls: 2 x 8,912,896 FLOP at 24% of
+    # the prefill rate (0.24 x 0.235 x 10e12 = 5.64e11 FLOP/s) = 31.61 us -> 2 / 844.25 us = 2,368.96 tok/s
     assert s.slots == 2
-    assert s.batch_decode_tps == pytest.approx(2461.09, abs=0.01)
+    assert s.batch_decode_tps == pytest.approx(2368.96, abs=0.01)
     assert s.decode_tps == pytest.approx(1264.54, abs=0.01)
 
 
@@ -181,19 +206,41 @@ def test_workload_p50_waits_when_most_requests_wait():
     assert r.ttft_p50_s == pytest.approx(1 + 60 * math.log(5 / 3))
 
 
-def test_workload_pools_slots_of_unequal_servers():
-    # a 2-slot server streaming 8 tok/s per slot (16 together) and a 1-slot one at 5 tok/s: per-slot average
-    # (2 x 8 + 5) / 3 = 7 tok/s; TTFT averaged over the slots (2 x 0.5 + 2) / 3 = 1 s; service 1 + 70/7 = 11 s
-    fast = Speed(decode_tps=12.0, prefill_tps=1000.0, ttft_s=0.5, batch_decode_tps=16.0, slots=2)
-    slow = Speed(decode_tps=5.0, prefill_tps=1000.0, ttft_s=2.0, batch_decode_tps=5.0, slots=1)
-    r = workload("m", 6, 100, 70, [fast, slow])
-    assert r.slots == 3 and r.tokens_per_s_per_request == pytest.approx(7.0) and r.service_s == pytest.approx(11.0)
-    # 0.1/s x 11 s = 1.1 Erlang over 3 slots
-    assert r.utilisation == pytest.approx(1.1 / 3)
-    # Erlang C(3, 1.1): terms 1, 1.1, 0.605; tail 1.1^3/6 x 3/1.9 = 0.35025: 0.35025 / 3.05525 = 0.11464
-    p_wait = 0.35025 / 3.05525
-    assert r.ttft_p95_s == pytest.approx(1.0 + math.log(p_wait / 0.05) / (3 / 11 - 0.1), rel=1e-4)
-    assert r.ttft_p50_s == pytest.approx(1.0)
+def test_busy_beside_by_hand():
+    # 2 servers x 2 slots, a = 1 Erlang: P(m) ~ 1, 1/2, 1/6 and (1/24) / (1 - 1/4) = 1/18 for m = 1..4.
+    # Spread by least connections a request in service sees 1, 1, (2 x 2 + 1 x 1) / 3 = 5/3 and 2 busy on its
+    # server; weighting each m by m P(m): sum m P(m) x busy(m) = 1 + 1 + 5/6 + 8/18 = 59/18 over
+    # sum m P(m) = 1 + 1 + 1/2 + 4/18 = 49/18: 59/49
+    assert busy_beside(4, 2, 1.0) == pytest.approx(59 / 49)
+    assert busy_beside(4, 2, 0.0) == pytest.approx(1.0)       # alone on its server
+    assert busy_beside(4, 2, 4.0) == 2.0                      # overloaded: every slot busy
+    assert busy_beside(1, 1, 0.5) == pytest.approx(1.0)       # one slot: always alone
+
+
+TWO_SLOTS = Speed(decode_tps=10.0, prefill_tps=1000.0, ttft_s=1.0, batch_decode_tps=16.0, slots=2)
+
+
+def test_a_reply_decodes_alone_when_its_server_is_mostly_idle():
+    # 0.6 requests/min on 2 servers of 2 slots: a second request on the same server is rare, so a
+    # reply decodes at about the speed alone (10 tok/s), not at the 8 tok/s of both slots busy
+    r = workload("m", 0.6, 100, 90, [TWO_SLOTS, TWO_SLOTS])
+    assert 9.9 < r.tokens_per_s_per_request <= 10.0
+
+
+def test_busy_slots_follow_the_load_consistently():
+    # 4 requests/min on one 2-slot server: check the fixed point with the formulas written out here.
+    r = workload("m", 4, 100, 90, [TWO_SLOTS])
+    assert r.stable
+    a = r.service_s / 15                                       # offered Erlang: 1/15 requests/s                                      # offered Erlang
+    # the size-biased busy count (one server, c = 2): m = 1 sees 1, m = 2 sees 2; P(2) = a^2/2 / (1 - a/2)
+    p1, p2 = a, a * a / 2 / (1 - a / 2)
+    busy = (1 * p1 * 1 + 2 * p2 * 2) / (p1 + 2 * p2)
+    step = 0.1 + (busy - 1) * (2 / 16 - 0.1)                   # 1/10 s alone, 2/16 s with both busy
+    # each other busy slot starts a prompt once per service time, stalling this reply by its 1 s prefill
+    decode = 90 * step / (1 - (busy - 1) / r.service_s * 1.0)
+    assert r.service_s == pytest.approx(1.0 + decode, rel=1e-6)
+    assert r.tokens_per_s_per_request == pytest.approx(90 / decode, rel=1e-6)
+    assert 8.0 < r.tokens_per_s_per_request < 10.0
 
 
 def test_workload_overloaded_and_without_servers():
