@@ -19,6 +19,8 @@ LAB_MODEL = os.path.join(ROOT, ".cache", "models", "gemma-3-270m-q4_k_m.gguf")
 
 # Rows of the memory accuracy table (tests/integration/test_memory_accuracy.py), printed at the end.
 ACCURACY_ROWS: list[str] = []
+# Rows of the H200 table (tests/unit/test_cuda_truth.py): planned/llama.cpp at exit, MiB.
+CUDA_TRUTH_ROWS: list[str] = []
 # Fault figures of the watchdog (tests/integration/test_watchdog.py), printed at the end.
 FAULT_ROWS: list[str] = []
 
@@ -28,6 +30,11 @@ def pytest_terminal_summary(terminalreporter):
     if ACCURACY_ROWS:
         terminalreporter.write_sep("=", "memory accuracy: predicted/measured MiB (llama-server -lv 4 fit projection)")
         for row in ACCURACY_ROWS:
+            terminalreporter.write_line(row)
+    if CUDA_TRUTH_ROWS:
+        terminalreporter.write_sep("=", "CUDA truth: planned/measured MiB on an H200 (llama.cpp breakdown at exit; "
+                                        "total vs nvidia-smi per process)")
+        for row in CUDA_TRUTH_ROWS:
             terminalreporter.write_line(row)
     if FAULT_ROWS:
         terminalreporter.write_sep("=", "watchdog: faults on the lab (times from the fault, seconds)")

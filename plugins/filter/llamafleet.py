@@ -13,6 +13,7 @@ import os
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import GPUError, describe_gpu
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils import _calibration as calibration
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._driver_packages import (
     driver_packages,
     stale_driver_packages,
@@ -72,12 +73,14 @@ def _gateway_config(hostvars, hosts: list, gateway_hosts: list) -> dict | None:
 
 
 def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str = ".", deployed_dir: str = "",
-                    gateway_hosts: list | None = None, server_args: dict | None = None) -> dict:
+                    gateway_hosts: list | None = None, calibration_dir: str = "",
+                    server_args: dict | None = None) -> dict:
     """The memory and speed plan and the fleet model of these hosts (plugins/plugin_utils/_plan.py).
 
     deployed_dir: where the servers play records each host's fleet as deployed (<host>.json); servers
     that left the inventory since are reported.
     gateway_hosts: the inventory group 'gateway'; its pools are validated and planned (plugin_utils/_gateway.py).
+    calibration_dir: where calibrate.yml wrote <host>.json (plugins/plugin_utils/_calibration.py).
     server_args: {role, args}: plan as if every server of that role had these args (playbooks/tune.yml).
     """
     normalized, models = [], {}
@@ -88,6 +91,9 @@ def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str 
         except InventoryError as exc:
             problems.append(str(exc))
             continue
+        source = hostvars[host].get("llamacpp_build_source") or {}
+        spec["calibration"], spec["calibration_findings"] = calibration.load(
+            calibration_dir, host, spec, source.get("ref") if isinstance(source, dict) else None)
         normalized.append(spec)
         models[host] = {}
         for name, model in spec["models"].items():
@@ -168,6 +174,17 @@ def llamafleet_cuda_elf_missing(listing: str, architectures: str) -> list:
     return cuda_elf_missing(listing, architectures)
 
 
+def llamafleet_calibration(measurements: dict, plan_result: dict, host: str) -> dict:
+    """The calibration file of one host from what calibrate.yml read there (plugins/plugin_utils/_calibration.py)."""
+    servers = [s for s in plan_result["servers"] if s["host"] == host]
+    try:
+        return calibration.build(host, measurements["backend"], measurements["llama_cpp"], measurements.get("driver"),
+                                 servers, measurements["processes"], measurements.get("compute_apps", ""),
+                                 measurements.get("timings", {}), measurements["measured_at"])
+    except (KeyError, ValueError) as exc:
+        raise AnsibleFilterError(f"calibration of {host}: {exc}") from None
+
+
 def llamafleet_tune_problems(knob, values, role, objective) -> list:
     """[] when the sweep's settings can work, else the message naming the variable and the fix."""
     try:
@@ -185,6 +202,7 @@ def llamafleet_plan_errors(plan_result: dict) -> list:
 class FilterModule:
     def filters(self):
         return {
+            "calibration": llamafleet_calibration,
             "plan": llamafleet_plan,
             "plan_errors": llamafleet_plan_errors,
             "tune_problems": llamafleet_tune_problems,

@@ -8,25 +8,29 @@ throughput llama.cpp's quantized matmuls (MMQ) can use: dp4a (4x FP32) on CC 6.1
 tensor-core TOPS from CC 7.5 on; 0 where neither exists (CC 6.0 has no dp4a).
 Sources: NVIDIA product briefs and datasheets (Tesla P40/P100/T4, L4, A100, H100 SXM), the
 TechPowerUp GPU database for consumer cards; P106-100 per ../shared/facts.md #1 (6063 MiB as
-llama.cpp reports GP106 6 GB cards).
+llama.cpp reports GP106 6 GB cards). sms: streaming multiprocessors (same sources; H200 per
+nvidia-smi on the card measured in tests/data/cuda-truth); the CUDA overhead estimate scales with
+them (plugins/plugin_utils/_overhead.py). sms is optional for a GPU declared in the inventory.
 """
 from __future__ import annotations
 
 CATALOGUE: dict[str, dict] = {
-    "P106-100":    {"memory_mib": 6063,  "bandwidth_gbs": 192.2,  "fp32_tflops": 4.375, "int8_tops": 17.5,   "compute_capability": "6.1"},
-    "GTX 1060 6GB": {"memory_mib": 6063, "bandwidth_gbs": 192.2,  "fp32_tflops": 4.375, "int8_tops": 17.5,   "compute_capability": "6.1"},
-    "GTX 1070":    {"memory_mib": 8113,  "bandwidth_gbs": 256.3,  "fp32_tflops": 6.463, "int8_tops": 25.9,   "compute_capability": "6.1"},
-    "GTX 1080":    {"memory_mib": 8113,  "bandwidth_gbs": 320.3,  "fp32_tflops": 8.873, "int8_tops": 35.5,   "compute_capability": "6.1"},
-    "Tesla P40":   {"memory_mib": 22919, "bandwidth_gbs": 347.1,  "fp32_tflops": 11.76, "int8_tops": 47.0,   "compute_capability": "6.1"},
-    "Tesla P100":  {"memory_mib": 16280, "bandwidth_gbs": 732.2,  "fp32_tflops": 9.526, "int8_tops": 0.0,    "compute_capability": "6.0"},
-    "Tesla T4":    {"memory_mib": 15360, "bandwidth_gbs": 320.0,  "fp32_tflops": 8.141, "int8_tops": 130.0,  "compute_capability": "7.5"},
-    "RTX 3060":    {"memory_mib": 12288, "bandwidth_gbs": 360.0,  "fp32_tflops": 12.74, "int8_tops": 101.9,  "compute_capability": "8.6"},
-    "RTX 3090":    {"memory_mib": 24576, "bandwidth_gbs": 936.2,  "fp32_tflops": 35.58, "int8_tops": 284.0,  "compute_capability": "8.6"},
-    "RTX 4090":    {"memory_mib": 24564, "bandwidth_gbs": 1008.0, "fp32_tflops": 82.58, "int8_tops": 660.6,  "compute_capability": "8.9"},
-    "L4":          {"memory_mib": 23034, "bandwidth_gbs": 300.0,  "fp32_tflops": 30.29, "int8_tops": 242.0,  "compute_capability": "8.9"},
-    "A100 40GB":   {"memory_mib": 40960, "bandwidth_gbs": 1555.0, "fp32_tflops": 19.5,  "int8_tops": 624.0,  "compute_capability": "8.0"},
-    "A100 80GB":   {"memory_mib": 81920, "bandwidth_gbs": 2039.0, "fp32_tflops": 19.5,  "int8_tops": 624.0,  "compute_capability": "8.0"},
-    "H100":        {"memory_mib": 81559, "bandwidth_gbs": 3350.0, "fp32_tflops": 66.9,  "int8_tops": 1979.0, "compute_capability": "9.0"},
+    "P106-100":    {"memory_mib": 6063,  "bandwidth_gbs": 192.2,  "fp32_tflops": 4.375, "int8_tops": 17.5,   "compute_capability": "6.1", "sms": 10},
+    "GTX 1060 6GB": {"memory_mib": 6063, "bandwidth_gbs": 192.2,  "fp32_tflops": 4.375, "int8_tops": 17.5,   "compute_capability": "6.1", "sms": 10},
+    "GTX 1070":    {"memory_mib": 8113,  "bandwidth_gbs": 256.3,  "fp32_tflops": 6.463, "int8_tops": 25.9,   "compute_capability": "6.1", "sms": 15},
+    "GTX 1080":    {"memory_mib": 8113,  "bandwidth_gbs": 320.3,  "fp32_tflops": 8.873, "int8_tops": 35.5,   "compute_capability": "6.1", "sms": 20},
+    "Tesla P40":   {"memory_mib": 22919, "bandwidth_gbs": 347.1,  "fp32_tflops": 11.76, "int8_tops": 47.0,   "compute_capability": "6.1", "sms": 30},
+    "Tesla P100":  {"memory_mib": 16280, "bandwidth_gbs": 732.2,  "fp32_tflops": 9.526, "int8_tops": 0.0,    "compute_capability": "6.0", "sms": 56},
+    "Tesla T4":    {"memory_mib": 15360, "bandwidth_gbs": 320.0,  "fp32_tflops": 8.141, "int8_tops": 130.0,  "compute_capability": "7.5", "sms": 40},
+    "RTX 3060":    {"memory_mib": 12288, "bandwidth_gbs": 360.0,  "fp32_tflops": 12.74, "int8_tops": 101.9,  "compute_capability": "8.6", "sms": 28},
+    "RTX 3090":    {"memory_mib": 24576, "bandwidth_gbs": 936.2,  "fp32_tflops": 35.58, "int8_tops": 284.0,  "compute_capability": "8.6", "sms": 82},
+    "RTX 4090":    {"memory_mib": 24564, "bandwidth_gbs": 1008.0, "fp32_tflops": 82.58, "int8_tops": 660.6,  "compute_capability": "8.9", "sms": 128},
+    "L4":          {"memory_mib": 23034, "bandwidth_gbs": 300.0,  "fp32_tflops": 30.29, "int8_tops": 242.0,  "compute_capability": "8.9", "sms": 58},
+    "A100 40GB":   {"memory_mib": 40960, "bandwidth_gbs": 1555.0, "fp32_tflops": 19.5,  "int8_tops": 624.0,  "compute_capability": "8.0", "sms": 108},
+    "A100 80GB":   {"memory_mib": 81920, "bandwidth_gbs": 2039.0, "fp32_tflops": 19.5,  "int8_tops": 624.0,  "compute_capability": "8.0", "sms": 108},
+    "H100":        {"memory_mib": 81559, "bandwidth_gbs": 3350.0, "fp32_tflops": 66.9,  "int8_tops": 1979.0, "compute_capability": "9.0", "sms": 132},
+    # measured (tests/data/cuda-truth): nvidia-smi total 143,771 MiB, of which CUDA (llama.cpp) sees 143,155
+    "H200":        {"memory_mib": 143155, "bandwidth_gbs": 4800.0, "fp32_tflops": 66.9, "int8_tops": 1979.0, "compute_capability": "9.0", "sms": 132},
 }
 
 # Names as nvidia-smi prints them map onto catalogue keys.
@@ -38,7 +42,7 @@ ALIASES = {
     "t4": "Tesla T4", "tesla t4": "Tesla T4",
     "geforce rtx 3060": "RTX 3060", "geforce rtx 3090": "RTX 3090", "geforce rtx 4090": "RTX 4090",
     "nvidia l4": "L4", "a100": "A100 80GB", "a100-sxm4-40gb": "A100 40GB", "a100-sxm4-80gb": "A100 80GB",
-    "h100": "H100", "h100 80gb hbm3": "H100",
+    "h100": "H100", "h100 80gb hbm3": "H100", "h200": "H200", "nvidia h200": "H200",
 }
 
 GPU_FIELDS = ("memory_mib", "bandwidth_gbs", "fp32_tflops", "int8_tops", "compute_capability")
@@ -86,6 +90,10 @@ def describe_gpu(gpu: dict, where: str) -> dict:
                 fld == "memory_mib" and value <= 0):
             raise GPUError(f"{where}.{fld} must be a positive number, got {value!r}")
         out[fld] = value
+    sms = gpu.get("sms", known.get("sms"))
+    if sms is not None and (isinstance(sms, bool) or not isinstance(sms, int) or sms <= 0):
+        raise GPUError(f"{where}.sms must be the number of streaming multiprocessors (an integer > 0), got {sms!r}")
+    out["sms"] = sms
     return out
 
 

@@ -83,15 +83,16 @@ def _device_for(spec: dict, host: dict) -> Device:
     if spec is None:  # the CPU backend: both "device" and host are the CPU
         return Device("cpu", host_bw, host_gflops / 1000.0, host_bw)
     int8 = spec["int8_tops"] or spec["fp32_tflops"]
-    return Device("cuda", spec["bandwidth_gbs"], int8, host_bw)
+    return Device("cuda", spec["bandwidth_gbs"], int8, host_bw, spec.get("sms"),
+                  cc_int(spec["compute_capability"]) >= 70)
 
 
 def _memory(host: dict, server: dict, model: ModelInfo, args: dict) -> ServerMemory:
     """The memory of one server on its host's backend and device, with the host's CUDA overhead."""
     device = f"cuda:{server['gpu']}" if host["backend"] == "cuda" else "cpu"
-    overhead = host.get("cuda_overhead_mib")
-    kwargs = {"cuda_overhead_mib": overhead} if overhead is not None else {}
-    return server_memory(model, args, host["backend"], device, **kwargs)
+    gpu = next((g for g in host["gpus"] if g["index"] == server["gpu"]), None)
+    return server_memory(model, args, host["backend"], device, cuda_overhead_mib=host.get("cuda_overhead_mib"),
+                         gpu=gpu, calibration=host.get("calibration"))
 
 
 def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] | None = None) -> dict:
@@ -109,11 +110,16 @@ def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] 
     servers_out: list[dict] = []
     mems: dict[str, ServerMemory] = {}
 
+    findings.extend(host.get("calibration_findings") or [])
     for server in host["servers"]:
         model = models[server["model"]]
         mem = _memory(host, server, model, server["args"])
         mems[server["name"]] = mem
         findings.extend(server_findings(host, server, model, mem, gpus.get(server["gpu"])))
+        for note in mem.notes:
+            if note.startswith("cuda-overhead-unknown: "):
+                findings.append(finding("error", "cuda-overhead-unknown", name, server["name"],
+                                        note.removeprefix("cuda-overhead-unknown: ")))
 
     # -- devices ------------------------------------------------------------------------------
     devices: list[dict] = []
@@ -127,15 +133,27 @@ def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] 
                             "capacity_mib": round(capacity), "planned_mib": round(planned, 1),
                             "free_mib": round(capacity - planned, 1), "fits": fits,
                             "servers": [s["name"] for s in on_it]})
+            findings.extend(overhead_findings(name, index, gpu, capacity, planned, [mems[s["name"]] for s in on_it]))
             if not fits and on_it:
                 biggest = max(on_it, key=lambda s: mems[s["name"]].total)
-                alternatives = suggest(host, biggest, models, mems, capacity, planned, _device_for(gpu, host))
+                # an estimated overhead is uncertain on every process of the card (overhead_findings)
+                uncertainty = sum(mems[s["name"]].overhead_detail.uncertainty_mib for s in on_it
+                                  if mems[s["name"]].overhead_detail
+                                  and mems[s["name"]].overhead_detail.source == "estimated")
+                alternatives = suggest(host, biggest, models, mems, capacity, planned, _device_for(gpu, host),
+                                       uncertainty)
                 parts = ", ".join(f"{s['name']} {mems[s['name']].total:,.0f} MiB "
                                   f"(model {mems[s['name']].model:,.0f} + context {mems[s['name']].context:,.0f} + "
                                   f"compute {mems[s['name']].compute:,.0f} + CUDA {mems[s['name']].overhead:,.0f})"
                                   for s in on_it)
                 fixes = "; ".join(_alternative_text(a) for a in alternatives if a["fits"]) \
                     or "no single change fits; move a server to another GPU"
+                details = [f"{s['name']} {mems[s['name']].overhead_detail.mib:,.0f} +/- "
+                           f"{mems[s['name']].overhead_detail.uncertainty_mib:,.0f} MiB" for s in on_it
+                           if mems[s["name"]].overhead_detail and mems[s["name"]].overhead_detail.source == "estimated"]
+                if details:
+                    fixes += (f" (CUDA overhead of {gpu['name']} estimated, per process: {', '.join(details)}; "
+                              f"run playbooks/calibrate.yml to measure it)")
                 findings.append(finding(
                     "error", "does-not-fit", name, biggest["name"],
                     f"cuda:{index} ({gpu['name']}, {capacity:,.0f} MiB) needs {planned:,.0f} MiB: {parts}. "
@@ -153,7 +171,7 @@ def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] 
         mem = mems[server["name"]]
         args = effective(server["args"])
         weights = mem.model if backend == "cpu" else mem.host_model
-        own = (mem.context + mem.compute if backend == "cpu" else mem.host_compute) + mem.host_overhead
+        own = (mem.context + mem.compute if backend == "cpu" else mem.host_compute) + mem.host_output + mem.host_overhead
         cache = mem.host_prompt_cache
         limit = float(server["container_memory_mib"] or math.inf)
         if args.get("load_mode") in ("none", "dio"):
@@ -197,6 +215,11 @@ def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] 
         dev = _device_for(gpus.get(server["gpu"]) if backend == "cuda" else None, host)
         speeds[server["name"]] = server_speed(
             model, mem, dev, int(wl.get("prompt_tokens", DEFAULT_PROMPT)), int(wl.get("reply_tokens", DEFAULT_REPLY)))
+        device_name = gpus[server["gpu"]]["name"] if backend == "cuda" and server["gpu"] in gpus else "cpu"
+        measured = ((host.get("calibration") or {}).get("speed") or {}).get(server["model"], {}).get(device_name)
+        if measured:
+            speeds[server["name"]] = calibrated_speed(speeds[server["name"]], measured,
+                                                      int(wl.get("prompt_tokens", DEFAULT_PROMPT)))
     for model_name, wl in sorted(host["workload"].items()):
         chat = [s for s in host["servers"] if s["model"] == model_name and s["role"] == "chat"]
         if not chat or model_name in pooled:
@@ -219,11 +242,17 @@ def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] 
 
     for server in host["servers"]:
         mem = mems[server["name"]]
+        detail = mem.overhead_detail
         servers_out.append({
             "host": name, "name": server["name"], "role": server["role"], "model": server["model"],
             "device": mem.device, "memory_mib": mem.columns(),
+            "gpu_name": gpus[server["gpu"]]["name"] if backend == "cuda" and server["gpu"] in gpus else None,
+            "overhead_detail": None if not detail else {
+                "source": detail.source, "mib": round(detail.mib, 1), "uncertainty_mib": detail.uncertainty_mib,
+                "parts": {k: round(float(v), 1) for k, v in detail.parts.items()}},
             "host_memory_mib": {"model": round(mem.host_model if backend == "cuda" else mem.model, 1),
                                 "compute": round(mem.host_compute, 1),
+                                "output": round(mem.host_output, 1),
                                 "prompt_cache": None if math.isinf(mem.host_prompt_cache) else round(mem.host_prompt_cache, 1),
                                 "overhead": round(mem.host_overhead, 1),
                                 "container_limit": server["container_memory_mib"]},
@@ -247,6 +276,44 @@ def _gpu_stack(host: dict, findings: list[dict]) -> dict:
     for err in stack["errors"]:
         findings.append(finding("error", err["code"], host["host"], None, f"{host['host']}: {err['message']}"))
     return {k: stack[k] for k in ("driver_branch", "cuda_version", "cuda_architectures", "kernel_modules")}
+
+
+def calibrated_speed(predicted: Speed, measured: dict, prompt_tokens: int) -> Speed:
+    """The host's measured decode/prefill (calibrate.yml) in place of the roofline's, for one server.
+
+    Batched decode keeps the model's ratio to single-stream decode (calibrate.yml measures one stream).
+    """
+    decode, prefill = float(measured["decode_tps"]), float(measured["prefill_tps"])
+    batch = predicted.batch_decode_tps * decode / predicted.decode_tps if predicted.decode_tps else decode
+    return Speed(decode, prefill, prompt_tokens / prefill + 1.0 / decode, batch, predicted.slots, "calibrated")
+
+
+def overhead_findings(hname: str, index: int, gpu: dict, capacity: float, planned: float,
+                      mems: list[ServerMemory]) -> list[dict]:
+    """How sure the verdict on one GPU is: its CUDA overhead estimated, measured or calibrated.
+
+    The servers on one card share its overhead model, so their uncertainties add up.
+    """
+    details = [m.overhead_detail for m in mems if m.overhead_detail and m.overhead_detail.source != "set"]
+    if not details:
+        return []
+    uncertainty = sum(d.uncertainty_mib for d in details)
+    spare = capacity - planned
+    per = "; ".join(sorted({d.describe(gpu["name"]) + " per process" for d in details}))
+    sources = {d.source for d in details}
+    if spare < 0:
+        return []  # does-not-fit says what to change
+    if "estimated" not in sources:
+        return [finding("info", "cuda-overhead-" + sorted(sources)[0], hname, None,
+                        f"cuda:{index} ({gpu['name']}) fits with {spare:,.0f} MiB to spare; {per}",
+                        device=f"cuda:{index}", spare_mib=round(spare, 1), uncertainty_mib=uncertainty)]
+    level = "warning" if spare < uncertainty else "info"
+    verdict = (f"fits with {spare:,.0f} MiB to spare" if level == "info" else
+               f"fits with only {spare:,.0f} MiB to spare, less than the overhead's uncertainty ({uncertainty:,.0f} MiB "
+               f"over {len(details)} process(es)), so it may not fit")
+    return [finding(level, "cuda-overhead-estimated", hname, None,
+                    f"cuda:{index} ({gpu['name']}) {verdict}; {per}; run playbooks/calibrate.yml on the host "
+                    f"to measure it", device=f"cuda:{index}", spare_mib=round(spare, 1), uncertainty_mib=uncertainty)]
 
 
 def server_findings(host: dict, server: dict, model: ModelInfo, mem: ServerMemory, gpu: dict | None) -> list[dict]:
@@ -303,11 +370,12 @@ def server_findings(host: dict, server: dict, model: ModelInfo, mem: ServerMemor
     limit = float(server["container_memory_mib"])
     if host["backend"] == "cuda":
         need = mem.host_total_without_cache
-        parts = f"CPU weights {mem.host_model:,.0f} + CPU compute {mem.host_compute:,.0f} + process {mem.host_overhead:,.0f}"
+        parts = (f"CPU weights {mem.host_model:,.0f} + CPU compute {mem.host_compute:,.0f} + "
+                 f"output buffer {mem.host_output:,.0f} + process {mem.host_overhead:,.0f}")
     else:
-        need = mem.model + mem.context + mem.compute + mem.host_overhead
+        need = mem.model + mem.context + mem.compute + mem.host_output + mem.host_overhead
         parts = (f"weights {mem.model:,.0f} + KV {mem.context:,.0f} + compute {mem.compute:,.0f} + "
-                 f"process {mem.host_overhead:,.0f}")
+                 f"output buffer {mem.host_output:,.0f} + process {mem.host_overhead:,.0f}")
     if need > limit:
         add("error", "container-memory-too-small",
             f"{name}: needs {need:,.0f} MiB of RAM ({parts}) but container_memory is {server['container_memory']}; "
@@ -336,13 +404,20 @@ def server_findings(host: dict, server: dict, model: ModelInfo, mem: ServerMemor
             add("warning", "partial-offload",
                 f"{name}: only {mem.gpu_layers}/{mem.n_layer} layers"
                 f"{'' if mem.output_on_device else ' (output layer on the CPU)'} are on {gpu['name']}; "
-                f"{mem.host_model:,.0f} MiB of weights are read by the CPU for every token, which dominates decode "
+                f"{mem.host_weights:,.0f} MiB of weights are read by the CPU for every token, which dominates decode "
                 f"speed. Fit the model (smaller quantization or context) to offload all {mem.n_layer + 1} layers")
     return out
 
 
 def _alternative_text(alt: dict) -> str:
-    text = f"{alt['change']} -> {alt['device_total_mib']:,.0f} MiB, {alt['decode_tps']:.1f} tok/s, TTFT {alt['ttft_s']:.1f} s"
+    text = f"{alt['change']} -> {alt['device_total_mib']:,.0f} MiB"
+    if "spare_mib" in alt and alt["fits"]:
+        if alt["spare_mib"] < alt.get("uncertainty_mib", 0):
+            text += (f" (fits with only {alt['spare_mib']:,.0f} MiB to spare, less than the CUDA overhead's "
+                     f"uncertainty of {alt['uncertainty_mib']:,.0f} MiB: it may not fit)")
+        else:
+            text += f" (fits with {alt['spare_mib']:,.0f} MiB to spare)"
+    text += f", {alt['decode_tps']:.1f} tok/s, TTFT {alt['ttft_s']:.1f} s"
     wl = alt.get("workload")
     if wl:
         text += (f", at the declared load {wl['utilisation']:.0%} busy, TTFT p95 {wl['ttft_p95_s']:.1f} s" if wl["stable"]
@@ -351,8 +426,12 @@ def _alternative_text(alt: dict) -> str:
 
 
 def suggest(host: dict, server: dict, models: dict[str, ModelInfo], mems: dict[str, ServerMemory],
-            capacity: float, planned: float, dev: Device) -> list[dict]:
-    """Single changes to one server that would make its GPU fit, cheapest first, with predictions."""
+            capacity: float, planned: float, dev: Device, uncertainty: float = 0.0) -> list[dict]:
+    """Single changes to one server that would make its GPU fit, cheapest first, with predictions.
+
+    uncertainty: MiB the card's estimated CUDA overhead may be off by; a change that leaves less to
+    spare is marked so (uncertainty_mib), still counted as fitting on the planned figures.
+    """
     model = models[server["model"]]
     current = mems[server["name"]].total
     others = planned - current
@@ -367,6 +446,7 @@ def suggest(host: dict, server: dict, models: dict[str, ModelInfo], mems: dict[s
         total = others + mem.total
         speed = server_speed(m, mem, dev, prompt, reply)
         out = {"change": change, "device_total_mib": round(total, 1), "fits": total <= capacity,
+               "spare_mib": round(capacity - total, 1), **({"uncertainty_mib": uncertainty} if uncertainty else {}),
                "decode_tps": round(speed.decode_tps, 1), "ttft_s": round(speed.ttft_s, 2),
                "gpu_layers": f"{mem.gpu_layers}/{mem.n_layer}" + ("+output" if mem.output_on_device else "")}
         if wl:

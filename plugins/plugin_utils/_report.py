@@ -36,11 +36,21 @@ def server_rows(plan: dict) -> tuple[list[str], list[list]]:
     for s in plan["servers"]:
         m, sp = s["memory_mib"], s["speed"]
         rows.append([s["name"], s["role"], s["model"], s["device"], s["gpu_layers"], f"{m['model']:,.0f}",
-                     f"{m['context']:,.0f}", f"{m['compute']:,.0f}", f"{m['overhead']:,.0f}", f"{m['total']:,.0f}",
-                     f"{sp['decode_tps']:.1f}" if s["role"] == "chat" else "-",
+                     f"{m['context']:,.0f}", f"{m['compute']:,.0f}", _overhead_cell(m["overhead"], s.get("overhead_detail")),
+                     f"{m['total']:,.0f}",
+                     (f"{sp['decode_tps']:.1f}" + (" calibrated" if sp.get("source") == "calibrated" else ""))
+                     if s["role"] == "chat" else "-",
                      f"{sp['ttft_s']:.2f}" if s["role"] == "chat" else "-"])
     return ["server", "role", "model", "device", "layers", "model", "context", "compute", "overhead",
             "total MiB", "tok/s", "TTFT s"], rows
+
+
+def _overhead_cell(mib: float, detail: dict | None) -> str:
+    """The CUDA overhead with where it comes from: estimated or measured +/- MiB, calibrated, or set."""
+    if not detail:
+        return f"{mib:,.0f}"
+    spread = f" +/- {detail['uncertainty_mib']:,.0f}" if detail.get("uncertainty_mib") else ""
+    return f"{mib:,.0f}{spread} {detail['source']}"
 
 
 def stack_rows(plan: dict) -> tuple[list[str], list[list]]:
@@ -121,11 +131,21 @@ def _s(value) -> str:
     return "unbounded" if value is None else f"{value:.2f} s"
 
 
+def _fits_cell(alt: dict) -> str:
+    """yes/no, and "maybe" where the spare MiB are fewer than the card's estimated overhead may be off by."""
+    if not alt["fits"]:
+        return "no"
+    if alt.get("spare_mib", 0) < alt.get("uncertainty_mib", 0):
+        return f"maybe ({alt['spare_mib']:,.0f} MiB spare, overhead +/- {alt['uncertainty_mib']:,.0f})"
+    return "yes"
+
+
 def markdown(plan: dict) -> str:
     lines = ["# llamafleet plan", "",
              "Predicted from GGUF metadata and the inventory, before deployment. Memory columns are "
              "llama.cpp's own (model, context = KV cache, compute = graph buffers) plus the per-process "
-             "CUDA overhead; speeds are roofline estimates (see docs/plan.md).", "", "## Devices", ""]
+             "CUDA overhead (estimated, measured on the card elsewhere, calibrated on the host, or set in the inventory); "
+             "speeds are roofline estimates unless marked calibrated (see docs/plan.md).", "", "## Devices", ""]
     lines += _md_table(*device_rows(plan))
     if stack_rows(plan)[1]:
         lines += ["", "## GPU hosts", ""] + _md_table(*stack_rows(plan))
@@ -150,7 +170,7 @@ def markdown(plan: dict) -> str:
                       "utilisation at declared load | TTFT p50 | TTFT p95 |", "  |---|---|---|---|---|---|---|---|---|"]
         for alt in f.get("alternatives", []):
             w = alt.get("workload") or {}
-            lines.append(f"  | {alt['change']} | {alt['device_total_mib']:,.0f} | {'yes' if alt['fits'] else 'no'} | "
+            lines.append(f"  | {alt['change']} | {alt['device_total_mib']:,.0f} | {_fits_cell(alt)} | "
                          f"{alt['gpu_layers']} | {alt['decode_tps']} | {alt['ttft_s']} s | "
                          f"{format(w['utilisation'], '.0%') if w else '-'} | {_s(w.get('ttft_p50_s')) if w else '-'} | "
                          f"{_s(w.get('ttft_p95_s')) if w else '-'} |")

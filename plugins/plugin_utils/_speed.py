@@ -23,6 +23,25 @@ DECODE_EFFICIENCY = 0.6       # share of peak bandwidth a decode step achieves
 PREFILL_EFFICIENCY = 0.235    # share of peak integer throughput prefill achieves (dp4a / MMQ)
 PCIE_GBS = 3.0                # effective host->device copy rate for CPU-resident layers (x4-x16 gen3 riser mix)
 
+# Single-stream decode on CUDA: t_token = W / BW_eff + KV / BW_eff + n_layer x (C0 + C1 / SMs)
+# (x GRAPHS with CUDA graphs, compute capability >= 7.0). A fast card does not reach its bandwidth
+# at batch 1, a slow one nearly does: BW_eff = BW x A / (1 + BW / B0). Fitted to llama-bench tg128
+# (docs/plan.md "Speed that holds on fast and slow cards"):
+#   Tesla P40 (347.1 GB/s, 30 SMs): 7B Q4_0 56.5 tok/s, Q5_0 48.2 (PR #4766): GPU weights 3.750 and
+#     4.560 GB -> 0.810 GB per 3.048 ms: BW_eff 265.8 GB/s; fixed 17.70 - 3.750/265.8 = 3.59 ms.
+#   H200 (4800 GB/s, 132 SMs): 8B Q4_K_M 245.2, Q6_K 192.2 tok/s (tests/data/cuda-truth): 4.617 and
+#     6.157 GB -> 1.540 GB per 1.125 ms: BW_eff 1368.6 GB/s; fixed 0.704 ms with CUDA graphs,
+#     1.177 ms without (230.5 / 185.4 tok/s with GGML_CUDA_DISABLE_GRAPHS=1).
+#   BW_eff through both: 13.829 (1 + 347.1/B0) = 5.149 (1 + 4800/B0) -> B0 = 2294, A = 0.8816.
+#   Fixed per layer: 3.59 ms / 32 = 112.2 us = C0 + C1/30; 1.177 / 32 = 36.8 us = C0 + C1/132
+#   -> C1 = 2927 us x SM, C0 = 14.6 us; graphs 0.704 / 1.177 = 0.598.
+BW_A, BW_B0_GBS = 0.8816, 2294.0
+FIXED_C0_S, FIXED_C1_S = 14.6e-6, 2927e-6
+GRAPHS_FACTOR = 0.598
+# Each further sequence in a decode step adds this share of the weights' read time (H200, Q4_K_M,
+# llama-batched-bench: steps of 4.12 ms alone and 9.60 ms for 8 sequences: 5.48 / (7 x 3.374 ms)).
+PER_SEQUENCE_SHARE = 0.232
+
 
 @dataclass
 class Device:
@@ -35,6 +54,22 @@ class Device:
     bandwidth_gbs: float
     compute_tops: float        # quantized-matmul throughput (INT8 or FP32), TOPS
     host_bandwidth_gbs: float  # CPU memory bandwidth, for layers left on the CPU (effective)
+    sms: int | None = None     # streaming multiprocessors (cuda): the per-token fixed cost scales with 1/SMs
+    cuda_graphs: bool = False  # compute capability >= 7.0: llama.cpp replays decode steps as CUDA graphs
+
+    def effective_bandwidth_gbs(self) -> float:
+        """What a batch-1 decode step reads per second (BW_A, BW_B0_GBS above); the CPU's is declared."""
+        if self.kind != "cuda":
+            return self.bandwidth_gbs
+        if self.sms is None:  # no SM count: the old flat efficiency
+            return self.bandwidth_gbs * DECODE_EFFICIENCY
+        return self.bandwidth_gbs * BW_A / (1 + self.bandwidth_gbs / BW_B0_GBS)
+
+    def fixed_step_s(self, n_layer: int) -> float:
+        """Per-token time that does not scale with bytes: kernel launches and small kernels."""
+        if self.kind != "cuda" or self.sms is None:
+            return 0.0
+        return n_layer * (FIXED_C0_S + FIXED_C1_S / self.sms) * (GRAPHS_FACTOR if self.cuda_graphs else 1.0)
 
     @property
     def decode_efficiency(self) -> float:
@@ -52,6 +87,7 @@ class Speed:
     ttft_s: float              # for the workload's prompt (or 512 tokens)
     batch_decode_tps: float    # all slots decoding together (aggregate)
     slots: int
+    source: str = "estimated"  # or "calibrated": measured on the host by calibrate.yml
 
     def to_dict(self) -> dict:
         return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
@@ -78,16 +114,21 @@ def server_speed(model: ModelInfo, mem: ServerMemory, dev: Device, prompt_tokens
         model.weights_bytes - model.token_embd_bytes + (model.token_embd_bytes if model.tied_output else 0))
     host_w = 0.0
     if dev.kind == "cuda":
-        host_w = max(mem.host_model * MIB - model.token_embd_bytes, 0.0)
+        host_w = max(mem.host_weights * MIB - model.token_embd_bytes, 0.0)
     avg_ctx = prompt_tokens + reply_tokens / 2
     kv_per_token = (mem.context * MIB / max(mem.kv.cells_base * mem.kv.streams, 1)) if mem.kv and mem.context else 0.0
     kv_read = kv_per_token * avg_ctx
-    bw = dev.bandwidth_gbs * 1e9 * dev.decode_efficiency
+    bw = dev.effective_bandwidth_gbs() * 1e9
     host_bw = dev.host_bandwidth_gbs * 1e9  # declared as measured: no efficiency factor
-    t_weights = dev_w / bw + host_w / host_bw
+    t_dev = dev_w / bw
+    t_weights = t_dev + host_w / host_bw + dev.fixed_step_s(model.n_layer)
     t_step1 = t_weights + kv_read / bw
     decode = 1.0 / t_step1
-    t_stepn = t_weights + slots * kv_read / bw + (slots - 1) * shared_step_s(model, dev)
+    # CUDA cards with an SM count: the share fitted to llama-batched-bench on the H200; other devices
+    # (the CPU backend, measured on the lab in docs/bench.md): one more slot's matmul work per step
+    extra = (PER_SEQUENCE_SHARE * t_dev if dev.kind == "cuda" and dev.sms is not None
+             else shared_step_s(model, dev))
+    t_stepn = t_weights + slots * kv_read / bw + (slots - 1) * extra
     batch = slots / t_stepn
 
     # prefill: 2 FLOP per block parameter per prompt token; with partial offload the GPU still

@@ -87,7 +87,7 @@ def test_container_contract(deployed):
         assert c["Config"]["User"] == "10001:10001"
         assert host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"]
         assert "no-new-privileges:true" in host["SecurityOpt"]
-        assert host["Memory"] == (768 if name.startswith("chat") else 512) * 2**20
+        assert host["Memory"] == (768 if name.startswith("chat") else 1408) * 2**20
         assert host["LogConfig"]["Type"] == "json-file" and host["LogConfig"]["Config"]["max-size"] == "10m"
         assert host["NetworkMode"] == "host"
         args = c["Args"]

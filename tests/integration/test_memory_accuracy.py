@@ -29,6 +29,7 @@ MODELS = {
     "llama8b-q4km": (SHAPES["llama-3.1-8b"], "Q4_K_M"),
     "small-llama-q8": (SMALL_LLAMA, "Q8_0"),
     "wide-gemma3-q8": (WIDE_GEMMA3, "Q8_0"),
+    "nomic-f16": (SHAPES["nomic-embed-text-v1.5"], "F16"),
 }
 Q8 = {"flash_attn": "on", "cache_type_k": "q8_0", "cache_type_v": "q8_0"}
 CONFIGS = [
@@ -51,6 +52,20 @@ CONFIGS = [
     ("wide-gemma3-q8", {"ctx_size": 8192, "parallel": 1, "swa_full": True, "ubatch_size": 128}),
     ("wide-gemma3-q8", {"ctx_size": 4096, "parallel": 2, "swa_full": True, "flash_attn": "on",
                         "cache_type_k": "f16", "cache_type_v": "q8_0"}),
+    # embedding servers: every token is an output, and a decoder runs its output layer on all of them
+    ("gemma-270m", {"embeddings": True, "pooling": "mean", "ctx_size": 512, "parallel": 1, "batch_size": 512,
+                    "ubatch_size": 512}),  # the lab's embedding server
+    ("gemma-270m", {"embeddings": True, "pooling": "none", "ctx_size": 1024, "parallel": 1, "batch_size": 256,
+                    "ubatch_size": 256}),
+    ("gemma-270m", {"embeddings": True, "pooling": "last", "ctx_size": 2048, "parallel": 2, "batch_size": 1024,
+                    "ubatch_size": 1024}),
+    ("nomic-f16", {"embeddings": True, "ctx_size": 2048, "batch_size": 2048, "ubatch_size": 2048, "parallel": 1}),
+    # long contexts, sliding-window layers at long context, attention without flash attention
+    ("gemma-270m", {"ctx_size": 32768, "parallel": 1, "ubatch_size": 512}),
+    ("gemma-270m", {"ctx_size": 32768, "parallel": 1, "ubatch_size": 256, "flash_attn": "off"}),
+    ("llama8b-q4km", dict(Q8, ctx_size=65536, parallel=1, ubatch_size=512)),
+    ("llama8b-q4km", {"ctx_size": 16384, "parallel": 2, "ubatch_size": 256, "flash_attn": "off"}),
+    ("wide-gemma3-q8", {"ctx_size": 32768, "parallel": 4, "ubatch_size": 512, "flash_attn": "off"}),
 ]
 ROWS = ACCURACY_ROWS  # printed at the end of the session (conftest.pytest_terminal_summary)
 

@@ -38,6 +38,15 @@ def test_production_example_is_refused_with_reasons_and_alternatives(tmp_path):
     fit = next(f for f in report["findings"] if f["code"] == "does-not-fit" and f["server"] == "chat-0")
     winners = [a for a in fit["alternatives"] if a["fits"] and a.get("workload", {}).get("stable")]
     assert winners and winners[0]["change"].startswith("model: stheno-q4km")
+    # no P106-100 was ever measured: its CUDA overhead is estimated, +/- 90 MiB per process (docs/plan.md), from
+    # 94.0 + 0.001877 x (10 SMs x 2048 threads) = 132.4 MiB; the F16 embedder adds cuBLAS 70 and its pool 24: 226.4
+    assert (chat0["overhead_detail"]["source"], chat0["overhead_detail"]["uncertainty_mib"]) == ("estimated", 90)
+    assert ("(CUDA overhead of P106-100 estimated, per process: chat-0 132 +/- 90 MiB, embed-0 226 +/- 90 MiB; run "
+            "playbooks/calibrate.yml to measure it)") in fit["message"]
+    # and it still says what fits: Q4_K_M with more to spare than the two estimates together may be off by
+    assert winners[0]["spare_mib"] > winners[0]["uncertainty_mib"] == 180
+    # the embedding containers hold llama.cpp's 244 MiB host output buffer (640m in the example)
+    assert "container-memory-too-small" not in codes
     assert "does-not-fit" in (tmp_path / "plan.md").read_text()
     # the build and driver settings for its P106-100 cards (CC 6.1): branch 580, the last for Pascal; CUDA 12.9.1,
     # the last toolkit that compiles sm_61; real code for sm_61 (facts.md #1, #2)

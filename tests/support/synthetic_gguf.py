@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFWriter, PoolingType
 
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import tensor_bytes, tensor_table
 
@@ -35,8 +35,22 @@ def write_model(path: str, shape: dict, quantization: str, name: str = "syntheti
         w.add_rope_dimension_count(shape["head_dim"])
     if shape.get("n_swa"):
         w.add_sliding_window(shape["n_swa"])
-    # A plain SPM vocabulary: enough for llama.cpp to build its tokenizer.
     n_vocab = shape["n_vocab"]
+    if arch == "nomic-bert":  # an encoder: BERT tokenizer, no causal attention, mean pooling
+        w.add_layer_norm_eps(1e-12)
+        w.add_causal_attention(False)
+        w.add_pooling_type(PoolingType.MEAN)
+        w.add_uint32("tokenizer.ggml.token_type_count", 2)
+        w.add_tokenizer_model("bert")
+        w.add_token_list(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"t{i}" for i in range(n_vocab - 5)])
+        w.add_token_types([3, 2, 3, 3, 3] + [1] * (n_vocab - 5))
+        w.add_unk_token_id(1)
+        w.add_sep_token_id(3)
+        w.add_uint32("tokenizer.ggml.cls_token_id", 2)
+        w.add_pad_token_id(0)
+        w.add_mask_token_id(4)
+        return _finish(w, path, shape, quantization)
+    # A plain SPM vocabulary: enough for llama.cpp to build its tokenizer.
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
     tokens += [f"t{i}" for i in range(n_vocab - len(tokens))]
     w.add_tokenizer_model("llama")
@@ -46,6 +60,11 @@ def write_model(path: str, shape: dict, quantization: str, name: str = "syntheti
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_unk_token_id(0)
+    return _finish(w, path, shape, quantization)
+
+
+def _finish(w: GGUFWriter, path: str, shape: dict, quantization: str) -> str:
+    """Tensor table and header; the data section stays a sparse hole."""
     data = 0
     for tname, ne, type_name in tensor_table(shape, quantization):
         nbytes = tensor_bytes(ne, type_name)

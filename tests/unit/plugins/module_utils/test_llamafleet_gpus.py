@@ -35,10 +35,11 @@ def test_lookup_spellings(name, key):
 
 
 def test_p106_figures_from_facts():
-    # facts.md #1: 6063 MiB as llama.cpp reports it, 192.2 GB/s, 4.375 TFLOPS FP32, dp4a 4 x FP32, CC 6.1
+    # facts.md #1: 6063 MiB as llama.cpp reports it, 192.2 GB/s, 4.375 TFLOPS FP32, dp4a 4 x FP32, CC 6.1;
+    # GP106 (GTX 1060 6GB): 1,280 CUDA cores / 128 per Pascal SM = 10 SMs
     assert describe_gpu({"index": 2, "name": "P106-100"}, "g") == {
         "index": 2, "name": "P106-100", "memory_mib": 6063, "bandwidth_gbs": 192.2, "fp32_tflops": 4.375,
-        "int8_tops": 17.5, "compute_capability": "6.1"}
+        "int8_tops": 17.5, "compute_capability": "6.1", "sms": 10}
     # a declared figure wins over the catalogue; a number as compute capability is read as text
     gpu = describe_gpu({"index": 0, "name": "P106-100", "memory_mib": 6000, "compute_capability": 6.1}, "g")
     assert gpu["memory_mib"] == 6000 and gpu["compute_capability"] == "6.1"

@@ -91,9 +91,9 @@ def test_normalized_host_in_full():
         "llamacpp_build_cuda_version": "12.9.1"})
     assert out == {
         "host": "h", "backend": "cuda", "bind_address": "127.0.0.1", "container_prefix": "llamafleet-",
-        # completed from the catalogue: P106-100 per facts.md #1
+        # completed from the catalogue: P106-100 per facts.md #1; 10 SMs (1,280 CUDA cores / 128 per Pascal SM)
         "gpus": [{"index": 0, "name": "P106-100", "memory_mib": 6063, "bandwidth_gbs": 192.2, "fp32_tflops": 4.375,
-                  "int8_tops": 17.5, "compute_capability": "6.1"}],
+                  "int8_tops": 17.5, "compute_capability": "6.1", "sms": 10}],
         "models": {"m": {"path": "/models/m.gguf", "sha256": SHA}},
         "servers": [{"name": "c", "role": "chat", "model": "m", "gpu": 0, "port": 8100, "container_memory": "2g",
                      "container_memory_mib": 2048, "args": {"ctx_size": 4096}, "ulimits": ["memlock:-1:-1"]}],

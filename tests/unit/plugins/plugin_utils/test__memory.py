@@ -64,7 +64,9 @@ def test_embedding_models_have_no_kv_cache():
     assert mem.context == 0 and mem.host_prompt_cache == 0
 
 
-@pytest.mark.parametrize("ngl,layers,output", [(99, 32, True), (33, 32, True), (32, 31, False), (0, 0, False), (-1, 32, True)])
+# -ngl counts the output layer first (src/llama-model.cpp: il = n_layer is on the GPU once ngl >= 1)
+@pytest.mark.parametrize("ngl,layers,output", [(99, 32, True), (33, 32, True), (32, 31, True), (28, 27, True),
+                                               (1, 0, True), (0, 0, False), (-1, 32, True)])
 def test_layer_placement(ngl, layers, output):
     on_gpu, out = placement(L8["Q6_K"], ngl)
     assert (len(on_gpu), out) == (layers, output)
@@ -75,8 +77,14 @@ def test_layer_placement(ngl, layers, output):
 def test_partial_offload_moves_weights_to_the_host():
     full = server_memory(L8["Q6_K"], USER, "cuda", "cuda:0")
     part = server_memory(L8["Q6_K"], dict(USER, n_gpu_layers=28), "cuda", "cuda:0")
-    assert part.model < full.model
-    assert part.host_model - full.host_model == pytest.approx(full.model - part.model, rel=1e-6)
+    # H200, llama.cpp's breakdown at -ngl 28: CUDA0 model 5,018 MiB (27 layers + output.weight);
+    # Host model 1,675 MiB at exit: the mapped range token_embd .. blk.4, output.weight included
+    assert part.model == pytest.approx(5018, abs=1)
+    assert part.host_model == pytest.approx(1675, abs=1)
+    # without mmap only the CPU tensors: token_embd 411 + 5 layers x 170.6 = 1,264 (llama.cpp's projection)
+    anon = server_memory(L8["Q6_K"], dict(USER, n_gpu_layers=28, load_mode="none"), "cuda", "cuda:0")
+    assert anon.host_model == pytest.approx(1264, abs=1)
+    assert full.host_model == pytest.approx(411, abs=1)
 
 
 def test_flash_attention_off_grows_compute():
@@ -89,6 +97,61 @@ def test_flash_attention_off_grows_compute():
 def test_default_prompt_cache_is_8_gib_and_unlimited_is_inf():
     assert server_memory(GEMMA, {}, "cpu").host_prompt_cache == 8192
     assert server_memory(GEMMA, {"cache_ram": -1}, "cpu").host_prompt_cache == float("inf")
+
+
+# -- embedding servers on decoder models: every token is an output ---------------------------------
+LAB_EMBED = {"embeddings": True, "pooling": "mean", "ctx_size": 512, "parallel": 1, "batch_size": 512,
+             "ubatch_size": 512, "threads": 1}
+
+
+def test_embedding_server_on_a_decoder_computes_logits_for_every_token():
+    mem = server_memory(GEMMA, LAB_EMBED, "cpu")
+    # logits 262,144 x 512 x 4 B = 512 MiB + residual 3 x 640 x 512 x 4 B = 3.75 MiB
+    assert mem.compute == pytest.approx(515.75, abs=0.01)
+    # output buffer: (262,144 logits + 640 embedding) floats x 512 rows = 513.25 MiB, host RAM
+    assert mem.host_output == pytest.approx(513.25, abs=0.01)
+
+
+def test_chat_server_outputs_one_row_per_slot():
+    mem = server_memory(GEMMA, {"ctx_size": 4096, "parallel": 2, "ubatch_size": 256, "batch_size": 256}, "cpu")
+    assert mem.host_output == pytest.approx(2.0)  # 262,144 x 2 slots x 4 B
+    # FFN phase: masks (2048 + 768 SWA cells: PAD256(512 + 256)) x 256 rows x 2 B = 1.375 MiB (one
+    # row per token, whatever the streams) + residual 3 x 640 x 256 x 4 = 1.875 MiB + FFN 3 x 2048 x
+    # 256 x 4 = 6 MiB = 9.25 MiB; the output phase is only 2 MiB + 1.875
+    assert mem.compute == pytest.approx(9.25)
+
+
+def test_pooling_none_still_outputs_every_token():
+    none = server_memory(GEMMA, dict(LAB_EMBED, pooling="none", ubatch_size=256, batch_size=256), "cpu")
+    assert none.compute == pytest.approx(256 + 3 * 640 * 256 * 4 / 2**20)  # 256 MiB of logits + 1.875
+
+
+def test_encoder_embedding_output_buffer():
+    mem = server_memory(NOMIC, {"embeddings": True, "ctx_size": 2048, "batch_size": 2048, "ubatch_size": 2048,
+                                "n_gpu_layers": 99}, "cuda", "cuda:0")
+    # llama.cpp allocates logits rows even for BERT: (30,522 + 768) x 2048 x 4 B = 244.45 MiB pinned host
+    assert mem.host_output == pytest.approx((30522 + 768) * 2048 * 4 / 2**20)
+    # H200: CUDA0 model 216 MiB (no output projection on an encoder; token_embd stays on the host)
+    assert mem.model == pytest.approx(216, abs=1)
+    # H200: CUDA0 compute 92 MiB, Host compute 20 MiB
+    assert mem.compute == pytest.approx(92, rel=0.1)
+    assert mem.host_compute == pytest.approx(20, abs=4)
+
+
+@pytest.mark.parametrize("ctk,ub,measured", [("q8_0", 64, 37), ("f16", 64, 14), ("q8_0", 512, 116)])
+def test_cuda_compute_matches_h200(ctk, ub, measured):
+    args = dict(USER, cache_type_k=ctk, cache_type_v=ctk, ubatch_size=ub, batch_size=max(ub, 128))
+    mem = server_memory(L8["Q6_K"], args, "cuda", "cuda:0")
+    # ub 64 q8_0: masks 8192 x 64 x 2 B = 1 MiB + residual 3 x 4096 x 64 x 4 = 3 MiB + attention
+    # (Q,K,V twice: 6144 x 64 x 8 B = 3 MiB; F16 K and V: 8192 x 2048 x 2 B = 32 MiB) = 39 MiB
+    # ub 512 q8_0: masks 8 + residual 24 + FFN 3 x 14336 x 512 x 4 = 84 -> 116 MiB
+    assert mem.compute == pytest.approx(measured, abs=max(4, 0.1 * measured))
+
+
+def test_partial_offload_copies_a_cpu_weight_to_the_gpu():
+    mem = server_memory(L8["Q6_K"], dict(USER, n_gpu_layers=28), "cuda", "cuda:0")
+    # FFN phase: masks 1 + residual 3 + FFN 10.5 + the Q6_K ffn matrix 14336 x 4096 x 210/256 B = 45.9 MiB
+    assert mem.compute == pytest.approx(60.4, abs=0.1)  # llama.cpp on the H200: 61
 
 
 # -- llama.cpp's memory breakdown, measured on this machine (testing.md, CPU backend, -lv 4) -----------
@@ -162,9 +225,12 @@ def test_toy_fully_offloaded_on_cuda():
     assert mem.host_model == 2             # token_embd
     assert mem.context == 8 and mem.compute == 13
     assert mem.overhead == 250             # the planning default for a CUDA process
-    assert mem.host_compute == 2           # n_embd 512 x 512 tokens x 4 B x 2 (input and its copy)
+    # n_embd 512 x 512 tokens x 4 B x 3 (token_embd's get_rows result, its scaled copy, the first GPU split's input)
+    assert mem.host_compute == 3
     assert mem.host_overhead == 64 + 160   # process + CUDA runtime host allocations
-    assert mem.host_total_without_cache == 2 + 2 + 224
+    # output buffer: 1,000 logits x 1 row x 4 B = 4,000 B of host RAM
+    assert mem.host_output * 2**20 == 4_000
+    assert mem.host_total_without_cache * 2**20 == (2 + 3 + 224) * 2**20 + 4_000
     assert mem.total == 44 + 8 + 13 + 250
 
 
@@ -180,10 +246,14 @@ def test_a_tied_output_is_copied_to_the_gpu():
 
 
 @pytest.mark.parametrize("ctk,ctv,compute", [
-    # quantized K or V with FA on CUDA: F16 copies of K and V, 4096 cells x 2 heads x (64 + 64) x 2 B = 2 MiB more
-    ("q8_0", "q8_0", 15), ("q4_0", "f16", 15), ("f16", "q8_0", 15), ("f16", "f16", 13)])
+    # quantized K or V with FA on CUDA: F16 copies of K and V, 4096 cells x 2 heads x (64 + 64) x 2 B = 2 MiB, in
+    # the attention phase. At ubatch 128: mask 4096 x 128 x 2 B = 1 MiB + residual 3 x 512 x 128 x 4 B = 0.75 MiB
+    # + the larger of FFN 3 x 1024 x 128 x 4 B = 1.5 MiB and attention (512 + 2 x 2 x 64) x 128 x 4 B x 2
+    # = 0.75 MiB + copies 2 MiB = 2.75 MiB: 4.5 MiB; without copies the FFN wins: 1 + 0.75 + 1.5 = 3.25 MiB
+    ("q8_0", "q8_0", 4.5), ("q4_0", "f16", 4.5), ("f16", "q8_0", 4.5), ("f16", "f16", 3.25)])
 def test_quantized_kv_costs_f16_copies_on_cuda(ctk, ctv, compute):
-    assert server_memory(TOY, dict(ONE, cache_type_k=ctk, cache_type_v=ctv), "cuda", "cuda:0").compute == compute
+    args = dict(ONE, cache_type_k=ctk, cache_type_v=ctv, ubatch_size=128)
+    assert server_memory(TOY, args, "cuda", "cuda:0").compute == compute
 
 
 def test_quantized_kv_copies_not_without_flash_attention_nor_on_the_cpu():
@@ -200,10 +270,12 @@ def test_toy_kv_cache_types():
 
 
 @pytest.mark.parametrize("ngl,on_gpu,output,model,host_model,context,host_kv", [
-    # llama.cpp: i_gpu_start = n_layer + 1 - ngl; the output layer only when ngl > n_layer
+    # llama.cpp: i_gpu_start = n_layer + 1 - ngl; the output layer is "layer" n_layer, the first offloaded (any
+    # ngl >= 1). Host model under mmap: the file range from token_embd to the last CPU layer, so output 3 and
+    # output_norm 1 (stored between them) count there too
     (5, [0, 1, 2, 3], True, 44, 2, 8, 0),
-    (4, [1, 2, 3], False, 30, 2 + 10 + 3 + 1, 6, 2),
-    (3, [2, 3], False, 20, 2 + 20 + 3 + 1, 4, 4),
+    (4, [1, 2, 3], True, 30 + 3 + 1, 2 + 3 + 1 + 10, 6, 2),
+    (3, [2, 3], True, 20 + 3 + 1, 2 + 3 + 1 + 20, 4, 4),
     (0, [], False, 0, 46, 0, 8),
     (-2, [0, 1, 2, 3], True, 44, 2, 8, 0),
 ])
@@ -212,7 +284,8 @@ def test_toy_partial_offload(ngl, on_gpu, output, model, host_model, context, ho
     mem = server_memory(TOY, dict(ONE, n_gpu_layers=ngl), "cuda", "cuda:0")
     assert (mem.gpu_layers, mem.output_on_device) == (len(on_gpu), output)
     assert (mem.model, mem.host_model, mem.context) == (model, host_model, context)
-    assert mem.host_compute == host_kv + 2  # KV of the CPU layers + the 2 MiB of CPU graph inputs
+    # KV of the CPU layers + CPU graph inputs 3 x 512 x 512 tokens x 4 B = 3 MiB
+    assert mem.host_compute == host_kv + 3
 
 
 SWA = toy(n_swa=256, swa_layers=(True, True, True, False))
@@ -282,16 +355,18 @@ def test_toy_encoder_compute():
 
 
 def test_host_inputs_follow_a_context_smaller_than_the_batch():
-    # ctx 256 < ubatch 512: 256 tokens at most: 512 x 256 x 4 B x 2 = 1 MiB of CPU graph inputs
-    assert server_memory(TOY, dict(ONE, ctx_size=256), "cuda", "cuda:0").host_compute == 1
+    # ctx 256 < ubatch 512: 256 tokens at most: 512 x 256 x 4 B x 3 = 1.5 MiB of CPU graph inputs
+    assert server_memory(TOY, dict(ONE, ctx_size=256), "cuda", "cuda:0").host_compute == 1.5
 
 
 def test_columns_round_to_a_tenth():
     # layers of 10.0625 MiB: 4 x 10.0625 + 3 + 1 = 44.25 on the GPU; q8_0 KV 4.25; compute at ubatch 200 =
-    # mask 2 + residual 1.171875 + FFN 2.34375 = 5.515625 + F16 copies 2 = 7.515625; overhead 250.25
+    # mask 4096 x 256 (200 padded to 64) x 2 B = 2 + residual 1.171875 + the larger of FFN 2.34375 and attention
+    # 768 x 200 x 8 B = 1.171875 + F16 copies 2 = 3.171875: 6.34375; overhead 250.25;
+    # total 44.25 + 4.25 + 6.34375 + 250.25 = 305.09375
     mem = server_memory(toy(layer_mib=10.0625), dict(ONE, cache_type_k="q8_0", cache_type_v="q8_0", ubatch_size=200),
                         "cuda", "cuda:0", cuda_overhead_mib=250.25)
-    assert mem.columns() == {"model": 44.2, "context": 4.2, "compute": 7.5, "overhead": 250.2, "total": 306.3}
+    assert mem.columns() == {"model": 44.2, "context": 4.2, "compute": 6.3, "overhead": 250.2, "total": 305.1}
 
 
 def test_cpu_servers_have_no_gpu_layers():

@@ -40,7 +40,8 @@ def cuda_host(**changes):
         "llamafleet_servers": [
             {"name": "chat-0", "role": "chat", "model": "q4", "gpu": 0, "port": 8100, "container_memory": "1536m",
              "args": dict(GOOD_CHAT)},
-            {"name": "embed-0", "role": "embed", "model": "nomic", "gpu": 0, "port": 8200, "container_memory": "512m",
+            # 768m: llama.cpp's output buffer alone is (30,522 + 768) x 2048 x 4 B = 244 MiB of pinned host RAM
+            {"name": "embed-0", "role": "embed", "model": "nomic", "gpu": 0, "port": 8200, "container_memory": "768m",
              "args": dict(GOOD_EMBED)},
         ],
         "llamafleet_workload": {"q4": {"requests_per_minute": 3, "prompt_tokens": 500, "reply_tokens": 256}},
@@ -87,6 +88,11 @@ CASES = [
     ("cache-reuse-without-shift", {"chat": {"model": "gemma", "args": dict(GOOD_CHAT, cache_reuse=256)},
                                    "llamafleet_workload": {}}),
     ("cont-batching-single-slot", {"chat": {"args": dict(GOOD_CHAT, parallel=1)}}),
+    ("cuda-overhead-estimated", {}),
+    ("cuda-overhead-measured", {"llamafleet_gpus": [{"index": 0, "name": "H200"}]}),
+    ("cuda-overhead-unknown", {"llamafleet_gpus": [{"index": 0, "name": "Custom 8GB", "memory_mib": 8000,
+                                                    "bandwidth_gbs": 256, "fp32_tflops": 6, "int8_tops": 24,
+                                                    "compute_capability": "6.1"}]}),
 ]
 QUIET = {
     # the same knob set so that the finding must stay quiet
@@ -106,7 +112,42 @@ QUIET = {
                                   "llamafleet_workload": {}},
     "cont-batching-single-slot": {"chat": {"args": dict(GOOD_CHAT, parallel=1, cont_batching=False)}},
     "does-not-fit": {"chat": {"model": "q4", "args": dict(GOOD_CHAT, parallel=1)}},
+    "cuda-overhead-estimated": {"llamafleet_cuda_overhead_mib": 250},
+    "cuda-overhead-measured": {},
+    "cuda-overhead-unknown": {"llamafleet_gpus": [{"index": 0, "name": "Custom 8GB", "memory_mib": 8000,
+                                                   "bandwidth_gbs": 256, "fp32_tflops": 6, "int8_tops": 24,
+                                                   "compute_capability": "6.1", "sms": 15}]},
 }
+
+
+def test_p106_verdict_carries_the_estimated_overhead():
+    msg = next(f["message"] for f in findings(cuda_host()) if f["code"] == "cuda-overhead-estimated")
+    # chat (Q4_K, flash attention): 94.0 + 0.001877 x (10 SMs x 2048 threads) = 132.4 MiB
+    # embed (F16 weights, cuBLAS): 132.4 + 70 + pool 2 x 2048 x 3072 x 2 B (24 MiB) = 226.4 MiB
+    assert "CUDA overhead of P106-100 estimated at 132 +/- 90 MiB per process" in msg
+    assert msg.startswith("cuda:0 (P106-100) fits with ") and "run playbooks/calibrate.yml" in msg
+    assert "CUDA overhead of P106-100 estimated at 226 +/- 90 MiB per process" in msg  # the F16 embedder
+
+
+def test_alternatives_within_the_estimated_overheads_uncertainty_are_marked():
+    """A fix that fits by less than the card's estimated overhead may be off by is said to be so."""
+    hv = cuda_host(chat={"model": "q6", "args": dict(GOOD_CHAT, parallel=1)},
+                   llamafleet_gpus=[{"index": 0, "name": "P106-100", "memory_mib": 6000}])
+    [f] = [f for f in findings(hv) if f["code"] == "does-not-fit"]
+    fits = {a["change"]: a for a in f["alternatives"] if a["fits"]}
+    # two estimated processes on the card (chat-0, embed-0), each +/- 90 MiB (the P40's spread, _overhead.py)
+    assert {a["uncertainty_mib"] for a in f["alternatives"]} == {180}
+    roomy, tight = fits["model: q4 (Q4_K_M)"], fits["n_gpu_layers: 26"]
+    assert roomy["spare_mib"] > 180 > tight["spare_mib"] > 0
+    assert f"q4 (Q4_K_M) -> 5,680 MiB (fits with {roomy['spare_mib']:,.0f} MiB to spare)" in f["message"]
+    assert (f"n_gpu_layers: 26 -> 5,879 MiB (fits with only {tight['spare_mib']:,.0f} MiB to spare, less than the "
+            f"CUDA overhead's uncertainty of 180 MiB: it may not fit)") in f["message"]
+    assert f["message"].endswith("(CUDA overhead of P106-100 estimated, per process: chat-0 132 +/- 90 MiB, "
+                                 "embed-0 226 +/- 90 MiB; run playbooks/calibrate.yml to measure it)")
+    # a declared overhead is no estimate: no uncertainty, no note
+    [f] = [f for f in findings(dict(hv, llamafleet_cuda_overhead_mib=200)) if f["code"] == "does-not-fit"]
+    assert all("uncertainty_mib" not in a for a in f["alternatives"])
+    assert "only" not in f["message"] and "estimated" not in f["message"]
 
 
 # the level of each code as docs/findings.md gives it (for the cases above)
@@ -115,7 +156,8 @@ LEVELS = {"does-not-fit": "error", "partial-offload": "warning", "cuda-arch-unsu
           "embed-input-exceeds-ubatch": "warning", "prompt-cache-exceeds-container": "error",
           "container-memory-too-small": "error", "mlock-without-memlock-limit": "warning",
           "host-memory-overcommitted": "error", "capacity-exceeded": "error", "cache-reuse-without-shift": "warning",
-          "cont-batching-single-slot": "info", "driver-branch-unsupported": "error"}
+          "cont-batching-single-slot": "info", "driver-branch-unsupported": "error",
+          "cuda-overhead-estimated": "info", "cuda-overhead-measured": "info", "cuda-overhead-unknown": "error"}
 
 
 @pytest.mark.parametrize("code,changes", CASES, ids=[c for c, _ in CASES])
@@ -252,8 +294,11 @@ def test_host_memory_overcommitted_error_and_warning():
     assert (err["level"], err["server"]) == ("error", None)
     assert err["message"] == ("h: planned host RAM 1,440 MiB (weights 46 + per-server 370 + reserved 1,024) exceeds "
                               "1,400 MiB. Fixes: lower cache_ram on chat servers, fewer servers, or more RAM")
-    # exactly the planned amount fits; container limits 2 x 1024 + 1024 reserved > 1,440: warning
-    for ram in (1440, 3071):
+    # planned 1,440 MiB + 2 output buffers of 1,000 logits x 4 B = 8,000 B (0.0076 MiB): 1,440 MiB of RAM is just
+    # short, 1,441 fits; container limits 2 x 1024 + 1024 reserved > 1,441: warning
+    [err] = by_code(toy_plan([{}, {}], llamafleet_host_memory_mib=1440), "host-memory-overcommitted")
+    assert err["level"] == "error"
+    for ram in (1441, 3071):
         [warn] = by_code(toy_plan([{}, {}], llamafleet_host_memory_mib=ram), "host-memory-overcommitted")
         assert (warn["level"], warn["host"], warn["server"]) == ("warning", "h", None)
         assert warn["message"] == (
@@ -273,7 +318,8 @@ def test_host_memory_overcommitted_error_and_warning():
 def test_server_rows_of_the_plan():
     [row] = toy_plan([{"args": dict(TOY_ARGS, cache_ram=-1)}])["servers"]
     assert row["memory_mib"] == {"model": 46, "context": 8, "compute": 13, "overhead": 0, "total": 67}
-    assert row["host_memory_mib"] == {"model": 46, "compute": 0, "prompt_cache": None, "overhead": 64,
+    # output buffer: 1,000 logits x 1 slot x 4 B = 4,000 B, 0.0038 MiB shown 0.0
+    assert row["host_memory_mib"] == {"model": 46, "compute": 0, "output": 0.0, "prompt_cache": None, "overhead": 64,
                                       "container_limit": 1024}
     assert (row["host"], row["name"], row["role"], row["model"], row["device"], row["gpu_layers"]) == (
         "h", "s0", "chat", "toy", "cpu", "cpu")
@@ -350,14 +396,18 @@ def test_embed_input_limit_is_the_smaller_batch():
 
 
 def test_container_findings_name_the_numbers():
-    # CPU: weights 46 + KV 8 + compute 13 + process 64 = 131 MiB > 128m
+    # CPU: weights 46 + KV 8 + compute 13 + output buffer 1,000 x 4 B = 4,000 B (0.0038 MiB) + process 64
+    # = 131.0038 MiB > 128m
     [f] = by_code(toy_plan([{"container_memory": "128m"}]), "container-memory-too-small")
-    assert f["message"] == ("s0: needs 131 MiB of RAM (weights 46 + KV 8 + compute 13 + process 64) but container_memory "
-                            "is 128m; it would be OOM-killed while loading or at the first long prompt. Set "
-                            "container_memory: 256m")  # (131 + 64) rounded up to 64 MiB
+    assert f["message"] == ("s0: needs 131 MiB of RAM (weights 46 + KV 8 + compute 13 + output buffer 0 + process 64) "
+                            "but container_memory is 128m; it would be OOM-killed while loading or at the first long "
+                            "prompt. Set container_memory: 256m")  # (131.0038 + 64) rounded up to 64 MiB
+    # 131.0038 MiB: 131m is just short, 132m holds it
     assert by_code(toy_plan([{"container_memory": "131m", "args": dict(TOY_ARGS, cache_ram=0)}]),
+                   "container-memory-too-small") != []
+    assert by_code(toy_plan([{"container_memory": "132m", "args": dict(TOY_ARGS, cache_ram=0)}]),
                    "container-memory-too-small") == []
-    # 131 + a 100 MiB prompt cache > 200m: room for 200 - 131 = 69 -> 64 MiB of cache
+    # 131.0038 + a 100 MiB prompt cache > 200m: room for 200 - 131.0038 = 68.996 -> 64 MiB of cache
     [f] = by_code(toy_plan([{"container_memory": "200m"}]), "prompt-cache-exceeds-container")
     assert f["message"] == ("s0: the host prompt cache may grow to 100 MiB (cache_ram 100) on top of 131 MiB, past "
                             "container_memory 200m -> OOM kill under load. Set cache_ram: 64 (what fits) or 0 to turn it off")
@@ -366,7 +416,9 @@ def test_container_findings_name_the_numbers():
     assert "may grow to 8,192 MiB (cache_ram default 8192) on top of 131 MiB" in f["message"]
     [f] = by_code(toy_plan([{"args": dict(TOY_ARGS, cache_ram=-1)}]), "prompt-cache-exceeds-container")
     assert "may grow to unlimited (cache_ram -1)" in f["message"] and "Set cache_ram: 832 (what fits)" in f["message"]
-    assert by_code(toy_plan([{"container_memory": "231m"}]), "prompt-cache-exceeds-container") == []
+    # 131.0038 + 100 = 231.0038 MiB: 231m is just short, 232m holds it
+    assert by_code(toy_plan([{"container_memory": "231m"}]), "prompt-cache-exceeds-container") != []
+    assert by_code(toy_plan([{"container_memory": "232m"}]), "prompt-cache-exceeds-container") == []
 
 
 def test_mlock_with_and_without_memlock():
@@ -448,16 +500,17 @@ def test_cuda_overhead_override_reaches_the_plan():
 
 def test_cuda_host_ram_counts_only_host_side_buffers():
     result = cuda_toy_plan([{"gpu": 0}, {"gpu": 0}], gpu=dict(TOY_GPU, memory_mib=1000), llamafleet_host_reserved_mib=0)
-    # token_embd 2 MiB once (page cache) + 2 x (CPU inputs 2 + process 64 + CUDA runtime 160 + prompt cache 100)
-    assert result["hosts"][0]["planned_mib"] == 2 + 2 * 326
+    # token_embd 2 MiB once (page cache) + 2 x (CPU inputs 3 x 512 x 512 x 4 B = 3 + output buffer 4,000 B
+    # (0.0038) + process 64 + CUDA runtime 160 + prompt cache 100) = 2 + 2 x 327.0038 = 656.0076
+    assert result["hosts"][0]["planned_mib"] == 656.0
     [row, _] = result["servers"]
-    assert row["host_memory_mib"] == {"model": 2, "compute": 2, "prompt_cache": 100, "overhead": 224,
+    assert row["host_memory_mib"] == {"model": 2, "compute": 3, "output": 0.0, "prompt_cache": 100, "overhead": 224,
                                       "container_limit": 1024}
     assert row["gpu_layers"] == "4/4+output" and row["device"] == "cuda:0"
-    # container check on CUDA: 2 + 2 + 224 = 228 MiB > 200m
+    # container check on CUDA: 2 + 3 + 0.0038 + 224 = 229.0038 MiB > 200m
     [f] = by_code(cuda_toy_plan([{"gpu": 0, "container_memory": "200m"}], gpu=dict(TOY_GPU, memory_mib=1000)),
                   "container-memory-too-small")
-    assert "needs 228 MiB of RAM (CPU weights 2 + CPU compute 2 + process 224)" in f["message"]
+    assert "needs 229 MiB of RAM (CPU weights 2 + CPU compute 3 + output buffer 0 + process 224)" in f["message"]
 
 
 def test_device_rows_and_fit():
@@ -474,17 +527,21 @@ def test_does_not_fit_alternatives_by_hand():
     changes = [(a["change"], a["device_total_mib"], a["fits"]) for a in f["alternatives"]]
     assert changes == [
         ("model: small (Q8_0)", 295, True),
-        # q4_0 K/V: KV 4096 x 4 x 2 x 128 x 18/32 B = 2.25 MiB; compute 13 + 2 MiB of F16 copies: 311.25 (shown 311.2)
-        ("cache_type_k/v: q4_0", 311.2, False),
+        # q4_0 K/V: KV 4096 x 4 x 2 x 128 x 18/32 B = 2.25 MiB; compute 13 (the 2 MiB of F16 copies go with attention
+        # 3 = 5 < FFN 6): 44 + 2.25 + 13 + 250 = 309.25 (shown 309.2)
+        ("cache_type_k/v: q4_0", 309.2, False),
         # ctx 3072: KV 6, compute mask 3 + 3 + 6 = 12: 312; 2048: 4 + 11 = 309; 1024: 2 + 10 = 306
         ("ctx_size: 3072", 312, False), ("ctx_size: 2048", 309, False), ("ctx_size: 1024", 306, False),
-        # ngl 4: layers 1-3 (30 MiB) without the output layer, KV of 3 layers 6 MiB, compute 13: 299
-        ("n_gpu_layers: 4", 299, True),
+        # -ngl offloads the output layer first; with a CPU layer the FFN phase also holds the GPU copy of the largest
+        # CPU matrix (10 MiB): compute 4 + 3 + 6 + 10 = 23. ngl 4: layers 1-3 30 + output 3 + norm 1, KV 6: 313;
+        # ngl 3: 24 + 4 + 23 + 250 = 301; ngl 2: layer 3 10 + 4 = 14, KV 2: 14 + 2 + 23 + 250 = 289 fits
+        ("n_gpu_layers: 2", 289, True),
     ]
-    assert f["alternatives"][-1]["gpu_layers"] == "3/4"
+    assert f["alternatives"][-1]["gpu_layers"] == "1/4+output"
     assert f["message"].startswith("cuda:0 (Toy GPU, 300 MiB) needs 315 MiB: s0 315 MiB (model 44 + context 8 + "
-                                   "compute 13 + CUDA 250). Fixes for s0: model: small (Q8_0) -> 295 MiB, ")
-    assert "; n_gpu_layers: 4 -> 299 MiB, " in f["message"]
+                                   "compute 13 + CUDA 250). Fixes for s0: model: small (Q8_0) -> 295 MiB (fits with "
+                                   "5 MiB to spare), ")
+    assert "; n_gpu_layers: 2 -> 289 MiB (fits with 11 MiB to spare), " in f["message"]
     assert all("workload" not in a for a in f["alternatives"])
 
 
@@ -512,11 +569,12 @@ def test_slots_are_added_to_the_first_fitting_change_under_load():
     [f] = by_code(result, "does-not-fit")
     alts = f["alternatives"]
     assert alts[0]["workload"]["utilisation"] == pytest.approx(7.5 * 0.11729, abs=1e-3)
-    # a per-slot split keeps the KV at 8 MiB and the masks at 4 MiB (n streams x 4096/n cells): 2, 3 and 4 slots
-    # of the small model all fit (295 MiB; 3 slots: 3 x 1536 cells = 4608, KV 9 MiB, mask 4.5: 296.5)
+    # a per-slot split keeps the KV at 8 MiB; the mask is one row per token over one stream's cells (4096/n), so
+    # it shrinks: 2 slots: mask 2048 x 512 x 2 B = 2 + 3 + 6 = 11: 24 + 8 + 11 + 250 = 293; 3 slots: 3 x 1536 cells,
+    # KV 9 MiB, mask 1.5: 24 + 9 + 10.5 + 250 = 293.5; 4 slots: 1024 cells, mask 1: 24 + 8 + 10 + 250 = 292
     assert [a["change"] for a in alts[-3:]] == ["model: small (Q8_0) + parallel: 2", "model: small (Q8_0) + parallel: 3",
                                                 "model: small (Q8_0) + parallel: 4"]
-    assert [(a["fits"], a["device_total_mib"]) for a in alts[-3:]] == [(True, 295), (True, 296.5), (True, 295)]
+    assert [(a["fits"], a["device_total_mib"]) for a in alts[-3:]] == [(True, 293), (True, 293.5), (True, 292)]
     assert alts[-3]["workload"]["slots"] == 2
     assert "at the declared load 88% busy, TTFT p95" in f["message"]
     # with 2 slots already, only 3 and 4 are proposed; a light load proposes none
@@ -547,11 +605,12 @@ def test_slots_added_to_a_non_model_change_keep_that_change():
     alts = by_code(result, "does-not-fit")[0]["alternatives"]
     assert alts[0]["change"] == "cache_type_k/v: q4_0"
     first_fit = next(a for a in alts if a["fits"])
-    assert first_fit["change"] == "n_gpu_layers: 4"
+    # ngl 4 (313) and 3 (301) do not fit, ngl 2 does (289): see test_does_not_fit_alternatives_by_hand
+    assert first_fit["change"] == "n_gpu_layers: 2"
     extra = [a for a in alts if "+ parallel" in a["change"]]
-    assert [a["change"] for a in extra] == ["n_gpu_layers: 4 + parallel: 2", "n_gpu_layers: 4 + parallel: 3",
-                                            "n_gpu_layers: 4 + parallel: 4"]
-    assert all(a["gpu_layers"] == "3/4" for a in extra)
+    assert [a["change"] for a in extra] == ["n_gpu_layers: 2 + parallel: 2", "n_gpu_layers: 2 + parallel: 3",
+                                            "n_gpu_layers: 2 + parallel: 4"]
+    assert all(a["gpu_layers"] == "1/4+output" for a in extra)
 
 
 @pytest.mark.parametrize("archs,cc,covered", [
@@ -595,13 +654,17 @@ def test_cuda_graphs_info_names_the_card():
 def test_partial_offload_message():
     [f] = by_code(cuda_toy_plan([{"gpu": 0, "args": dict(TOY_ARGS, n_gpu_layers=3)}], gpu=dict(TOY_GPU, memory_mib=1000)),
                   "partial-offload")
-    # ngl 3: layers 2-3 on the GPU; host: token_embd 2 + layers 0-1 20 + output 3 + norm 1 = 26 MiB
-    assert f["message"] == ("s0: only 2/4 layers (output layer on the CPU) are on Toy GPU; 26 MiB of weights are read by "
+    # ngl 3: the output layer and layers 2-3 on the GPU; host: token_embd 2 + layers 0-1 20 = 22 MiB
+    assert f["message"] == ("s0: only 2/4 layers are on Toy GPU; 22 MiB of weights are read by "
                             "the CPU for every token, which dominates decode speed. Fit the model (smaller quantization "
                             "or context) to offload all 5 layers")
     [f] = by_code(cuda_toy_plan([{"gpu": 0, "args": dict(TOY_ARGS, n_gpu_layers=4)}], gpu=dict(TOY_GPU, memory_mib=1000)),
                   "partial-offload")
-    assert "only 3/4 layers (output layer on the CPU)" in f["message"]
+    assert "only 3/4 layers are on Toy GPU; 12 MiB of weights" in f["message"]  # token_embd 2 + layer 0 10
+    # ngl 0: nothing offloaded, the output layer neither: all 46 MiB
+    [f] = by_code(cuda_toy_plan([{"gpu": 0, "args": dict(TOY_ARGS, n_gpu_layers=0)}], gpu=dict(TOY_GPU, memory_mib=1000)),
+                  "partial-offload")
+    assert "only 0/4 layers (output layer on the CPU) are on Toy GPU; 46 MiB of weights" in f["message"]
     assert by_code(cuda_toy_plan([{"gpu": 0, "args": dict(TOY_ARGS, n_gpu_layers=5)}], gpu=dict(TOY_GPU, memory_mib=1000)),
                    "partial-offload") == []
 
@@ -683,25 +746,27 @@ def test_alternatives_follow_family_size_and_current_settings():
     hv = {"llamafleet_backend": "cuda", "llamafleet_gpus": [TOY_GPU], "llamafleet_cuda_overhead_mib": 250,
           "llamafleet_models": {n: {"path": f"/m/{n}.gguf", "sha256": SHA, "family": families[n]} for n in models}}
     # already q4_0 K/V, 2 slots of 1024 cells (ctx 2048): KV 2048 x 4 x 2 x 128 x 18/32 B = 1.125 MiB; compute mask
-    # 1024 x 512 x 2 B x 2 streams = 2 + residual 3 + FFN 6 + F16 copies 2048 x 256 x 2 B = 1: 12 MiB.
-    # toy: 44 + 1.125 + 12 + 250 = 307.125 > 300
+    # 1024 x 512 x 2 B = 1 (one row per token, whatever the streams) + residual 3 + the larger of FFN 6 and attention
+    # 3 + F16 copies 1024 x 2 streams x 256 x 2 B = 1: 10 MiB. toy: 44 + 1.125 + 10 + 250 = 305.125 > 300
     args = dict(TOY_ARGS, ctx_size=2048, parallel=2, cache_type_k="q4_0", cache_type_v="q4_0")
     result = plan([toy_host([{"gpu": 0, "args": args}], **hv)], {"h": models})
     [f] = by_code(result, "does-not-fit")
     assert [(a["change"], a["device_total_mib"], a["fits"]) for a in f["alternatives"]] == [
         # smaller files of the same family, shape and architecture, biggest first: small (4 x 5 + 3 + 1 = 24 MiB on
-        # the GPU), atiny (4 x 2 + 3 + 1 = 12 MiB)
-        ("model: small (Q8_0)", 287.1, True), ("model: atiny (Q8_0)", 275.1, True),
-        # no q4_0 entry (it is q4_0 already); ctx 1536: 2 x 768 cells, KV 0.84375, compute 1.5 + 9 + 0.75: 306.09
-        ("ctx_size: 1536", 306.1, False),
-        # ctx 1024: 2 x 512 cells, KV 0.5625, compute 1 + 9 + 0.5: 305.06 (512 is below the 1024 floor)
-        ("ctx_size: 1024", 305.1, False),
-        # one slot less keeps ctx and q4_0: 1 x 2048 cells: same KV, mask 2 MiB, copies 1 MiB: 307.125
-        ("parallel: 1", 307.1, False),
-        # ngl 4: layers 1-3 (30 MiB), KV of 3 layers 0.84375, compute 12: 292.84
-        ("n_gpu_layers: 4", 292.8, True),
+        # the GPU): 24 + 1.125 + 10 + 250 = 285.125; atiny (4 x 2 + 3 + 1 = 12 MiB): 273.125
+        ("model: small (Q8_0)", 285.1, True), ("model: atiny (Q8_0)", 273.1, True),
+        # no q4_0 entry (it is q4_0 already); ctx 1536: 2 x 768 cells, KV 0.84375, compute mask 0.75 + 9: 304.59
+        ("ctx_size: 1536", 304.6, False),
+        # ctx 1024: 2 x 512 cells, KV 0.5625, compute 0.5 + 9: 304.06 (512 is below the 1024 floor)
+        ("ctx_size: 1024", 304.1, False),
+        # one slot less keeps ctx and q4_0: 1 x 2048 cells: same KV, mask 2 MiB + 9 (copies 1 + attention 3 < FFN 6):
+        # 44 + 1.125 + 11 + 250 = 306.125
+        ("parallel: 1", 306.1, False),
+        # layers (compute 1 + 3 + FFN 6 + the 10 MiB CPU matrix = 20): ngl 4: 34 + KV of 3 layers 0.84375 + 20 + 250
+        # = 304.84 no; ngl 3: output 3 + norm 1 + layers 2-3 20 = 24 + 0.5625 + 20 + 250 = 294.56
+        ("n_gpu_layers: 3", 294.6, True),
     ]
-    assert [a["gpu_layers"] for a in f["alternatives"]] == ["4/4+output"] * 5 + ["3/4"]
+    assert [a["gpu_layers"] for a in f["alternatives"]] == ["4/4+output"] * 5 + ["2/4+output"]
     # a model without a KV cache gets no KV or context alternatives
     enc_hv = dict(hv, llamafleet_models={"enc": {"path": "/m/enc.gguf", "sha256": SHA}})
     enc = {"gpu": 0, "role": "embed", "model": "enc", "args": {"embeddings": True, "ctx_size": 512, "ubatch_size": 512,
@@ -766,7 +831,8 @@ def test_alternatives_are_predicted_for_the_declared_prompt_and_reply():
     assert first["change"] == "model: small (Q8_0)" and first["decode_tps"] == 2190.3
     # a request holds its slot 1024 / 131,831.45 + 456.57 us + 128 / 2,190.26 = 0.06669 s; 1/s: 6.7% busy
     assert first["workload"]["utilisation"] == 0.067  # rounded to 3 places
-    assert "Fixes for s0: model: small (Q8_0) -> 295 MiB, 2190.3 tok/s, TTFT 0.0 s, at the declared load 7% busy, " \
+    assert "Fixes for s0: model: small (Q8_0) -> 295 MiB (fits with 5 MiB to spare), 2190.3 tok/s, TTFT 0.0 s, " \
+           "at the declared load 7% busy, " \
            "TTFT p95 0.0 s; " in f["message"]
 
 
@@ -777,23 +843,26 @@ def test_alternatives_keep_the_server_settings_they_do_not_change():
     [f] = by_code(cuda_toy_plan([{"gpu": 0, "args": args}]), "does-not-fit")
     assert [(a["change"], a["device_total_mib"], a["fits"]) for a in f["alternatives"]] == [
         ("model: small (Q8_0)", 320, False),          # 24 + 4 + 42 + 250
-        # q4_0 turns FA on: KV 1.125, compute F16 mask 2 + 3 + 6 + F16 copies 1 = 12: 307.125
-        ("cache_type_k/v: q4_0", 307.1, False),
+        # q4_0 turns FA on: KV 1.125, compute F16 mask 2 + 3 + the larger of FFN 6 and attention 3 + F16 copies
+        # 2048 x 256 x 2 B = 1: 11: 306.125
+        ("cache_type_k/v: q4_0", 306.1, False),
         # ctx 1536, FA still off: KV 3, compute 3 + 3 + 3 + 24 = 33: 330; ctx 1024: KV 2, 2 + 3 + 3 + 16 = 24: 320
         ("ctx_size: 1536", 330, False), ("ctx_size: 1024", 320, False),
-        # GPU layers: 4 -> 30 + 3 + 42 + 250 = 325, 3 -> 314, 2 -> 303; 1 -> i_gpu_start = 4 + 1 - 1 = 4, no layer
-        # on the GPU: 0 + 0 + 42 + 250 = 292
-        ("n_gpu_layers: 1", 292, True),
+        # GPU layers (the output layer first; compute stays 42: KQ 32 + 3 > FFN 6 + the 10 MiB CPU matrix):
+        # 4 -> 30 + 4 + 3 + 42 + 250 = 329, 3 -> 24 + 2 + 42 + 250 = 318, 2 -> 14 + 1 + 42 + 250 = 307;
+        # 1 -> i_gpu_start = 4 + 1 - 1 = 4: only output 3 + norm 1 on the GPU, no KV: 4 + 0 + 42 + 250 = 296
+        ("n_gpu_layers: 1", 296, True),
     ]
-    assert f["alternatives"][-1]["gpu_layers"] == "0/4"
+    assert f["alternatives"][-1]["gpu_layers"] == "0/4+output"
 
 
 def test_the_context_search_stops_at_the_first_fit_and_goes_on_to_layers():
-    # 310 MiB: ctx 3072 (312) does not fit, ctx 2048 (309) does and ends the context search; layers are still tried
+    # 310 MiB: q4_0 (309.25) fits; ctx 3072 (312) does not, ctx 2048 (309) does and ends the context search;
+    # layers are still tried: ngl 4 (313) no, ngl 3 (301) yes (see test_does_not_fit_alternatives_by_hand)
     [f] = by_code(cuda_toy_plan([{"gpu": 0}], gpu=dict(TOY_GPU, memory_mib=310)), "does-not-fit")
     assert [(a["change"], a["fits"]) for a in f["alternatives"]] == [
-        ("model: small (Q8_0)", True), ("cache_type_k/v: q4_0", False), ("ctx_size: 3072", False),
-        ("ctx_size: 2048", True), ("n_gpu_layers: 4", True)]
+        ("model: small (Q8_0)", True), ("cache_type_k/v: q4_0", True), ("ctx_size: 3072", False),
+        ("ctx_size: 2048", True), ("n_gpu_layers: 3", True)]
     # a change that lands exactly on the capacity fits: small needs 295 MiB
     [f] = by_code(cuda_toy_plan([{"gpu": 0}], gpu=dict(TOY_GPU, memory_mib=295)), "does-not-fit")
     assert (f["alternatives"][0]["device_total_mib"], f["alternatives"][0]["fits"]) == (295, True)
@@ -820,27 +889,30 @@ def test_prefill_without_integer_throughput_uses_fp32():
 
 
 def test_plan_figures_are_rounded_to_a_tenth():
-    # q8_0 KV: 4.25 MiB; CPU host without reserve: 46 + 4.25 + 13 + 64 + 100 = 227.25 MiB, shown 227.2
+    # q8_0 KV: 4.25 MiB; CPU host without reserve: 46 + 4.25 + 13 + 64 + 100 + output buffer 4,000 B (0.0038)
+    # = 227.2538 MiB, shown 227.3; free 772.7462, shown 772.7
     result = toy_plan([{"args": dict(TOY_ARGS, cache_type_k="q8_0", cache_type_v="q8_0")}], llamafleet_host_memory_mib=1000,
                       llamafleet_host_reserved_mib=0)
-    assert result["hosts"][0]["planned_mib"] == 227.2
-    assert (result["devices"][0]["planned_mib"], result["devices"][0]["free_mib"]) == (227.2, 772.8)
+    assert result["hosts"][0]["planned_mib"] == 227.3
+    assert (result["devices"][0]["planned_mib"], result["devices"][0]["free_mib"]) == (227.3, 772.7)
     assert result["servers"][0]["memory_mib"]["context"] == 4.2
     # weights of 4 x 10.0625 + 6 = 46.25 MiB, shown 46.2
     models = {"toy": toy(layer_mib=10.0625)}
     row = plan([toy_host([{}])], {"h": dict(TOYS, **models)})["servers"][0]
     assert row["host_memory_mib"]["model"] == 46.2
     # CUDA at ubatch 200: compute = mask 4096 x 256 rows x 2 B = 2,097,152 + residual 3 x 512 x 200 x 4 = 1,228,800 +
-    # FFN 3 x 1024 x 200 x 4 = 2,457,600 B (5.515625 MiB) + F16 copies 2 MiB; with KV 4.25, weights 44 and 250:
-    # 305.765625 MiB on a 1000 MiB GPU. CPU graph inputs: 512 x 200 x 8 B = 0.78125 MiB
+    # the larger of FFN 3 x 1024 x 200 x 4 = 2,457,600 B and attention 768 x 200 x 8 B = 1,228,800 + F16 copies
+    # 2,097,152 = 3,325,952 B: 6,651,904 B = 6.34375 MiB; with KV 4.25, weights 44 and 250: 304.59375 MiB on a
+    # 1000 MiB GPU. CPU graph inputs: 512 x 200 x 12 B = 1.171875 MiB
     args = dict(TOY_ARGS, cache_type_k="q8_0", cache_type_v="q8_0", ubatch_size=200)
     result = cuda_toy_plan([{"gpu": 0, "args": args}], gpu=dict(TOY_GPU, memory_mib=1000))
-    assert (result["devices"][0]["planned_mib"], result["devices"][0]["free_mib"]) == (305.8, 694.2)
-    assert result["servers"][0]["host_memory_mib"]["compute"] == 0.8
-    # 44 + 4.25 + 15 + 250 = 313.25 on the 300 MiB toy GPU
+    assert (result["devices"][0]["planned_mib"], result["devices"][0]["free_mib"]) == (304.6, 695.4)
+    assert result["servers"][0]["host_memory_mib"]["compute"] == 1.2
+    # ubatch 512: attention 3 + copies 2 = 5 MiB < FFN 6: compute 4 + 3 + 6 = 13; 44 + 4.25 + 13 + 250 = 311.25 on the
+    # 300 MiB toy GPU, shown 311.2
     result = cuda_toy_plan([{"gpu": 0, "args": dict(TOY_ARGS, cache_type_k="q8_0", cache_type_v="q8_0")}])
     [f] = by_code(result, "does-not-fit")
-    assert f["planned_mib"] == 313.2
+    assert f["planned_mib"] == 311.2
 
 
 def test_two_servers_on_one_gpu_are_both_itemised():
@@ -862,11 +934,16 @@ def test_host_ram_edge_cases():
     gpu = dict(TOY_GPU, memory_mib=1000)
     result = cuda_toy_plan([{"gpu": 0, "args": dict(TOY_ARGS, n_gpu_layers=3)}, {"gpu": 0}], gpu=gpu,
                            llamafleet_host_reserved_mib=0)
-    # s0: 26 mapped + own (KV of 2 CPU layers 4 + inputs 2 + 224 + cache 100); s1: 2 mapped + 2 + 224 + 100
-    assert result["hosts"][0]["planned_mib"] == 26 + 330 + 326
-    # exactly the RAM planned fits the CPU device
-    result = toy_plan([{}, {}], llamafleet_host_memory_mib=1440)
-    assert result["devices"][0]["fits"] and result["devices"][0]["free_mib"] == 0
+    # (ngl 3 now offloads the output layer, but output and output_norm lie between token_embd and blk.1 in the
+    # file, so the mapped range is still 2 + 3 + 1 + 2 x 10 = 26 MiB)
+    # s0: 26 mapped + own (KV of 2 CPU layers 4 + inputs 3 + output buffer 0.0038 + 224 + cache 100) = 331.0038;
+    # s1: 2 mapped + 3 + 0.0038 + 224 + 100 = 327.0038: 684.0076
+    assert result["hosts"][0]["planned_mib"] == 684.0
+    # the RAM planned (1,440.0076, see test_host_memory_overcommitted_error_and_warning) fits in 1,441 MiB with
+    # 0.9924 free (shown 1.0), not in 1,440
+    result = toy_plan([{}, {}], llamafleet_host_memory_mib=1441)
+    assert result["devices"][0]["fits"] and result["devices"][0]["free_mib"] == 1.0
+    assert not toy_plan([{}, {}], llamafleet_host_memory_mib=1440)["devices"][0]["fits"]
 
 
 def test_speeds_and_workloads_use_the_declared_prompt_and_reply():
@@ -885,15 +962,18 @@ def test_speeds_and_workloads_use_the_declared_prompt_and_reply():
 
 
 def test_container_advice_rounds_to_64_mib():
-    # ctx 3072: KV 6 + compute (mask 3 + residual 3 + FFN 6) 12 + weights 46 + process 64 = 128 MiB exactly;
-    # the advice adds 64 MiB of headroom and rounds up to 64: 192m
+    # ctx 3072: KV 6 + compute (mask 3 + residual 3 + FFN 6) 12 + weights 46 + process 64 = 128 MiB + the output
+    # buffer 4,000 B = 128.0038 MiB; the advice adds 64 MiB of headroom (192.0038) and rounds UP to 64: 256m
     args = dict(TOY_ARGS, ctx_size=3072)
     [f] = by_code(toy_plan([{"container_memory": "127m", "args": args}]), "container-memory-too-small")
-    assert f["message"].endswith("Set container_memory: 192m")
-    # room for the prompt cache, rounded down to 64 MiB: 259 - 131 = 128 -> 128; 131 - 131 = 0 -> 0
-    [f] = by_code(toy_plan([{"container_memory": "259m", "args": dict(TOY_ARGS, cache_ram=200)}]), "prompt-cache-exceeds-container")
+    assert f["message"].endswith("Set container_memory: 256m")
+    # room for the prompt cache, rounded down to 64 MiB: 260 - 131.0038 = 128.996 -> 128; 259 - 131.0038 = 127.996
+    # -> 64; 132 - 131.0038 = 0.996 -> 0
+    [f] = by_code(toy_plan([{"container_memory": "260m", "args": dict(TOY_ARGS, cache_ram=200)}]), "prompt-cache-exceeds-container")
     assert "Set cache_ram: 128 (what fits)" in f["message"]
-    [f] = by_code(toy_plan([{"container_memory": "131m"}]), "prompt-cache-exceeds-container")
+    [f] = by_code(toy_plan([{"container_memory": "259m", "args": dict(TOY_ARGS, cache_ram=200)}]), "prompt-cache-exceeds-container")
+    assert "Set cache_ram: 64 (what fits)" in f["message"]
+    [f] = by_code(toy_plan([{"container_memory": "132m"}]), "prompt-cache-exceeds-container")
     assert "Set cache_ram: 0 (what fits)" in f["message"]
 
 
@@ -903,7 +983,8 @@ def test_cache_reuse_of_one_token_is_still_on():
 
 
 def test_summary_counts_warnings_and_the_fleet_is_published():
-    result = toy_plan([{}, {}], llamafleet_host_memory_mib=1440)
+    # 1,441 MiB holds the 1,440.0076 planned (see test_host_memory_overcommitted_error_and_warning)
+    result = toy_plan([{}, {}], llamafleet_host_memory_mib=1441)
     assert result["summary"] == {"errors": 0, "warnings": 1, "infos": 2, "fits": True}
     assert list(result["fleet"]) == ["h"]
     deployed = {"h": {"servers": [{"name": "s0"}, {"name": "old", "container_name": "llamafleet-old", "port": 8199}]}}
@@ -923,12 +1004,13 @@ def test_one_slot_less_and_slots_on_top_keep_the_rest():
     [fewer] = [a for a in f["alternatives"] if a["change"] == "parallel: 2"]
     assert fewer["workload"]["slots"] == 2
     # ctx 2048 under heavy load: small fits (24 + 4 + 11 + 250 = 289) and gets slots on top at ctx 2048 still:
-    # 2 x 1024 cells: KV 4, mask 1024 x 512 x 2 B x 2 = 2 + 3 + 6: 289 again (4096 cells would make it 295)
+    # 2 x 1024 cells: KV 4, mask 1024 x 512 x 2 B = 1 (one stream's cells) + 3 + 6: 24 + 4 + 10 + 250 = 288 (2 x 2048
+    # cells at ctx 4096 would make it 24 + 8 + 11 + 250 = 293)
     [f] = by_code(cuda_toy_plan([{"gpu": 0, "args": dict(TOY_ARGS, ctx_size=2048)}], **wl(900)), "does-not-fit")
     [two] = [a for a in f["alternatives"] if a["change"] == "model: small (Q8_0) + parallel: 2"]
-    assert two["device_total_mib"] == 289
+    assert two["device_total_mib"] == 288
 
 
 def test_partially_offloaded_rows_show_their_layers():
     result = cuda_toy_plan([{"gpu": 0, "args": dict(TOY_ARGS, n_gpu_layers=3)}], gpu=dict(TOY_GPU, memory_mib=1000))
-    assert result["servers"][0]["gpu_layers"] == "2/4"
+    assert result["servers"][0]["gpu_layers"] == "2/4+output"  # ngl 3: the output layer and layers 2-3

@@ -15,6 +15,9 @@ def _finding(level, code, server, message, **data):
 ALT_FITS = {"change": "model: q4 (Q4_K_M)", "device_total_mib": 5876.4, "fits": True, "gpu_layers": "32/32+output",
             "decode_tps": 24.5, "ttft_s": 1.75,
             "workload": {"utilisation": 0.456, "ttft_p50_s": 1.8, "ttft_p95_s": 3.25, "stable": True}}
+# fits on the planned figures, but by less than the card's estimated CUDA overhead may be off by
+ALT_MAYBE = {"change": "n_gpu_layers: 27", "device_total_mib": 6023.6, "fits": True, "spare_mib": 39.6,
+             "uncertainty_mib": 180.0, "gpu_layers": "26/32+output", "decode_tps": 7.6, "ttft_s": 4.69}
 ALT_NO = {"change": "ctx_size: 6144", "device_total_mib": 6410.0, "fits": False, "gpu_layers": "32/32+output",
           "decode_tps": 18.0, "ttft_s": 2.1}
 PLAN = {
@@ -27,10 +30,12 @@ PLAN = {
     "servers": [
         {"name": "chat-0", "role": "chat", "model": "q6", "device": "cuda:0", "gpu_layers": "32/32+output",
          "memory_mib": {"model": 5871.2, "context": 272.0, "compute": 37.4, "overhead": 250.0, "total": 6430.6},
-         "speed": {"decode_tps": 18.44, "ttft_s": 2.046}},
+         "overhead_detail": {"source": "estimated", "mib": 250.0, "uncertainty_mib": 90.0},
+         "speed": {"decode_tps": 18.44, "ttft_s": 2.046, "source": "calibrated"}},
         {"name": "embed-0", "role": "embed", "model": "nomic", "device": "cuda:0", "gpu_layers": "12/12+output",
          "memory_mib": {"model": 260.9, "context": 0.0, "compute": 21.0, "overhead": 250.0, "total": 531.9},
-         "speed": {"decode_tps": 99.0, "ttft_s": 0.1}},
+         "overhead_detail": {"source": "set", "mib": 250.0, "uncertainty_mib": 0.0},
+         "speed": {"decode_tps": 99.0, "ttft_s": 0.1, "source": "estimated"}},
     ],
     "workloads": [{"model": "q6", "requests_per_minute": 30, "slots": 2, "service_s": 30.5, "utilisation": 1.27,
                    "ttft_p50_s": None, "ttft_p95_s": None},
@@ -40,7 +45,7 @@ PLAN = {
         _finding("info", "cuda-graphs-inactive", "chat-0", "chat-0: graphs off on cuda:0"),
         _finding("warning", "partial-offload", "chat-0", "chat-0: only 20/32 layers"),
         _finding("info", "cuda-graphs-inactive", "embed-0", "embed-0: graphs off on cuda:1"),
-        _finding("error", "does-not-fit", "chat-0", "cuda:0 needs 6,712 MiB", alternatives=[ALT_FITS, ALT_NO]),
+        _finding("error", "does-not-fit", "chat-0", "cuda:0 needs 6,712 MiB", alternatives=[ALT_FITS, ALT_MAYBE, ALT_NO]),
         _finding("warning", "host-memory-overcommitted", None, "gpu1: limits exceed RAM"),
     ],
     "summary": {"errors": 1, "warnings": 2, "infos": 2, "fits": False},
@@ -63,10 +68,10 @@ gpu1  cuda:0  P106-100          6063        6,712  NO    chat-0, embed-0$
 cpu1  cpu     host RAM  ?                   1,234  yes                  $
 $
 Servers (MiB on their device; speed for one request alone):$
-server   role   model  device  layers        model  context  compute  overhead  total MiB  tok/s  TTFT s$
--------  -----  -----  ------  ------------  -----  -------  -------  --------  ---------  -----  ------$
-chat-0   chat   q6     cuda:0  32/32+output  5,871      272       37       250      6,431   18.4    2.05$
-embed-0  embed  nomic  cuda:0  12/12+output    261        0       21       250        532  -      -     $
+server   role   model  device  layers        model  context  compute  overhead              total MiB  tok/s            TTFT s$
+-------  -----  -----  ------  ------------  -----  -------  -------  --------------------  ---------  ---------------  ------$
+chat-0   chat   q6     cuda:0  32/32+output  5,871      272       37  250 +/- 90 estimated      6,431  18.4 calibrated    2.05$
+embed-0  embed  nomic  cuda:0  12/12+output    261        0       21               250 set        532  -                -     $
 $
 Workloads (Poisson arrivals, one slot pool per model; pool rows: every host of the group):$
 model/pool  req/min  slots  busy s/req  utilisation  TTFT p50   TTFT p95   p95 if routed at random$
@@ -78,8 +83,9 @@ MARKDOWN = """\
 # llamafleet plan
 
 Predicted from GGUF metadata and the inventory, before deployment. Memory columns are llama.cpp's own \
-(model, context = KV cache, compute = graph buffers) plus the per-process CUDA overhead; speeds are roofline \
-estimates (see docs/plan.md).
+(model, context = KV cache, compute = graph buffers) plus the per-process CUDA overhead (estimated, measured on \
+the card elsewhere, calibrated on the host, or set in the inventory); speeds are roofline estimates unless marked \
+calibrated (see docs/plan.md).
 
 ## Devices
 
@@ -92,8 +98,8 @@ estimates (see docs/plan.md).
 
 | server | role | model | device | layers | model | context | compute | overhead | total MiB | tok/s | TTFT s |
 |---|---|---|---|---|---|---|---|---|---|---|---|
-| chat-0 | chat | q6 | cuda:0 | 32/32+output | 5,871 | 272 | 37 | 250 | 6,431 | 18.4 | 2.05 |
-| embed-0 | embed | nomic | cuda:0 | 12/12+output | 261 | 0 | 21 | 250 | 532 | - | - |
+| chat-0 | chat | q6 | cuda:0 | 32/32+output | 5,871 | 272 | 37 | 250 +/- 90 estimated | 6,431 | 18.4 calibrated | 2.05 |
+| embed-0 | embed | nomic | cuda:0 | 12/12+output | 261 | 0 | 21 | 250 set | 532 | - | - |
 
 ## Workloads
 
@@ -109,6 +115,7 @@ estimates (see docs/plan.md).
   | change | GPU total MiB | fits | layers | tok/s alone | TTFT alone | utilisation at declared load | TTFT p50 | TTFT p95 |
   |---|---|---|---|---|---|---|---|---|
   | model: q4 (Q4_K_M) | 5,876 | yes | 32/32+output | 24.5 | 1.75 s | 46% | 1.80 s | 3.25 s |
+  | n_gpu_layers: 27 | 6,024 | maybe (40 MiB spare, overhead +/- 180) | 26/32+output | 7.6 | 4.69 s | - | - | - |
   | ctx_size: 6144 | 6,410 | no | 32/32+output | 18.0 | 2.1 s | - | - | - |
 
 - **warning** `partial-offload` (gpu1/chat-0): chat-0: only 20/32 layers
