@@ -244,6 +244,8 @@ def test_the_plan_models_a_conversation_pattern_per_pool():
     assert conv["routing"] == "affine"
     # memory: one conversation ends at 100 + 4 x 140 = 660 tokens of KV; 40 conversations over 2 servers
     assert conv["cache_mib_needed"] == pytest.approx(20 * conv["kv_mib_per_conversation"], rel=1e-3)
+    assert "Conversations (prompt cache per pool" in console(result) and "### Conversations" in markdown(result)
+    assert "50% / " in console(result)  # slot-aware finds the history 1 time in 2
 
 
 def test_a_conversation_pattern_that_cannot_fit_its_mean_prompt_is_a_finding():
