@@ -525,6 +525,13 @@ def render_markdown(result: dict) -> str:
     lines += _table(["server", "prompt tokens (server: processed + cached)", "prompt tokens (client)", "of them cached",
                      "tokens predicted (server)", "completion tokens (client)", "prompt tok/s", "decode tok/s per stream",
                      "busy slots per decode"], srows)
+    sides = [side for side in result["server_side"].values() if not side.get("error")]
+    answered = result["summary"]["all"].get("completed") or 0
+    if sides and answered:
+        prefilled = sum(side["prompt_tokens"] for side in sides)
+        cached = sum(side["prompt_tokens_cached"] for side in sides)
+        lines += ["", f"Prompt tokens per answered request: {prefilled / answered:.0f} prefilled, {cached / answered:.0f} "
+                  f"reused from the prompt cache ({cached / max(prefilled + cached, 1):.0%} of all prompt tokens)."]
 
     if result.get("alone"):
         lines += ["", "Each chat server alone (one request, no prompt cache, before the measured phase; llama-server's "

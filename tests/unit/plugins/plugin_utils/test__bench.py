@@ -285,6 +285,8 @@ def test_report_renders_every_section():
     for part in ("## Figures", "## Server-side figures", "## The plan beside the bench", "HTTP 501", "1 x HTTP 503: busy",
                  "| server chat-0 |", "TTFT p95 (s)"):
         assert part in text
+    # chat-0's counters: 800 - 300 = 500 prefilled and 250 - 50 = 200 reused, over the 2 answered requests
+    assert "Prompt tokens per answered request: 250 prefilled, 100 reused from the prompt cache (29% of" in text
 
 
 def test_comparison_says_unbounded_when_the_plan_says_overloaded():
