@@ -195,8 +195,8 @@ def gateway(lab):
     playbook("site.yml", *TWO_HOSTS)
     yield
     playbook("playbooks/gateway.yml")
-    subprocess.run(["docker", "rm", "-f", *(f"llamafleet-lab2-{n.split('.', 1)[1]}" for n in LAB2)],
-                   capture_output=True, check=False)
+    subprocess.run(["docker", "rm", "-f", *(f"llamafleet-lab2-{n.split('.', 1)[1]}" for n in LAB2),
+                    "llamafleet-lab2-prometheus", "llamafleet-lab2-watchdog"], capture_output=True, check=False)
 
 
 def test_chat_and_embedding_answer_through_the_gateway(gateway):
