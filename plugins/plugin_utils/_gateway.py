@@ -24,11 +24,10 @@ ENTRY_KEYS = {"alias", "model", "role", "port", "fallbacks", "requests_per_minut
 # How a pool picks a server (docs/gateway.md, "Conversation-affine routing"):
 # leastconn: the least-loaded server with a free slot, else the pool's one queue.
 # affine: a request carrying the conversation header goes to the server its key hashes to while that
-#   server is up, not drained and has a free slot; otherwise exactly as leastconn. Chat groups
-#   default to it (their prompts grow turn by turn and the server that saw the last turn holds its
-#   prefix); embeddings have no prefix worth keeping.
+#   server is up, not drained and has a free slot; otherwise exactly as leastconn. Not the default:
+#   in the lab's measurement (docs/gateway.md) it did not beat leastconn; a chat group opts in.
 ROUTINGS = ("affine", "leastconn")
-DEFAULT_ROUTING = {"chat": "affine"}
+DEFAULT_ROUTING: dict[str, str] = {}
 CONVERSATION_HEADER = "X-Llamafleet-Conversation"
 # Hash buckets of a conversation key (xxh32 mod AFFINITY_BUCKETS); each bucket belongs to one server by
 # rendezvous hashing, so adding or removing a server moves only the buckets it gains or loses.

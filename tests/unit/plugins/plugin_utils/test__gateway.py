@@ -191,9 +191,12 @@ def test_plan_without_a_gateway_keeps_per_host_rows():
 
 
 # -- conversation-affine routing (issue 13) ----------------------------------------------------------
-def test_chat_pools_default_to_affine_embeddings_to_leastconn():
+def test_pools_default_to_leastconn_and_chat_may_opt_in_to_affine():
     hosts, _ = fleet()
-    chat, embed = pools(config(), hosts)["pools"]
+    assert [p["routing"] for p in pools(config(), hosts)["pools"]] == ["leastconn", "leastconn"]
+    models = copy.deepcopy(MODELS)
+    models[0]["routing"] = "affine"
+    chat, embed = pools(config(models=models), hosts)["pools"]
     assert (chat["routing"], embed["routing"]) == ("affine", "leastconn")
     # every one of the 64 buckets has exactly one home among the chat servers; embed servers get none
     homes = sorted(b for s in chat["servers"] for b in s["buckets"])
@@ -232,7 +235,8 @@ def test_the_plan_models_a_conversation_pattern_per_pool():
     lab["llamafleet_workload"]["gemma"].update(prompt_tokens=400, reply_tokens=50, turns_per_conversation=4,
                                                shared_prefix_tokens=100, active_conversations=40)
     specs = [normalize_host("lab", lab)]
-    result = plan(specs, {"lab": {"gemma": GEMMA}}, None, config(models=[MODELS[0]], fleet_hosts={"lab": {"connection": "local"}}))
+    result = plan(specs, {"lab": {"gemma": GEMMA}}, None, config(models=[dict(MODELS[0], routing="affine")],
+                                                                  fleet_hosts={"lab": {"connection": "local"}}))
     conv = result["workloads"][0]["conversations"]
     # by hand: message u = (2 (400 - 100) - 50 x 3) / 5 = 90; the history part averages 3 x 140 / 2 = 210;
     # slot-aware: found on the previous server 1 time in 2: computed 400 - 100 - 105 = 195
