@@ -378,6 +378,7 @@ def test_conversation_affine_vs_slot_aware_only(gateway, capsys):
     """
     names = list(LAB2)
     results: dict[str, list[dict]] = {"slot-aware": [], "affine": []}
+    per_run: list[str] = []
     seed = 10
     with pool_of(names):
         # the mechanism first: one after the other (a free slot everywhere), requests with one key all go to
@@ -405,6 +406,12 @@ def test_conversation_affine_vs_slot_aware_only(gateway, capsys):
                 stats = pool_stats()
                 out["haproxy"] = {n: {k: int(stats[(CHAT, n)][k] or 0) for k in ("smax", "slim", "qmax", "stot")} for n in names}
                 results[mode].append(out)
+                done = [r for r in out["records"] if not r["warmup"] and r["ok"]]
+                reused = sum(metrics_delta(out["metrics_before"][n], out["metrics_after"][n])["prompt_tokens_cached"]
+                             for n in names)
+                per_run.append(f"{mode} seed {seed}: reused {reused / max(len(done), 1):.0f}/request, TTFT p50 "
+                               f"{statistics.median([r['ttft'] for r in done]):.2f} s, sessions "
+                               f"{[out['haproxy'][n]['stot'] for n in names]}")
     figures = {}
     for mode, runs in results.items():
         records = [r for out in runs for r in out["records"] if not r["warmup"]]
@@ -431,7 +438,7 @@ def test_conversation_affine_vs_slot_aware_only(gateway, capsys):
                      f"(max per run) {f['queued_at_a_server']}")
     lines.append(f"  ratio affine/slot-aware: computed {a_['computed'] / s_['computed']:.2f}, TTFT p50 {a_['p50'] / s_['p50']:.2f}, "
                  f"p95 {a_['p95'] / s_['p95']:.2f}")
-    report(capsys, "\n    ".join(lines))
+    report(capsys, "\n    ".join(lines + ["  runs: " + "; ".join(per_run)]))
 
 
 def test_overhead_of_gateway_and_pool_over_a_direct_call(gateway, capsys):
