@@ -56,6 +56,8 @@ class BenchConfig:
     characters: int
     routing: str
     probe: bool
+    turns: int = 0                    # > 0: multi-turn conversations of this many turns (PromptSource)
+    conversation_header: bool = True  # send each conversation's key (X-Llamafleet-Conversation) when turns > 0
 
     @property
     def mode(self) -> str:
@@ -114,6 +116,8 @@ def config(values: dict) -> BenchConfig:
         characters=_number("characters", values.get("characters"), int) or 4,
         routing=routing,
         probe=bool(values.get("probe", True)),
+        turns=_number("turns", values.get("turns"), int, allow_zero=True) or 0,
+        conversation_header=bool(values.get("conversation_header", True)),
     )
 
 
@@ -187,6 +191,11 @@ class PromptSource:
     """Companion-chat shaped prompts: a character card as the system prompt (shared by every user of
     that character: the prefix prompt caching reuses), the user's recent turns, and a new message.
 
+    turns = 0: each of `users` users sends a fixed-length prompt whose history repeats word for word.
+    turns > 0: `users` conversations run side by side; each lasts `turns` requests whose history
+    grows by one exchange per turn (the user's message and a reply of reply_tokens), then that user
+    starts a new conversation (new key, same character card). Turn 1 is the card and a first message.
+
     Deterministic for a seed. Lengths are in words, converted with tokens_per_word, which
     calibrate() corrects from what the servers counted.
     """
@@ -196,6 +205,8 @@ class PromptSource:
     users: int = 10
     characters: int = 4
     tokens_per_word: float = TOKENS_PER_WORD
+    turns: int = 0
+    reply_tokens: int = 64
     _cards: list[str] = field(default_factory=list)
     _turn: list[int] = field(default_factory=list)
 
@@ -212,8 +223,15 @@ class PromptSource:
 
     def chat(self, index: int) -> tuple[int, list[dict]]:
         """The messages of request number index: (user, messages)."""
+        user, _conversation, messages = self.chat_turn(index)
+        return user, messages
+
+    def chat_turn(self, index: int) -> tuple[int, str | None, list[dict]]:
+        """Request number index: (user, conversation key or None without turns, messages)."""
         user = index % self.users
         self._turn[user] += 1
+        if self.turns > 0:
+            return self._conversation_turn(user, self._turn[user])
         rng = random.Random(f"{self.seed}-{user}-{self._turn[user]}")
         card = self._cards[user % self.characters]
         card_tokens = len(card.split()) * self.tokens_per_word
@@ -232,7 +250,19 @@ class PromptSource:
         if messages[-1]["role"] == "user":
             messages.append({"role": "assistant", "content": _prose(history_rng, 8)})
         messages.append({"role": "user", "content": _prose(rng, 30)})
-        return user, messages
+        return user, None, messages
+
+    def _conversation_turn(self, user: int, count: int) -> tuple[int, str, list[dict]]:
+        number, turn = divmod(count - 1, self.turns)  # the user's conversation number, its turn (0-based)
+        key = f"s{self.seed}-u{user}-c{number}"
+        messages = [{"role": "system", "content": self._cards[user % self.characters]}]
+        reply_words = max(int(self.reply_tokens / self.tokens_per_word), 1)
+        for earlier in range(turn + 1):
+            rng = random.Random(f"{key}-{earlier}")  # the same words for a turn every time it is repeated
+            messages.append({"role": "user", "content": _prose(rng, 30)})
+            if earlier < turn:  # what the companion answered then (a stand-in: the bench discards replies)
+                messages.append({"role": "assistant", "content": _prose(rng, reply_words)})
+        return user, key, messages
 
     def embed(self, index: int) -> str:
         rng = random.Random(f"{self.seed}-embed-{index}")
@@ -495,6 +525,13 @@ def render_markdown(result: dict) -> str:
     lines += _table(["server", "prompt tokens (server: processed + cached)", "prompt tokens (client)", "of them cached",
                      "tokens predicted (server)", "completion tokens (client)", "prompt tok/s", "decode tok/s per stream",
                      "busy slots per decode"], srows)
+    sides = [side for side in result["server_side"].values() if not side.get("error")]
+    answered = result["summary"]["all"].get("completed") or 0
+    if sides and answered:
+        prefilled = sum(side["prompt_tokens"] for side in sides)
+        cached = sum(side["prompt_tokens_cached"] for side in sides)
+        lines += ["", f"Prompt tokens per answered request: {prefilled / answered:.0f} prefilled, {cached / answered:.0f} "
+                  f"reused from the prompt cache ({cached / max(prefilled + cached, 1):.0%} of all prompt tokens)."]
 
     if result.get("alone"):
         lines += ["", "Each chat server alone (one request, no prompt cache, before the measured phase; llama-server's "

@@ -32,6 +32,8 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench import (
 )
 
 SETTLE_S = 0.5
+# The key a conversation-affine pool routes on (roles/gateway_pools, gateway_pools_conversation_header).
+CONVERSATION_HEADER = "X-Llamafleet-Conversation"
 
 
 @dataclass
@@ -84,7 +86,8 @@ class Runner:
         self.cfg = cfg
         self.target = target
         self.progress = progress or (lambda state: None)
-        self.prompts = PromptSource(cfg.prompt_tokens, cfg.embed_tokens, cfg.seed, cfg.users, cfg.characters)
+        self.prompts = PromptSource(cfg.prompt_tokens, cfg.embed_tokens, cfg.seed, cfg.users, cfg.characters,
+                                    turns=cfg.turns, reply_tokens=cfg.reply_tokens)
         self.records: list[dict] = []
         self.chat_groups = [g for g in target.groups if g["role"] == "chat"]
         self.embed_groups = [g for g in target.groups if g["role"] == "embed"]
@@ -104,12 +107,15 @@ class Runner:
                    max_tokens: int | None = None) -> dict:
         index = self.n_chat
         self.n_chat += 1
-        user, messages = self.prompts.chat(index)
+        user, conversation, messages = self.prompts.chat_turn(index)
         rec = {"id": f"chat-{index}", "kind": "chat", "group": group["name"], "user": user, "arrival": arrival,
+               "conversation": conversation,
                "warmup": warmup, "ok": False, "server": None, "ttft": None, "latency": None, "itl": []}
         server = None if self.target.gateway_url else await router.acquire(group)
         try:
             url, headers, model = self._endpoint(group, server, "/v1/chat/completions")
+            if conversation and self.cfg.conversation_header:
+                headers = dict(headers, **{CONVERSATION_HEADER: conversation})
             body = {"model": model, "messages": messages, "max_tokens": max_tokens or self.cfg.reply_tokens,
                     "stream": True, "stream_options": {"include_usage": True}, "temperature": 0.8,
                     "seed": self.cfg.seed + index}
@@ -232,7 +238,8 @@ class Runner:
         self.records.extend(done)
         counted = [r["prompt_tokens"] for r in done if r["kind"] == "chat" and r.get("prompt_tokens")]
         if counted:
-            self.prompts.calibrate(self.cfg.prompt_tokens, sum(counted) / len(counted))
+            if not self.cfg.turns:  # a conversation's prompt grows by design: nothing to calibrate to
+                self.prompts.calibrate(self.cfg.prompt_tokens, sum(counted) / len(counted))
 
     async def probe(self, session: aiohttp.ClientSession) -> dict[str, dict]:
         """Each chat server's speed alone, one server at a time, from llama-server's own timings.

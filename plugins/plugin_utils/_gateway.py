@@ -12,12 +12,26 @@ problem (naming the variable and the fix) out. The preflight runs it before any 
 """
 from __future__ import annotations
 
+import hashlib
+import math
 import re
 
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import ROLES
 
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-ENTRY_KEYS = {"alias", "model", "role", "port", "fallbacks", "requests_per_minute", "prompt_tokens", "reply_tokens"}
+ENTRY_KEYS = {"alias", "model", "role", "port", "fallbacks", "requests_per_minute", "prompt_tokens", "reply_tokens",
+              "routing"}
+# How a pool picks a server (docs/gateway.md, "Conversation-affine routing"):
+# leastconn: the least-loaded server with a free slot, else the pool's one queue.
+# affine: a request carrying the conversation header goes to the server its key hashes to while that
+#   server is up, not drained and has a free slot; otherwise exactly as leastconn. Not the default:
+#   in the lab's measurement (docs/gateway.md) it did not beat leastconn; a chat group opts in.
+ROUTINGS = ("affine", "leastconn")
+DEFAULT_ROUTING: dict[str, str] = {}
+CONVERSATION_HEADER = "X-Llamafleet-Conversation"
+# Hash buckets of a conversation key (xxh32 mod AFFINITY_BUCKETS); each bucket belongs to one server by
+# rendezvous hashing, so adding or removing a server moves only the buckets it gains or loses.
+AFFINITY_BUCKETS = 64
 LOOPBACK = ("127.", "localhost", "::1")
 ANY_ADDRESS = ("0.0.0.0", "::", "")
 MIN_KEY_LENGTH = 16
@@ -39,6 +53,25 @@ class GatewayError(ValueError):
 def pool_server_name(host: str, server: str) -> str:
     """The name of a fleet server inside its pool (HAProxy allows no '/' in a server name)."""
     return f"{host}.{server}"
+
+
+def affinity_buckets(servers: list[dict], buckets: int = AFFINITY_BUCKETS) -> dict[str, list[int]]:
+    """Which hash buckets each server is the home of: weighted rendezvous (highest random weight) hashing.
+
+    Bucket b goes to the server with the highest score -slots / ln(u), u a uniform (0, 1) draw from
+    sha256(name, b): the chance of winning is proportional to the server's slots, and a server that
+    joins or leaves changes the home of only the buckets it wins or held (Thaler and Ravishankar 1998;
+    weighted form: Schindelhauer and Schomaker 2005). Deterministic, so every render agrees.
+    """
+    def score(server: dict, bucket: int) -> float:
+        digest = hashlib.sha256(f"{server['name']}|{bucket}".encode()).digest()
+        u = (int.from_bytes(digest[:8], "big") + 1) / (2 ** 64 + 2)  # in (0, 1)
+        return -max(int(server["slots"]), 1) / math.log(u)
+
+    homes: dict[str, list[int]] = {s["name"]: [] for s in servers}
+    for bucket in range(buckets):
+        homes[max(servers, key=lambda server: score(server, bucket))["name"]].append(bucket)
+    return homes
 
 
 def _is_port(value) -> bool:
@@ -165,6 +198,10 @@ def pools(gateway: dict, hosts: list[dict]) -> dict:
             value = entry.get(number)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
                 problems.append(f"{where}.{number} must be a positive number, got {value!r}")
+        routing = entry.get("routing", DEFAULT_ROUTING.get(role, "leastconn"))
+        if routing not in ROUTINGS:
+            problems.append(f"{where}.routing must be one of {', '.join(ROUTINGS)} (affine: a conversation's requests go to "
+                            f"the server holding its prompt cache while it has a free slot), got {routing!r}")
         servers = []
         for host, server in members:
             slots = server["slots"]
@@ -183,8 +220,13 @@ def pools(gateway: dict, hosts: list[dict]) -> dict:
             servers.append({"name": pool_server_name(host["host"], server["name"]), "host": host["host"],
                             "server": server["name"], "address": host.get("upstream_address") or address,
                             "port": server["port"], "slots": slots})
+        if routing == "affine":
+            homes = affinity_buckets(servers)
+            for server in servers:
+                server["buckets"] = homes[server["name"]]
         out_pools.append({"alias": alias, "model": model, "role": role, "port": entry.get("port"),
-                          "slots": sum(s["slots"] for s in servers), "fallbacks": fallbacks,
+                          "slots": sum(s["slots"] for s in servers), "fallbacks": fallbacks, "routing": routing,
+                          "affinity_buckets": AFFINITY_BUCKETS,
                           "workload": {k: entry[k] for k in ("requests_per_minute", "prompt_tokens", "reply_tokens")
                                        if k in entry},
                           "servers": servers})

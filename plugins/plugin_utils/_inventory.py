@@ -101,6 +101,28 @@ def expand_layout(layout: dict | None, servers: list | None, gpu_indexes: list[i
     return expanded
 
 
+WORKLOAD_KEYS = {"requests_per_minute", "prompt_tokens", "reply_tokens",
+                 # the conversation pattern (optional): the plan's prompt-cache figures for conversation-affine pools
+                 "turns_per_conversation", "shared_prefix_tokens", "active_conversations"}
+
+
+def _conversation_problems(where: str, spec: dict) -> list[str]:
+    """The optional conversation pattern of a workload: whole numbers, the shared prefix inside the prompt."""
+    problems = _unknown_keys(where, spec, WORKLOAD_KEYS)
+    for key, least in (("turns_per_conversation", 1), ("shared_prefix_tokens", 0), ("active_conversations", 1)):
+        value = spec.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            problems.append(f"{where}.{key} must be a whole number >= {least}, got {value!r}")
+    shared, prompt = spec.get("shared_prefix_tokens"), spec.get("prompt_tokens")
+    if isinstance(shared, int) and isinstance(prompt, (int, float)) and not isinstance(shared, bool) and shared >= prompt:
+        problems.append(f"{where}.shared_prefix_tokens ({shared}) must be below prompt_tokens ({prompt}): the shared "
+                        f"prefix (system prompt, character card) is part of every prompt")
+    if ("shared_prefix_tokens" in spec or "active_conversations" in spec) and "turns_per_conversation" not in spec:
+        problems.append(f"{where}: shared_prefix_tokens and active_conversations describe conversations; set "
+                        f"turns_per_conversation too (1 for single requests)")
+    return problems
+
+
 def normalize_host(host: str, hv: dict) -> dict:
     """Validate one host's llamafleet_* variables and return the normalized description."""
     problems: list[str] = []
@@ -245,6 +267,7 @@ def normalize_host(host: str, hv: dict) -> dict:
             value = spec.get(key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 problems.append(f"{where}.{key} must be a positive number, got {value!r}")
+        problems.extend(_conversation_problems(where, spec))
 
     if problems:
         raise InventoryError(host, problems)

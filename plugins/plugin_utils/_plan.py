@@ -26,7 +26,15 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gpus import gpu_
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._memory import ServerMemory, server_memory
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import QUANTIZED_KV_TYPES, effective
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import ShapeError, model_info_from_shape
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import Device, Speed, random_routing, server_speed, workload
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import (
+    Device,
+    Speed,
+    conversation_cache,
+    random_routing,
+    server_speed,
+    with_prompt,
+    workload,
+)
 
 CAPACITY_WARN = 0.8      # utilisation above which queueing makes TTFT p95 climb steeply
 DEFAULT_PROMPT, DEFAULT_REPLY = 512, 256
@@ -555,7 +563,35 @@ def pool_load(pool: dict, hosts: list[dict]) -> dict:
         rpm = sum(float(d["requests_per_minute"]) for d in declared)
     return {"requests_per_minute": None if rpm is None else float(rpm),
             "prompt_tokens": int(own.get("prompt_tokens", first.get("prompt_tokens", DEFAULT_PROMPT))),
-            "reply_tokens": int(own.get("reply_tokens", first.get("reply_tokens", DEFAULT_REPLY)))}
+            "reply_tokens": int(own.get("reply_tokens", first.get("reply_tokens", DEFAULT_REPLY))),
+            # the conversation pattern (issue 13), from the first host that declares it
+            **{k: first[k] for k in CONVERSATION_KEYS if k in first}}
+
+
+CONVERSATION_KEYS = ("turns_per_conversation", "shared_prefix_tokens", "active_conversations")
+
+
+def pool_conversations(pool: dict, load: dict, group: list[Speed], members: list[dict], utilisation: float) -> dict | None:
+    """The declared conversation pattern's cache reuse, and TTFT with it, under both routings (_speed.conversation_cache)."""
+    turns = load.get("turns_per_conversation")
+    if not turns:
+        return None
+    kv_per_token = [m["memory_mib"]["context"] / max(m["kv"]["cells"] * m["kv"]["streams"], 1)
+                    for m in members if m.get("kv")]
+    per_token = sum(kv_per_token) / len(kv_per_token) if kv_per_token else 0.0
+    slots_per_server = sum(s.slots for s in group) / len(group)
+    cache = conversation_cache(load["prompt_tokens"], load["reply_tokens"], int(turns),
+                               load.get("shared_prefix_tokens", 0), len(group), slots_per_server, utilisation,
+                               per_token, load.get("active_conversations"))
+    out = cache.to_dict()
+    for name, computed in (("slot_aware", cache.computed_slot_aware), ("affine", cache.computed_affine)):
+        adjusted = [with_prompt(s, load["prompt_tokens"], computed) for s in group]
+        result = workload(pool["alias"], load["requests_per_minute"], load["prompt_tokens"], load["reply_tokens"], adjusted)
+        out[f"ttft_p50_{name}_s"], out[f"ttft_p95_{name}_s"] = result.to_dict()["ttft_p50_s"], result.to_dict()["ttft_p95_s"]
+    caches = [m["host_memory_mib"]["prompt_cache"] for m in members]
+    out["cache_ram_mib_min"] = min((c for c in caches if c is not None), default=None)
+    out["routing"] = pool.get("routing", "leastconn")
+    return out
 
 
 def gateway_workloads(gateway: dict, hosts: list[dict], servers: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -574,11 +610,31 @@ def gateway_workloads(gateway: dict, hosts: list[dict], servers: list[dict]) -> 
         group = [speeds[(m["host"], m["server"])] for m in pool["servers"]]
         pooled = workload(pool["alias"], rpm, prompt, reply, group)
         scattered = random_routing(pool["alias"], rpm, prompt, reply, group)
+        by_name = {(s["host"], s["name"]): s for s in servers}
+        members = [by_name[(m["host"], m["server"])] for m in pool["servers"]]
+        try:
+            conversations = pool_conversations(pool, load, group, members, pooled.utilisation) if pooled.stable else None
+        except ValueError as exc:
+            conversations = None
+            findings.append(finding("error", "conversation-pattern", "gateway", None,
+                                    f"pool {pool['alias']} (model {pool['model']}): llamafleet_workload: {exc}. Fix "
+                                    f"prompt_tokens (the mean over a conversation's turns), turns_per_conversation or "
+                                    f"shared_prefix_tokens", model=pool["model"]))
         rows.append(dict(pooled.to_dict(), host="gateway", pool=pool["alias"], servers=len(group),
                          random_routing={"ttft_p50_s": scattered.to_dict()["ttft_p50_s"],
                                          "ttft_p95_s": scattered.to_dict()["ttft_p95_s"],
                                          "utilisation_max": round(scattered.utilisation, 3),
-                                         "stable": scattered.stable}))
+                                         "stable": scattered.stable},
+                         **({"conversations": conversations} if conversations else {})))
+        need = (conversations or {}).get("cache_mib_needed")
+        have = (conversations or {}).get("cache_ram_mib_min")
+        if need is not None and have is not None and have < need:
+            findings.append(finding(
+                "warning", "prompt-cache-small", "gateway", None,
+                f"pool {pool['alias']} (model {pool['model']}): {load['active_conversations']} active conversations of "
+                f"{conversations['kv_mib_per_conversation']:.1f} MiB each need {need:.0f} MiB of prompt cache per server, "
+                f"cache_ram gives {have:.0f}: turns will find their history evicted and prefill it again. Raise "
+                f"cache_ram on the chat servers to {math.ceil(need)} or more", model=pool["model"]))
         if not pooled.stable or pooled.utilisation > CAPACITY_WARN:
             findings.append(finding(
                 "error" if not pooled.stable else "warning", "capacity-exceeded", "gateway", None,

@@ -95,6 +95,9 @@ def console(plan: dict, width: int = 110) -> str:
                         [[w["model"], w["requests_per_minute"], w["slots"], f"{w['service_s']:.1f}",
                           f"{w['utilisation']:.0%}", _s(w["ttft_p50_s"]), _s(w["ttft_p95_s"]), _random_p95(w)]
                          for w in plan["workloads"]])
+    if conversation_rows(plan)[1]:
+        lines += ["", "Conversations (prompt cache per pool; slot-aware / conversation-affine):"]
+        lines += _table(*conversation_rows(plan))
     return "\n".join(lines)
 
 
@@ -119,6 +122,24 @@ def pool_rows(plan: dict) -> tuple[list[str], list[list]]:
              ", ".join(f"{m['name']} ({m['slots']} slot{'s' if m['slots'] > 1 else ''})" for m in p["servers"])]
             for p in plan["gateway"]["pools"]]
     return ["pool (alias)", "model", "role", "port", "slots", "servers"], rows
+
+
+def conversation_rows(plan: dict) -> tuple[list[str], list[list]]:
+    """Pools whose workload declares conversations: cache reuse and TTFT, slot-aware vs affine (_speed.conversation_cache)."""
+    rows = []
+    for w in plan["workloads"]:
+        c = w.get("conversations")
+        if not c:
+            continue
+        need = "-" if c["cache_mib_needed"] is None else f"{c['cache_mib_needed']:.0f}"
+        rows.append([w["model"], c["routing"], c["turns"], f"{c['hit_slot_aware']:.0%} / {c['hit_affine']:.0%}",
+                     f"{c['computed_slot_aware']:.0f} / {c['computed_affine']:.0f}",
+                     f"{_s(c['ttft_p50_slot_aware_s'])} / {_s(c['ttft_p50_affine_s'])}",
+                     f"{_s(c['ttft_p95_slot_aware_s'])} / {_s(c['ttft_p95_affine_s'])}",
+                     f"{c['kv_mib_per_conversation']:.1f}", need,
+                     "-" if c["cache_ram_mib_min"] is None else f"{c['cache_ram_mib_min']:.0f}"])
+    return ["pool", "routing", "turns", "history found (slot-aware / affine)", "prompt tokens prefilled",
+            "TTFT p50", "TTFT p95", "MiB per conversation", "cache MiB needed", "cache_ram MiB"], rows
 
 
 def _random_p95(w: dict) -> str:
@@ -160,6 +181,10 @@ def markdown(plan: dict) -> str:
                   "TTFT p95 if routed at random |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {w['model']} | {w['requests_per_minute']} | {w['slots']} | {w['utilisation']:.0%} | "
                   f"{_s(w['ttft_p50_s'])} | {_s(w['ttft_p95_s'])} | {_random_p95(w)} |" for w in plan["workloads"]]
+    if conversation_rows(plan)[1]:
+        lines += ["", "### Conversations", "", "The declared conversation pattern's prompt-cache reuse per pool, "
+                  "slot-aware routing / conversation-affine routing (docs/gateway.md).", ""]
+        lines += _md_table(*conversation_rows(plan))
     lines += ["", "## Findings", ""]
     for f, others in grouped(plan["findings"], [s["name"] for s in plan["servers"]]):
         where = f"{f['host']}/{f['server']}" if f["server"] else f["host"]

@@ -333,3 +333,67 @@ def random_routing(model_name: str, rpm: float, prompt_tokens: int, reply_tokens
     stream_tps = sum(s.batch_decode_tps for s in servers) / slots
     return WorkloadResult(model_name, rpm, slots, service, util, ttft0 + wait_quantile(0.5),
                           ttft0 + wait_quantile(0.95), stream_tps, True)
+
+
+# -- conversations and the prompt cache (conversation-affine pools, issue 13) ---------------------
+@dataclass
+class ConversationCache:
+    """What a conversation pattern lets the prompt cache save, per request, under both routings."""
+    turns: int
+    shared_prefix_tokens: int
+    message_tokens: float          # a new user message, derived from the mean prompt (see conversation_cache)
+    hit_slot_aware: float          # chance a turn finds its conversation's history on the server it lands on
+    hit_affine: float
+    computed_slot_aware: float     # prompt tokens prefilled per request (the rest comes from the cache)
+    computed_affine: float
+    kv_mib_per_conversation: float  # what one conversation's last context takes in a server's prompt cache
+    cache_mib_needed: float | None  # per server, with active_conversations declared
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+def conversation_cache(prompt_tokens: float, reply_tokens: float, turns: int, shared_prefix_tokens: float,
+                       servers: int, slots_per_server: float, utilisation: float, kv_mib_per_token: float,
+                       active_conversations: int | None = None) -> ConversationCache:
+    """Expected prompt-cache reuse of multi-turn conversations behind a pool.
+
+    A conversation of T turns starts with the shared prefix S (system prompt, character card) and a
+    user message u; each later turn adds the previous reply R and a new message, so turn t's prompt
+    is S + t u + (t - 1) R and its mean over the turns is the declared prompt_tokens P:
+    P = S + u (T + 1) / 2 + R (T - 1) / 2, hence u = (2 (P - S) - R (T - 1)) / (T + 1).
+    Turn t (t >= 2) finds S + (t - 1)(u + R) tokens cached where the previous turn ran (its
+    prompt and reply, which the client sends back); elsewhere only S (every server keeps the few
+    shared prefixes warm). Averaged over the turns, the history part is (T - 1)(u + R) / 2.
+    - slot-aware only: the turn lands on the previous turn's server by chance, 1 / N.
+    - conversation-affine: it goes home unless every slot of the home server is busy, then
+      anywhere: 1 - b + b / N, with b = rho^c (each of the home's c slots busy with the pool's
+      utilisation rho, taken as independent: a rough figure that errs high at high load).
+    The home keeps the conversation's last context in its prompt cache (cache_ram) between turns:
+    S + T (u + R) tokens at the end; the cache a server needs is that for its share of the active
+    conversations.
+    """
+    if turns < 1:
+        raise ValueError("turns must be >= 1")
+    message = (2 * (prompt_tokens - shared_prefix_tokens) - reply_tokens * (turns - 1)) / (turns + 1)
+    if message <= 0:
+        raise ValueError(
+            f"prompt_tokens {prompt_tokens:g} is too short for {turns} turns of {reply_tokens:g}-token replies after a "
+            f"{shared_prefix_tokens:g}-token shared prefix: the mean prompt of such a conversation is at least "
+            f"{shared_prefix_tokens + reply_tokens * (turns - 1) / 2:g}")
+    history = (turns - 1) * (message + reply_tokens) / 2
+    busy = min(max(utilisation, 0.0), 1.0) ** max(slots_per_server, 1)
+    hit_slot_aware = 1.0 / servers if turns > 1 else 0.0
+    hit_affine = (1.0 - busy + busy / servers) if turns > 1 else 0.0
+    computed = {name: prompt_tokens - shared_prefix_tokens - hit * history
+                for name, hit in (("slot_aware", hit_slot_aware), ("affine", hit_affine))}
+    kv_conversation = (shared_prefix_tokens + turns * (message + reply_tokens)) * kv_mib_per_token
+    need = None if not active_conversations else active_conversations / servers * kv_conversation
+    return ConversationCache(turns, int(shared_prefix_tokens), message, hit_slot_aware, hit_affine,
+                             computed["slot_aware"], computed["affine"], kv_conversation, need)
+
+
+def with_prompt(speed: Speed, prompt_tokens: float, computed_tokens: float) -> Speed:
+    """The speed of a server whose requests prefill only computed_tokens of their prompt_tokens."""
+    saved = (prompt_tokens - computed_tokens) / max(speed.prefill_tps, 1e-9)
+    return Speed(speed.decode_tps, speed.prefill_tps, max(speed.ttft_s - saved, 0.0), speed.batch_decode_tps, speed.slots)

@@ -285,6 +285,8 @@ def test_report_renders_every_section():
     for part in ("## Figures", "## Server-side figures", "## The plan beside the bench", "HTTP 501", "1 x HTTP 503: busy",
                  "| server chat-0 |", "TTFT p95 (s)"):
         assert part in text
+    # chat-0's counters: 800 - 300 = 500 prefilled and 250 - 50 = 200 reused, over the 2 answered requests
+    assert "Prompt tokens per answered request: 250 prefilled, 100 reused from the prompt cache (29% of" in text
 
 
 def test_comparison_says_unbounded_when_the_plan_says_overloaded():
@@ -292,3 +294,26 @@ def test_comparison_says_unbounded_when_the_plan_says_overloaded():
     rows = comparison({"ttft_p50_s": None, "ttft_p95_s": None, "stable": False, "utilisation": 1.2,
                        "tokens_per_s_per_request": 1.0, "service_s": 3.0}, measured, slots=2)
     assert rows[0]["predicted"] == float("inf") and rows[0]["ratio"] is None
+
+
+def test_conversations_grow_turn_by_turn_and_start_over_after_their_turns():
+    source = PromptSource(250, 64, seed=3, users=2, characters=2, turns=3, reply_tokens=32)
+    turns = [source.chat_turn(i) for i in range(8)]  # users alternate: 0, 1, 0, 1, ...
+    user0 = [t for t in turns if t[0] == 0]
+    keys = [t[1] for t in user0]
+    assert keys == ["s3-u0-c0"] * 3 + ["s3-u0-c1"]  # 3 turns, then a new conversation
+    first, second, third, fresh = (t[2] for t in user0)
+    # each turn repeats the previous one's messages word for word (the cached prefix) and adds an
+    # assistant reply and a new user message
+    assert second[:len(first)] == first and len(second) == len(first) + 2
+    assert third[:len(second)] == second and len(third) == len(second) + 2
+    assert [m["role"] for m in third] == ["system", "user", "assistant", "user", "assistant", "user"]
+    # the character card is shared by every conversation of that character; a new conversation starts short
+    assert fresh[0] == first[0] and len(fresh) == 2 and fresh[1] != first[1]
+    # replies in the history are about reply_tokens long (32 tokens at 1.3 tokens a word: 24 words)
+    assert len(third[2]["content"].split()) == 24
+
+
+def test_without_turns_no_conversation_key_is_sent():
+    source = PromptSource(250, 64, seed=3, users=2)
+    assert source.chat_turn(0)[1] is None

@@ -10,7 +10,7 @@ import math
 import pytest
 
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._fleet import fleet_host
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gateway import GatewayError, pools
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gateway import GatewayError, affinity_buckets, pools
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import normalize_host
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._plan import plan
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._report import console, markdown
@@ -188,3 +188,75 @@ def test_plan_without_a_gateway_keeps_per_host_rows():
     result = plan(specs, {"lab": {"gemma": GEMMA}})
     assert [(r["host"], r["slots"]) for r in result["workloads"]] == [("lab", 2)]
     assert "gateway" not in result
+
+
+# -- conversation-affine routing (issue 13) ----------------------------------------------------------
+def test_pools_default_to_leastconn_and_chat_may_opt_in_to_affine():
+    hosts, _ = fleet()
+    assert [p["routing"] for p in pools(config(), hosts)["pools"]] == ["leastconn", "leastconn"]
+    models = copy.deepcopy(MODELS)
+    models[0]["routing"] = "affine"
+    chat, embed = pools(config(models=models), hosts)["pools"]
+    assert (chat["routing"], embed["routing"]) == ("affine", "leastconn")
+    # every one of the 64 buckets has exactly one home among the chat servers; embed servers get none
+    homes = sorted(b for s in chat["servers"] for b in s["buckets"])
+    assert homes == list(range(64)) and chat["affinity_buckets"] == 64
+    assert all("buckets" not in s for s in embed["servers"])
+
+
+def test_routing_can_be_set_per_alias_and_is_validated():
+    hosts, _ = fleet()
+    models = copy.deepcopy(MODELS)
+    models[0]["routing"] = "leastconn"
+    assert pools(config(models=models), hosts)["pools"][0]["routing"] == "leastconn"
+    models[0]["routing"] = "sticky"
+    with pytest.raises(GatewayError, match=r"llamafleet_gateway_models\[0\] \(alias lab-chat\)\.routing must be one of affine, leastconn"):
+        pools(config(models=models), hosts)
+
+
+def test_affinity_buckets_move_only_to_a_joining_server_and_follow_slots():
+    two = [{"name": "a", "slots": 1}, {"name": "b", "slots": 1}]
+    before = affinity_buckets(two)
+    after = affinity_buckets(two + [{"name": "c", "slots": 1}])
+    # a bucket either kept its home or moved to the new server c: never from a to b or b to a
+    for name in ("a", "b"):
+        assert set(after[name]) <= set(before[name])
+    assert set(after["c"]) == set(range(64)) - set(after["a"]) - set(after["b"])
+    # removing c gives exactly the two-server assignment back
+    assert affinity_buckets(two) == before
+    # weights: a 3-slot server beside a 1-slot one expects 48 of 64 buckets (binomial sd ~3.5)
+    weighted = affinity_buckets([{"name": "big", "slots": 3}, {"name": "small", "slots": 1}])
+    assert 38 <= len(weighted["big"]) <= 58, weighted
+
+
+def test_the_plan_models_a_conversation_pattern_per_pool():
+    # two one-slot servers; conversations of 4 turns, 100 shared tokens, mean prompt 400, replies 50
+    lab = host_vars([8101, 8102])
+    lab["llamafleet_workload"]["gemma"].update(prompt_tokens=400, reply_tokens=50, turns_per_conversation=4,
+                                               shared_prefix_tokens=100, active_conversations=40)
+    specs = [normalize_host("lab", lab)]
+    result = plan(specs, {"lab": {"gemma": GEMMA}}, None, config(models=[dict(MODELS[0], routing="affine")],
+                                                                  fleet_hosts={"lab": {"connection": "local"}}))
+    conv = result["workloads"][0]["conversations"]
+    # by hand: message u = (2 (400 - 100) - 50 x 3) / 5 = 90; the history part averages 3 x 140 / 2 = 210;
+    # slot-aware: found on the previous server 1 time in 2: computed 400 - 100 - 105 = 195
+    assert conv["message_tokens"] == pytest.approx(90)
+    assert conv["computed_slot_aware"] == pytest.approx(195)
+    assert conv["hit_slot_aware"] == pytest.approx(0.5)
+    assert conv["hit_affine"] > conv["hit_slot_aware"] and conv["computed_affine"] < conv["computed_slot_aware"]
+    assert conv["ttft_p50_affine_s"] < conv["ttft_p50_slot_aware_s"]
+    assert conv["routing"] == "affine"
+    # memory: one conversation ends at 100 + 4 x 140 = 660 tokens of KV; 40 conversations over 2 servers
+    assert conv["cache_mib_needed"] == pytest.approx(20 * conv["kv_mib_per_conversation"], rel=1e-3)
+    assert "Conversations (prompt cache per pool" in console(result) and "### Conversations" in markdown(result)
+    assert "50% / " in console(result)  # slot-aware finds the history 1 time in 2
+
+
+def test_a_conversation_pattern_that_cannot_fit_its_mean_prompt_is_a_finding():
+    lab = host_vars([8101, 8102])
+    lab["llamafleet_workload"]["gemma"].update(prompt_tokens=100, reply_tokens=64, turns_per_conversation=6,
+                                               shared_prefix_tokens=80)
+    result = plan([normalize_host("lab", lab)], {"lab": {"gemma": GEMMA}}, None,
+                  config(models=[MODELS[0]], fleet_hosts={"lab": {"connection": "local"}}))
+    found = [f for f in result["findings"] if f["code"] == "conversation-pattern"]
+    assert found and "prompt_tokens 100 is too short for 6 turns" in found[0]["message"]

@@ -212,6 +212,20 @@ def _problems(**changes):
      "llamafleet_workload.m.prompt_tokens must be a positive number, got True"),
     ({"llamafleet_workload": {"m": {"requests_per_minute": 1, "prompt_tokens": 1}}},
      "llamafleet_workload.m.reply_tokens must be a positive number, got None"),
+    ({"llamafleet_workload": {"m": {"requests_per_minute": 1, "prompt_tokens": 300, "reply_tokens": 1,
+                                    "turns_per_conversation": 0}}},
+     "llamafleet_workload.m.turns_per_conversation must be a whole number >= 1, got 0"),
+    ({"llamafleet_workload": {"m": {"requests_per_minute": 1, "prompt_tokens": 300, "reply_tokens": 1,
+                                    "turns_per_conversation": 4, "shared_prefix_tokens": 300}}},
+     "llamafleet_workload.m.shared_prefix_tokens (300) must be below prompt_tokens (300): the shared prefix (system "
+     "prompt, character card) is part of every prompt"),
+    ({"llamafleet_workload": {"m": {"requests_per_minute": 1, "prompt_tokens": 300, "reply_tokens": 1,
+                                    "shared_prefix_tokens": 100}}},
+     "llamafleet_workload.m: shared_prefix_tokens and active_conversations describe conversations; set "
+     "turns_per_conversation too (1 for single requests)"),
+    ({"llamafleet_workload": {"m": {"requests_per_minute": 1, "prompt_tokens": 300, "reply_tokens": 1, "turns": 4}}},
+     "llamafleet_workload.m has unknown keys ['turns']; valid: ['active_conversations', 'prompt_tokens', 'reply_tokens', "
+     "'requests_per_minute', 'shared_prefix_tokens', 'turns_per_conversation']"),
     ({"llamafleet_backend": "cuda", "llamafleet_gpus": []},
      "llamafleet_backend is cuda but llamafleet_gpus is empty: declare the GPUs (index, name; memory_mib etc. when the "
      "name is not in the catalogue)"),
