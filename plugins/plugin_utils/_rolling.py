@@ -14,6 +14,10 @@ import fnmatch
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import ArgsError, validate_args
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import Speed, workload
 
+# How much worse than its baseline a replaced server's smoke may be (TTFT x 2, tokens/s / 2): wide
+# enough for the noise of a few requests on a busy host, narrow enough to catch a knob that halves speed.
+DEFAULT_MAX_REGRESSION = 1.0
+
 
 class RollingError(ValueError):
     """Every problem of the rollout's controls, one per line; nothing was changed."""
@@ -78,7 +82,9 @@ def apply_override(hosts: list[dict], chosen: list[tuple[str, str]], override) -
 
 
 def validate_bound(value, name: str = "llamafleet_rolling_max_regression") -> float:
-    """The regression bound: a number >= 0 (a fraction: 0.5 allows TTFT x 1.5 and tokens/s / 1.5)."""
+    """The regression bound: a number >= 0 (a fraction: 0.5 allows TTFT x 1.5 and tokens/s / 1.5); None: the default."""
+    if value is None:
+        return DEFAULT_MAX_REGRESSION
     if isinstance(value, bool):
         raise RollingError([f"{name} must be a number >= 0 (0.5 = 50 % worse allowed), got {value!r}"])
     try:
