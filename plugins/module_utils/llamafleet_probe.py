@@ -11,9 +11,11 @@ with --metrics) and the OpenAI-compatible streaming chat completion (server-sent
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 
 
 class ProbeError(Exception):
@@ -94,6 +96,17 @@ def wait_for(check, timeout: float, interval: float = 0.5, clock=time.monotonic,
         if clock() - start >= timeout:
             return False, clock() - start
         sleep(interval)
+
+
+def seconds_since(iso: str, now: float | None = None) -> float:
+    """Seconds from a Docker timestamp (State.StartedAt: RFC 3339, nanoseconds, Z) to now (epoch seconds)."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", iso.strip())
+    if not match:
+        raise ProbeError(f"started_at {iso!r} is not an RFC 3339 timestamp like Docker's State.StartedAt")
+    base, frac, zone = match.groups()
+    stamp = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone)).timestamp()
+    stamp += float("0." + frac) if frac else 0.0
+    return (time.time() if now is None else now) - stamp
 
 
 def wait_healthy(url: str, timeout: float) -> float:

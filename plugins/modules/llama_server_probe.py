@@ -35,6 +35,11 @@ options:
     description: Seconds O(wait_healthy) waits at most.
     type: int
     default: 300
+  started_at:
+    description:
+      - When the server's container started (Docker's C(State.StartedAt)); with O(wait_healthy), C(load_s) is the time
+        from then until C(/health) answered 200 (the model's load time).
+    type: str
   wait_idle:
     description: Wait until no request is in flight.
     type: bool
@@ -127,6 +132,10 @@ health_waited_s:
   description: Seconds O(wait_healthy) waited.
   type: float
   returned: always
+load_s:
+  description: Seconds from O(started_at) until C(/health) answered 200 (null without O(started_at)).
+  type: float
+  returned: always
 idle_waited_s:
   description: Seconds O(wait_idle) waited.
   type: float
@@ -151,6 +160,7 @@ from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_probe 
     health,
     in_flight,
     regression,
+    seconds_since,
     smoke_chat,
     smoke_embed,
     wait_healthy,
@@ -165,6 +175,7 @@ def main():
             "api_key": {"type": "str", "no_log": True},
             "wait_healthy": {"type": "bool", "default": False},
             "health_timeout": {"type": "int", "default": 300},
+            "started_at": {"type": "str"},
             "wait_idle": {"type": "bool", "default": False},
             "idle_timeout": {"type": "int", "default": 120},
             "idle_quiet": {"type": "float", "default": 1.0},
@@ -184,11 +195,13 @@ def main():
             module.fail_json(msg=f"{key} must be {'1' if key == 'smoke_runs' else '0'} or more, got {p[key]}")
     if p["max_regression"] < 0:
         module.fail_json(msg=f"max_regression must be a fraction of 0 or more (0.5 = 50 % worse), got {p['max_regression']}")
-    result = {"changed": False, "health_waited_s": 0.0, "idle_waited_s": 0.0, "smoke": {}, "regression": []}
+    result = {"changed": False, "health_waited_s": 0.0, "load_s": None, "idle_waited_s": 0.0, "smoke": {}, "regression": []}
     act = not module.check_mode
     try:
         if p["wait_healthy"] and act:
             result["health_waited_s"] = round(wait_healthy(url, p["health_timeout"]), 2)
+            if p["started_at"]:
+                result["load_s"] = round(seconds_since(p["started_at"]), 2)
         if p["wait_idle"] and act:
             waited, _ = wait_idle(url, p["api_key"], p["idle_timeout"], p["idle_quiet"])
             result["idle_waited_s"] = round(waited, 2)

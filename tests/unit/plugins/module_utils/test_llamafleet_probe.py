@@ -10,6 +10,7 @@ from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_probe 
     parse_metrics,
     parse_stream,
     regression,
+    seconds_since,
     wait_for,
 )
 
@@ -120,3 +121,18 @@ def test_regression_bound(now, bound, worse):
 
 def test_embedding_smoke_has_no_rate_to_compare():
     assert regression({"ttft_s": 0.05, "tokens_per_s": None}, {"ttft_s": 0.06, "tokens_per_s": None}, 0.5) == []
+
+
+@pytest.mark.parametrize("iso,now,expected", [
+    # 2026-11-27T14:10:05Z is epoch 1795788605 (date -u -d 2026-11-27T14:10:05Z +%s)
+    ("2026-11-27T14:10:05.250000000Z", 1795788607.75, 2.5),
+    ("2026-11-27T14:10:05Z", 1795788606.0, 1.0),
+    ("2026-11-27T15:10:05.5+01:00", 1795788606.0, 0.5),
+])
+def test_seconds_since_a_docker_timestamp(iso, now, expected):
+    assert seconds_since(iso, now) == pytest.approx(expected)
+
+
+def test_a_timestamp_that_is_not_rfc3339_is_refused():
+    with pytest.raises(ProbeError, match="started_at"):
+        seconds_since("yesterday", 0.0)
