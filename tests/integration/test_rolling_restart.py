@@ -184,8 +184,10 @@ def args_of(cs: dict) -> dict:
 
 
 def back_to_inventory():
-    """Roll every server back to what the inventory declares (one at a time: no outage)."""
-    playbook("playbooks/rolling_restart.yml", "-e", json.dumps({"llamafleet_rolling_max_regression": 100}))
+    """Roll every running server back to what the inventory declares (one at a time: no outage), then
+    site.yml for anything not running (a test that failed half-way may leave one restarting)."""
+    playbook("playbooks/rolling_restart.yml", "-e", json.dumps({"llamafleet_rolling_max_regression": 100}), check=False)
+    playbook("site.yml")
 
 
 @pytest.fixture
