@@ -2,8 +2,9 @@
 
 Real llama-servers, real containers, real HTTP. The load goes directly to the servers (the lab has
 no gateway on this branch): each request picks a server of its model group; a connection the server
-refuses, or closes before sending a byte, is sent to the group's other server, as a pool does
-(HAProxy `retry-on conn-failure empty-response`, LiteLLM's retries). Every other error is a failed
+refuses, closes before sending a byte, or answers 503 while its model loads, is sent to the group's
+other server, as a pool does (health checks, HAProxy `retry-on conn-failure empty-response`,
+LiteLLM's retries). Every other error is a failed
 request: an HTTP error, a timeout, a stream cut short, a reply with no token. So the test fails when
 the rollout stops a server with a request in flight (drain not waited for), or when a group has no
 server at all. A poller reads every server's /health every 0.2 s and measures, per model group, the
@@ -55,6 +56,10 @@ def request(port: int, path: str, body: dict, key: str) -> float | None:
             resp = conn.getresponse()
         except (ConnectionRefusedError, http.client.RemoteDisconnected, ConnectionResetError) as exc:
             raise Rerouted(str(exc)) from None
+        if resp.status == 503:
+            # llama-server listens while it loads its model and answers 503 "Loading model": not ready,
+            # which a pool's health check (or the gateway's retry) keeps clients away from
+            raise Rerouted(f"HTTP 503 {resp.read()[:80]!r}")
         if resp.status != 200:
             raise AssertionError(f"HTTP {resp.status} from :{port}{path}: {resp.read()[:200]!r}")
         if not body.get("stream"):
