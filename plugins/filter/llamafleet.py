@@ -120,7 +120,6 @@ def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str 
                     deployed[host] = json.load(handle)
             except (OSError, ValueError) as exc:
                 raise AnsibleFilterError(f"cannot read the deployment record {record}: {exc}; remove it to start afresh") from None
-    gateway = None
     try:
         gateway = _gateway_config(hostvars, hosts, gateway_hosts or [])
         if rolling is None:
