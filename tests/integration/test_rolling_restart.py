@@ -1,7 +1,7 @@
 """Rolling restart on the lab under a steady client load: no failed request, no model group without a ready server.
 
-Real llama-servers, real containers, real HTTP. The load goes directly to the servers (the lab has
-no gateway on this branch): each request picks a server of its model group; a connection the server
+Real llama-servers, real containers, real HTTP. The load goes directly to the servers (not through
+the gateway): each request picks a server of its model group; a connection the server
 refuses, closes before sending a byte, or answers 503 while its model loads, is sent to the group's
 other server, as a pool does (health checks, HAProxy `retry-on conn-failure empty-response`,
 LiteLLM's retries). Every other error is a failed
@@ -175,7 +175,7 @@ class Load:
 def show(title: str, before: dict, during: dict, gap: dict):
     def f(v):
         return "-" if v is None else f"{v:.3f} s"
-    print(f"\n{title} (load directly on the servers; no gateway on this branch)")
+    print(f"\n{title} (load directly on the servers, not through the gateway)")
     print(f"  {'':8} {'requests':>8} {'failed':>6} {'rerouted':>8} {'TTFT p50':>10} {'TTFT p95':>10}")
     for name, fig in (("before", before), ("during", during)):
         print(f"  {name:8} {fig['requests']:>8} {fig['failed']:>6} {fig['rerouted']:>8} {f(fig['ttft_p50']):>10} "
