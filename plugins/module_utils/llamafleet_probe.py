@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Read a running llama-server and measure it: health, in-flight requests, one smoke request.
 
-Shipped to hosts with the llama_server_probe module; standard library only. The HTTP transport is
+Shipped to hosts with the llama_server_probe module; standard library and Ansible's open_url. The HTTP transport is
 one function (`http`), so everything else is pure and unit-tested on llama-server's real formats:
 `/health` (200 when the model is loaded, 503 while it loads), `/slots` (a JSON list with
 `is_processing` per slot), `/metrics` (Prometheus text with `llamacpp:requests_processing`, only
@@ -14,8 +14,10 @@ import json
 import re
 import time
 import urllib.error
-import urllib.request
 from datetime import datetime
+
+from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
+from ansible.module_utils.urls import open_url
 
 
 class ProbeError(Exception):
@@ -28,14 +30,15 @@ def http(url: str, api_key: str | None = None, body: dict | None = None, timeout
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers=headers, method="POST" if data is not None else "GET")
     try:
-        resp = urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 (URLs come from the fleet model)
+        # plain HTTP to the fleet's own servers: no proxy between the host and its local llama-servers
+        resp = open_url(url, data=data, headers=headers, method="POST" if data is not None else "GET", timeout=timeout,
+                        use_proxy=False)
         return resp.status, resp
     except urllib.error.HTTPError as err:
         err.read()
         return err.code, None
-    except (urllib.error.URLError, OSError) as err:
+    except (urllib.error.URLError, OSError, UrlsConnectionError) as err:
         raise ProbeError(f"{url}: {getattr(err, 'reason', err)}") from None
 
 

@@ -81,10 +81,10 @@ options:
 attributes:
   check_mode:
     support: full
-    details: Reads C(/health) and the requests in flight; waits and smoke requests are not run in check mode.
+    description: Reads C(/health) and the requests in flight; waits and smoke requests are not run in check mode.
 notes:
   - Never changes the server; C(changed) is always false.
-author: llamafleet contributors
+author: llamafleet contributors (@llamafleet)
 """
 
 EXAMPLES = r"""
@@ -181,7 +181,7 @@ def main():
             "idle_quiet": {"type": "float", "default": 1.0},
             "smoke": {"type": "str", "choices": ["none", "chat", "embed"], "default": "none"},
             "smoke_prompt": {"type": "str", "default": "Say hello in five words."},
-            "smoke_max_tokens": {"type": "int", "default": 24},
+            "smoke_max_tokens": {"type": "int", "default": 24, "no_log": False},
             "smoke_runs": {"type": "int", "default": 3},
             "baseline": {"type": "dict"},
             "max_regression": {"type": "float", "default": 0.5},
@@ -203,12 +203,12 @@ def main():
             if p["started_at"]:
                 result["load_s"] = round(seconds_since(p["started_at"]), 2)
         if p["wait_idle"] and act:
-            waited, _ = wait_idle(url, p["api_key"], p["idle_timeout"], p["idle_quiet"])
+            waited, _last = wait_idle(url, p["api_key"], p["idle_timeout"], p["idle_quiet"])
             result["idle_waited_s"] = round(waited, 2)
         if p["smoke"] != "none" and act:
             send = smoke_chat if p["smoke"] == "chat" else smoke_embed
             args = (p["smoke_max_tokens"],) if p["smoke"] == "chat" else ()
-            result["smoke"] = best_of([send(url, p["api_key"], p["smoke_prompt"], *args) for _ in range(p["smoke_runs"])])
+            result["smoke"] = best_of([send(url, p["api_key"], p["smoke_prompt"], *args) for _run in range(p["smoke_runs"])])
         result["health"] = health(url)
         result["in_flight"], result["in_flight_source"] = (
             in_flight(url, p["api_key"]) if result["health"] == 200 else (None, ""))

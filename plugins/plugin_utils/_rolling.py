@@ -10,6 +10,7 @@ rollout the plan refuses is refused before any server is drained.
 from __future__ import annotations
 
 import fnmatch
+import math
 
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import ArgsError, validate_args
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import Speed, workload
@@ -47,7 +48,7 @@ def select(hosts: list[dict], patterns: list[str]) -> list[tuple[str, str]]:
         hit = [(h, n) for h, n in names if fnmatch.fnmatchcase(n, pattern)]
         if not hit:
             problems.append(f"llamafleet_rolling_servers: {pattern!r} matches no server; the servers are "
-                            f"{', '.join(sorted({n for _, n in names})) or 'none'}")
+                            f"{', '.join(sorted({n for _host, n in names})) or 'none'}")
         chosen.extend(x for x in hit if x not in chosen)
     if problems:
         raise RollingError(problems)
@@ -91,7 +92,7 @@ def validate_bound(value, name: str = "llamafleet_rolling_max_regression") -> fl
         bound = float(value)
     except (TypeError, ValueError):
         raise RollingError([f"{name} must be a number >= 0 (0.5 = 50 % worse allowed), got {value!r}"]) from None
-    if not bound >= 0 or bound == float("inf"):
+    if math.isnan(bound) or bound < 0 or math.isinf(bound):
         raise RollingError([f"{name} must be a finite number >= 0 (0.5 = 50 % worse allowed), got {value!r}"])
     return bound
 
