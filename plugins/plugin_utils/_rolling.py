@@ -185,8 +185,14 @@ def summary(rows: list[dict], override: dict | None, pending: list[str] | None =
     lines = ["Rolling restart: " + (f"{len(rows)} server(s) handled" if rows else "no server needed replacing")]
     if override:
         knobs = ", ".join(f"{k}: {v}" for k, v in override.items())
-        lines.append(f"  args override {{{knobs}}}: the running configuration now differs from the inventory; put it in "
-                     f"the inventory to keep it (a later site.yml puts the inventory's values back)")
+        applied = [f"{r['host']}.{r['server']}" for r in rows if "replaced" in r["outcome"].split(":")[0]
+                   and not r["outcome"].startswith("not ")]
+        if applied:
+            lines.append(f"  args override {{{knobs}}}: the running configuration now differs from the inventory on "
+                         f"{', '.join(applied)}; put it in the inventory to keep it (a later site.yml puts the "
+                         f"inventory's values back)")
+        else:
+            lines.append(f"  args override {{{knobs}}}: no server runs it (every server runs the configuration it ran before)")
     for row in rows:
         before, after = row.get("before") or {}, row.get("after") or {}
         lines.append(f"  {row['host']}.{row['server']}: {row['outcome']}")

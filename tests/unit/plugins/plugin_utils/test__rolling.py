@@ -120,5 +120,17 @@ def test_summary_has_a_block_per_server_and_says_the_fleet_left_the_inventory():
     assert "a.chat-0: replaced" in text
     assert "--ubatch-size 256 -> 128" in text
     assert "drain 0.5 s, load 2.25 s, TTFT 0.08 s -> 0.09 s, tokens/s 60 -> 58.5" in text
-    assert "now differs from the inventory" in text
+    assert "now differs from the inventory on a.chat-0;" in text
     assert "not replaced (the rollout stopped first; they run as before): b.chat-1" in text
+
+
+def test_summary_of_a_rolled_back_override_does_not_say_the_fleet_left_the_inventory():
+    rows = [{"host": "a", "server": "chat-0", "outcome": "rolled back: Rolling: wait until /health answers 200: timeout",
+             "old_args": ["--ubatch-size", "256"], "new_args": ["--ubatch-size", "128"], "drain_s": 0.5,
+             "load_s": None, "before": {"ttft_s": 0.08, "tokens_per_s": 60.0}, "after": {}},
+            {"host": "a", "server": "chat-1", "outcome": "not replaced, left as it runs: drain timeout",
+             "old_args": [], "new_args": [], "drain_s": None, "load_s": None, "before": {}, "after": {}}]
+    text = summary(rows, {"ubatch_size": 128})
+    assert "a.chat-0: rolled back" in text
+    assert "differs from the inventory" not in text
+    assert "no server runs it" in text
