@@ -197,11 +197,11 @@ def read(path: str, pool: str, server: str) -> tuple[str, dict]:
     states = runtime(path, f"show servers state {pool}")
     if "Can't find backend" in states or "No such backend" in states:
         raise NotInPool(f"pool {pool!r} does not exist in this HAProxy ({states.strip()}); pools are named "
-                              f"after the gateway aliases (llamafleet_gateway_models)")
+                        f"after the gateway aliases (llamafleet_gateway_models)")
     bits = parse_servers_state(states, pool, server)
     if bits is None:
         raise NotInPool(f"server {server!r} is not in pool {pool!r}; its servers are "
-                              f"{', '.join(server_names(states, pool)) or 'none'} (<inventory host>.<server name>)")
+                        f"{', '.join(server_names(states, pool)) or 'none'} (<inventory host>.<server name>)")
     stat = parse_stat(runtime(path, f"show stat {pool} 4 -1"), pool, server) or {"status": "?", "sessions": 0, "queued": 0}
     return admin_state(bits), stat
 
