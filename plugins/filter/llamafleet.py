@@ -24,6 +24,16 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gpus import cuda
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import InventoryError, normalize_host
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._plan import PlanError, describe_model, plan
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._report import console, markdown
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._rolling import (
+    RollingError,
+    apply_override,
+    capacity,
+    patterns_of,
+    select,
+    summary,
+    validate_bound,
+    validate_flags,
+)
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import parse_help_flags, render_args, unknown_flags
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._tune import (
     TuneError,
@@ -74,7 +84,7 @@ def _gateway_config(hostvars, hosts: list, gateway_hosts: list) -> dict | None:
 
 def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str = ".", deployed_dir: str = "",
                     gateway_hosts: list | None = None, calibration_dir: str = "",
-                    server_args: dict | None = None) -> dict:
+                    server_args: dict | None = None, rolling: dict | None = None) -> dict:
     """The memory and speed plan and the fleet model of these hosts (plugins/plugin_utils/_plan.py).
 
     deployed_dir: where the servers play records each host's fleet as deployed (<host>.json); servers
@@ -82,6 +92,9 @@ def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str 
     gateway_hosts: the inventory group 'gateway'; its pools are validated and planned (plugin_utils/_gateway.py).
     calibration_dir: where calibrate.yml wrote <host>.json (plugins/plugin_utils/_calibration.py).
     server_args: {role, args}: plan as if every server of that role had these args (playbooks/tune.yml).
+    rolling: the rolling restart's controls ({servers, args_override, allow_outage, force, max_regression}):
+    the override is merged over the chosen servers' args before planning, and the result gets a `rolling`
+    entry (the chosen servers and whether the rest of each one's group carries the load without it).
     """
     normalized, models = [], {}
     problems = []
@@ -113,9 +126,23 @@ def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str 
             except (OSError, ValueError) as exc:
                 raise AnsibleFilterError(f"cannot read the deployment record {record}: {exc}; remove it to start afresh") from None
     try:
-        return plan(normalized, models, deployed, _gateway_config(hostvars, hosts, gateway_hosts or []))
-    except GatewayError as exc:
+        gateway = _gateway_config(hostvars, hosts, gateway_hosts or [])
+        if rolling is None:
+            return plan(normalized, models, deployed, gateway)
+        problems = validate_flags(rolling)
+        if problems:
+            raise RollingError(problems)
+        bound = validate_bound(rolling.get("max_regression"))
+        chosen = select(normalized, patterns_of(rolling.get("servers")))
+        normalized = apply_override(normalized, chosen, rolling.get("args_override"))
+        result = plan(normalized, models, deployed, gateway)
+        speeds = {(s["host"], s["name"]): s["speed"] for s in result["servers"]}
+        rows = capacity(normalized, speeds, chosen, bool(rolling.get("allow_outage")))
+    except (GatewayError, RollingError) as exc:
         raise AnsibleFilterError(str(exc)) from None
+    result["rolling"] = {"servers": [f"{h}.{n}" for h, n in chosen], "args_override": rolling.get("args_override") or {},
+                         "max_regression": bound, "capacity": rows}
+    return result
 
 
 def llamafleet_plan_console(plan_result: dict) -> str:
@@ -124,6 +151,11 @@ def llamafleet_plan_console(plan_result: dict) -> str:
 
 def llamafleet_plan_markdown(plan_result: dict) -> str:
     return markdown(plan_result)
+
+
+def llamafleet_rolling_summary(rows: list, override: dict | None = None, pending: list | None = None) -> str:
+    """The rolling restart's outcome per server, as text (plugins/plugin_utils/_rolling.py)."""
+    return summary(rows, override, pending)
 
 
 def llamafleet_render_args(args: dict) -> list:
@@ -206,6 +238,7 @@ class FilterModule:
             "plan": llamafleet_plan,
             "plan_errors": llamafleet_plan_errors,
             "tune_problems": llamafleet_tune_problems,
+            "rolling_summary": llamafleet_rolling_summary,
             "plan_console": llamafleet_plan_console,
             "plan_markdown": llamafleet_plan_markdown,
             "render_args": llamafleet_render_args,

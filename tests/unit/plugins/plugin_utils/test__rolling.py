@@ -1,0 +1,136 @@
+"""The rolling restart's preflight: selection, override, bound, capacity of the rest, and the summary."""
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._rolling import (
+    RollingError,
+    apply_override,
+    args_change,
+    capacity,
+    patterns_of,
+    select,
+    summary,
+    validate_bound,
+    validate_flags,
+)
+
+
+def server(name, role="chat", model="m", **args):
+    return {"name": name, "role": role, "model": model, "args": dict({"ubatch_size": 256}, **args)}
+
+
+def hosts(rpm=None):
+    workload = {"m": {"requests_per_minute": rpm, "prompt_tokens": 100, "reply_tokens": 50}} if rpm else {}
+    return [{"host": "a", "servers": [server("chat-0"), server("embed-0", "embed", "e")], "workload": workload},
+            {"host": "b", "servers": [server("chat-1")], "workload": {}}]
+
+
+# one slot per server: a request holds it ttft 1 s + 50 reply tokens at 10 tok/s = 6 s
+SPEED = {"decode_tps": 10.0, "prefill_tps": 100.0, "ttft_s": 1.0, "batch_decode_tps": 10.0, "slots": 1}
+SPEEDS = {("a", "chat-0"): SPEED, ("b", "chat-1"): SPEED, ("a", "embed-0"): SPEED}
+
+
+def test_patterns_default_to_every_server_and_accept_a_comma_string():
+    assert patterns_of(None) == ["*"] and patterns_of([]) == ["*"]
+    assert patterns_of("chat-0, chat-1") == ["chat-0", "chat-1"]
+    with pytest.raises(RollingError, match="llamafleet_rolling_servers must be a list"):
+        patterns_of([3])
+
+
+def test_select_by_name_and_glob_across_hosts():
+    assert select(hosts(), ["chat-*"]) == [("a", "chat-0"), ("b", "chat-1")]
+    assert select(hosts(), ["embed-0", "chat-0"]) == [("a", "embed-0"), ("a", "chat-0")]
+
+
+def test_a_pattern_matching_no_server_is_refused_naming_the_servers():
+    with pytest.raises(RollingError) as err:
+        select(hosts(), ["chat-0", "chta-*"])
+    assert "'chta-*' matches no server" in str(err.value)
+    assert "chat-0, chat-1, embed-0" in str(err.value)
+
+
+def test_override_goes_on_the_chosen_servers_only():
+    out = apply_override(hosts(), [("a", "chat-0")], {"ubatch_size": 128})
+    assert out[0]["servers"][0]["args"]["ubatch_size"] == 128
+    assert out[1]["servers"][0]["args"]["ubatch_size"] == 256
+    assert hosts()[0]["servers"][0]["args"]["ubatch_size"] == 256  # the input is not changed
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"ubatch_size": "lots"}, "args_override: args.ubatch_size must be an integer"),
+    ({"port": 9000}, "managed by llamafleet"),
+    ([1], "must be a mapping"),
+])
+def test_a_bad_override_is_refused(override, message):
+    with pytest.raises(RollingError, match=message):
+        apply_override(hosts(), [("a", "chat-0")], override)
+
+
+@pytest.mark.parametrize("value,expected", [(0.5, 0.5), ("0.25", 0.25), (0, 0.0), (2, 2.0), (None, 1.0)])
+def test_bound_accepts_numbers(value, expected):
+    assert validate_bound(value) == expected
+
+
+@pytest.mark.parametrize("value", ["fast", "", True, -0.1, "nan", "inf", [0.5]])
+def test_bound_that_is_not_a_number_is_refused(value):
+    with pytest.raises(RollingError, match="llamafleet_rolling_max_regression must be"):
+        validate_bound(value)
+
+
+def test_flags_must_be_booleans():
+    assert validate_flags({"force": True, "allow_outage": False}) == []
+    assert validate_flags({"force": "yes"}) == ["llamafleet_rolling_force must be true or false, got 'yes'"]
+
+
+def test_the_rest_of_the_group_carries_the_declared_load():
+    # 6 requests/min = 0.1/s x 6 s per request = 0.6 of the one slot left
+    rows = capacity(hosts(rpm=6), SPEEDS, [("a", "chat-0")])
+    assert rows[0]["rest"] == ["b.chat-1"] and rows[0]["mode"] == "rolling"
+    assert rows[0]["utilisation"] == pytest.approx(0.6)
+
+
+def test_a_rollout_leaving_too_little_capacity_is_refused():
+    # 12 requests/min = 0.2/s x 6 s = 1.2 > the one slot left: the queue grows without bound
+    with pytest.raises(RollingError) as err:
+        capacity(hosts(rpm=12), SPEEDS, [("a", "chat-0")])
+    assert "without chat-0, model group chat/m has 1 slot(s) on b.chat-1" in str(err.value)
+    assert "utilisation 120%" in str(err.value)
+
+
+def test_a_group_of_one_is_refused_unless_an_outage_is_allowed():
+    with pytest.raises(RollingError, match="embed-0 is the only server of model group embed/e"):
+        capacity(hosts(), SPEEDS, [("a", "embed-0")])
+    rows = capacity(hosts(), SPEEDS, [("a", "embed-0")], allow_outage=True)
+    assert rows[0]["mode"] == "outage"
+
+
+def test_args_change_names_each_changed_flag():
+    old = ["--ctx-size", "4096", "--ubatch-size", "256", "--metrics"]
+    new = ["--ctx-size", "4096", "--ubatch-size", "128", "--metrics", "--chat-template", "x"]
+    assert args_change(old, new) == "--ubatch-size 256 -> 128; --chat-template (absent) -> x"
+    assert args_change(old, old).startswith("no argument changed")
+
+
+def test_summary_has_a_block_per_server_and_says_the_fleet_left_the_inventory():
+    rows = [{"host": "a", "server": "chat-0", "outcome": "replaced", "old_args": ["--ubatch-size", "256"],
+             "new_args": ["--ubatch-size", "128"], "drain_s": 0.5, "load_s": 2.25,
+             "before": {"ttft_s": 0.08, "tokens_per_s": 60.0}, "after": {"ttft_s": 0.09, "tokens_per_s": 58.5}}]
+    text = summary(rows, {"ubatch_size": 128}, ["b.chat-1"])
+    assert "a.chat-0: replaced" in text
+    assert "--ubatch-size 256 -> 128" in text
+    assert "drain 0.5 s, load 2.25 s, TTFT 0.08 s -> 0.09 s, tokens/s 60 -> 58.5" in text
+    assert "now differs from the inventory on a.chat-0;" in text
+    assert "not replaced (the rollout stopped first; they run as before): b.chat-1" in text
+
+
+def test_summary_of_a_rolled_back_override_does_not_say_the_fleet_left_the_inventory():
+    rows = [{"host": "a", "server": "chat-0", "outcome": "rolled back: Rolling: wait until /health answers 200: timeout",
+             "old_args": ["--ubatch-size", "256"], "new_args": ["--ubatch-size", "128"], "drain_s": 0.5,
+             "load_s": None, "before": {"ttft_s": 0.08, "tokens_per_s": 60.0}, "after": {}},
+            {"host": "a", "server": "chat-1", "outcome": "not replaced, left as it runs: drain timeout",
+             "old_args": [], "new_args": [], "drain_s": None, "load_s": None, "before": {}, "after": {}}]
+    text = summary(rows, {"ubatch_size": 128})
+    assert "a.chat-0: rolled back" in text
+    assert "differs from the inventory" not in text
+    assert "no server runs it" in text
