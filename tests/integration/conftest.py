@@ -23,8 +23,20 @@ def playbook(*args: str, check: bool = True, timeout: int = 3000) -> subprocess.
     result = subprocess.run([os.path.join(BIN, "ansible-playbook"), *args], cwd=ROOT, capture_output=True,
                             text=True, timeout=timeout, env=dict(os.environ, ANSIBLE_FORCE_COLOR="0"))
     if check and result.returncode != 0:
-        raise AssertionError(f"ansible-playbook {' '.join(args)} failed:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(f"ansible-playbook {' '.join(args)} failed:\n{failures(result.stdout)}"
+                             f"{result.stdout[-6000:]}\n{result.stderr[-3000:]}")
     return result
+
+
+def failures(output: str) -> str:
+    """Every failed task of a run with its task line: the recap's tail alone may not reach back to them."""
+    lines = output.splitlines()
+    found = []
+    for i, line in enumerate(lines):
+        if line.startswith(("fatal:", "failed:")) or "[ERROR]" in line:
+            task = next((lines[j] for j in range(i, -1, -1) if lines[j].startswith("TASK [")), "")
+            found.append(f"{task}\n{line[:2000]}")
+    return "every failure of the run:\n" + "\n".join(found) + "\n...\n" if found else ""
 
 
 @pytest.fixture(scope="session")
