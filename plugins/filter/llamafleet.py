@@ -30,6 +30,8 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._rolling import (
     capacity,
     patterns_of,
     select,
+    standin,
+    standin_room,
     summary,
     validate_bound,
     validate_flags,
@@ -134,10 +136,14 @@ def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str 
             raise RollingError(problems)
         bound = validate_bound(rolling.get("max_regression"))
         chosen = select(normalized, patterns_of(rolling.get("servers")))
+        previous = plan(normalized, models, deployed, gateway)
         normalized = apply_override(normalized, chosen, rolling.get("args_override"))
-        result = plan(normalized, models, deployed, gateway)
+        result = plan(normalized, models, deployed, gateway) if rolling.get("args_override") else previous
         speeds = {(s["host"], s["name"]): s["speed"] for s in result["servers"]}
-        rows = capacity(normalized, speeds, chosen, bool(rolling.get("allow_outage")))
+        pooled = {(s["host"], s["server"]) for pool in (result.get("gateway") or {}).get("pools", [])
+                  for s in pool["servers"]}
+        standins = {x: standin_room(result, previous, *x) for x in chosen if x in pooled}
+        rows = capacity(normalized, speeds, chosen, bool(rolling.get("allow_outage")), standins)
     except (GatewayError, RollingError) as exc:
         raise AnsibleFilterError(str(exc)) from None
     result["rolling"] = {"servers": [f"{h}.{n}" for h, n in chosen], "args_override": rolling.get("args_override") or {},
@@ -217,6 +223,14 @@ def llamafleet_calibration(measurements: dict, plan_result: dict, host: str) -> 
         raise AnsibleFilterError(f"calibration of {host}: {exc}") from None
 
 
+def llamafleet_rolling_standin(server: dict, offset: int) -> dict:
+    """The stand-in copy of a running server on its port + offset (plugins/plugin_utils/_rolling.py)."""
+    try:
+        return standin(server, offset)
+    except ValueError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+
+
 def llamafleet_tune_problems(knob, values, role, objective) -> list:
     """[] when the sweep's settings can work, else the message naming the variable and the fix."""
     try:
@@ -239,6 +253,7 @@ class FilterModule:
             "plan_errors": llamafleet_plan_errors,
             "tune_problems": llamafleet_tune_problems,
             "rolling_summary": llamafleet_rolling_summary,
+            "rolling_standin": llamafleet_rolling_standin,
             "plan_console": llamafleet_plan_console,
             "plan_markdown": llamafleet_plan_markdown,
             "render_args": llamafleet_render_args,

@@ -18,7 +18,12 @@ description:
   - With O(wait_drained), waits until the server has no current session (its in-flight requests have
     finished), at most O(drain_timeout) seconds, and fails when they have not. The rolling restart
     builds on this.
-  - A reload of the pool's configuration (a changed pool) resets every server to ready.
+  - With O(port), the pool's server is pointed at another port of its address (HAProxy's
+    C(set server <pool>/<server> addr <address> port <port>)). New requests go there, the requests
+    already on the old port finish there. The rolling restart of a model group of one server points
+    it at a stand-in copy while the server itself is replaced, then back.
+  - A reload of the pool's configuration (a changed pool) resets every server to ready and to the
+    port the configuration names.
 options:
   socket:
     description: Path of HAProxy's admin socket on the gateway host.
@@ -45,6 +50,10 @@ options:
     description: Seconds to wait for the sessions to reach 0 before failing.
     type: int
     default: 120
+  port:
+    description:
+      - The port the pool sends this server's requests to (same address). Omitted, the port is left as it is.
+    type: int
   missing_ok:
     description:
       - When the pool or the server is not in this HAProxy's configuration, return C(state=absent)
@@ -74,6 +83,14 @@ EXAMPLES = r"""
     server: gpu-box-1.chat-0
     state: ready
   delegate_to: "{{ groups['gateway'][0] }}"
+
+- name: Send chat-0's requests to a stand-in on port 18101 (the server itself is then replaced)
+  llamafleet.fleet.pool_server:
+    pool: chat
+    server: gpu-box-1.chat-0
+    state: ready
+    port: 18101
+  delegate_to: "{{ groups['gateway'][0] }}"
 """
 
 RETURN = r"""
@@ -94,6 +111,11 @@ status:
   type: str
   returned: always
   sample: DRAIN
+port:
+  description: The port the pool sends this server's requests to, after the call (in check mode, the one it would).
+  type: int
+  returned: always
+  sample: 8101
 sessions:
   description: Requests the server is serving now (HAProxy's current sessions, scur).
   type: int
@@ -166,11 +188,11 @@ def servers_state_rows(text: str, pool: str):
             yield dict(zip(fields, parts, strict=False))
 
 
-def parse_servers_state(text: str, pool: str, server: str) -> int | None:
-    """srv_admin_state of pool/server from `show servers state <pool>` (None: no such server)."""
+def parse_servers_state(text: str, pool: str, server: str) -> dict | None:
+    """srv_admin_state (bits), srv_addr and srv_port of pool/server from `show servers state <pool>` (None: no such server)."""
     for row in servers_state_rows(text, pool):
         if row.get("srv_name") == server:
-            return int(row["srv_admin_state"])
+            return {"bits": int(row["srv_admin_state"]), "address": row["srv_addr"], "port": int(row["srv_port"])}
     return None
 
 
@@ -194,16 +216,24 @@ def server_names(text: str, pool: str) -> list[str]:
 
 
 def read(path: str, pool: str, server: str) -> tuple[str, dict]:
+    """(administrative state, {status, sessions, queued, address, port}) of pool/server."""
     states = runtime(path, f"show servers state {pool}")
     if "Can't find backend" in states or "No such backend" in states:
         raise NotInPool(f"pool {pool!r} does not exist in this HAProxy ({states.strip()}); pools are named "
                         f"after the gateway aliases (llamafleet_gateway_models)")
-    bits = parse_servers_state(states, pool, server)
-    if bits is None:
+    row = parse_servers_state(states, pool, server)
+    if row is None:
         raise NotInPool(f"server {server!r} is not in pool {pool!r}; its servers are "
                         f"{', '.join(server_names(states, pool)) or 'none'} (<inventory host>.<server name>)")
     stat = parse_stat(runtime(path, f"show stat {pool} 4 -1"), pool, server) or {"status": "?", "sessions": 0, "queued": 0}
-    return admin_state(bits), stat
+    return admin_state(row["bits"]), dict(stat, address=row["address"], port=row["port"])
+
+
+def command(path: str, line: str) -> None:
+    """A runtime API command that answers nothing (state) or a known success line (addr) on success."""
+    answer = runtime(path, line).strip()
+    if answer and not answer.startswith(("IP changed from", "port changed from", "no need to change")):
+        raise RuntimeAPIError(f"HAProxy refused '{line}': {answer}")
 
 
 def main():
@@ -216,12 +246,15 @@ def main():
             "wait_drained": {"type": "bool", "default": False},
             "drain_timeout": {"type": "int", "default": 120},
             "missing_ok": {"type": "bool", "default": False},
+            "port": {"type": "int"},
         },
         supports_check_mode=True,
     )
     p = module.params
     if p["drain_timeout"] < 0:
         module.fail_json(msg=f"drain_timeout must be 0 or more seconds, got {p['drain_timeout']}")
+    if p["port"] is not None and not 0 < p["port"] < 65536:
+        module.fail_json(msg=f"port must be a TCP port (1-65535), got {p['port']}")
     try:
         try:
             before, stat = read(p["socket"], p["pool"], p["server"])
@@ -230,15 +263,20 @@ def main():
                 raise
             # nothing of this pool routes to the server: there is nothing to drain
             module.exit_json(changed=False, state="absent", previous_state="absent", status="absent",
-                             sessions=0, queued=0, waited=0.0, msg=str(exc))
-        changed = before != p["state"]
+                             sessions=0, queued=0, waited=0.0, port=None, msg=str(exc))
+        target = f"{p['pool']}/{p['server']}"
+        move = p["port"] is not None and p["port"] != stat["port"]
+        changed = before != p["state"] or move
         if changed and not module.check_mode:
-            answer = runtime(p["socket"], f"set server {p['pool']}/{p['server']} state {p['state']}").strip()
-            if answer:  # HAProxy answers an empty line on success
-                raise RuntimeAPIError(f"HAProxy refused 'set server {p['pool']}/{p['server']} state {p['state']}': {answer}")
+            # the port first: a server put back in ready is then sent requests on the port it is meant to have
+            if move:
+                command(p["socket"], f"set server {target} addr {stat['address']} port {p['port']}")
+            if before != p["state"]:
+                command(p["socket"], f"set server {target} state {p['state']}")
             after, stat = read(p["socket"], p["pool"], p["server"])
         else:
             after = p["state"]
+            stat = dict(stat, port=p["port"] if move else stat["port"])
         waited = 0.0
         if p["wait_drained"] and p["state"] != "ready" and not module.check_mode:
             start = time.monotonic()
@@ -255,7 +293,7 @@ def main():
     except RuntimeAPIError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(changed=changed, state=after, previous_state=before, status=stat["status"],
-                     sessions=stat["sessions"], queued=stat["queued"], waited=round(waited, 1))
+                     sessions=stat["sessions"], queued=stat["queued"], waited=round(waited, 1), port=stat["port"])
 
 
 if __name__ == "__main__":

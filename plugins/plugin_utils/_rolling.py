@@ -97,16 +97,48 @@ def validate_bound(value, name: str = "llamafleet_rolling_max_regression") -> fl
     return bound
 
 
+def standin_room(planned: dict, previous: dict, host: str, name: str) -> tuple[bool, str]:
+    """Can a copy of a server run beside it while it is replaced (a model group of one server)?
+
+    The copy runs the server's previous configuration: on its GPU it needs what the plan gives that
+    configuration (`previous`, the plan without the override), on top of everything the plan puts on
+    the device with the new one (`planned`); in host RAM, up to its container's memory limit on top of
+    the host's planned use (on the CPU backend that is its device). Returns (fits, the numbers as text).
+    """
+    new = next(s for s in planned["servers"] if s["host"] == host and s["name"] == name)
+    old = next(s for s in previous["servers"] if s["host"] == host and s["name"] == name)
+    host_row = next(h for h in planned["hosts"] if h["host"] == host)
+    problems, room = [], []
+    if new["device"] != "cpu":
+        device = next(d for d in planned["devices"] if d["host"] == host and d["device"] == new["device"])
+        need = old["memory_mib"]["total"]
+        (room if need <= device["free_mib"] else problems).append(
+            f"{need:,.0f} MiB on {new['device']} ({device['free_mib']:,.0f} MiB free)")
+    limit = old["host_memory_mib"]["container_limit"]
+    if host_row["memory_mib"]:
+        free = host_row["memory_mib"] - host_row["planned_mib"]
+        (room if limit <= free else problems).append(f"up to {limit:,} MiB of host RAM ({free:,.0f} MiB free)")
+    else:
+        room.append(f"up to {limit:,} MiB of host RAM (llamafleet_host_memory_mib not set: not checked)")
+    if problems:
+        return False, "a copy beside it needs " + " and ".join(problems)
+    return True, "a copy beside it needs " + " and ".join(room)
+
+
 def capacity(hosts: list[dict], speeds: dict[tuple[str, str], dict], chosen: list[tuple[str, str]],
-             allow_outage: bool = False) -> list[dict]:
+             allow_outage: bool = False, standins: dict[tuple[str, str], tuple[bool, str]] | None = None) -> list[dict]:
     """For each chosen server: can the rest of its model group carry the group's declared load without it?
 
     A model group is every server of one model and role on any host. Its declared load is the sum of
     the hosts' llamafleet_workload for the model (chat groups). speeds: (host, server) -> the plan's
-    speed row. Returns one row per chosen server: group, the servers left, the utilisation of the
-    rest at the declared load (the plan's M/M/c model), mode (rolling, or outage for a group of one
-    when allowed) and, when refused, why.
+    speed row. standins: (host, server) -> standin_room() for the servers a gateway pool routes to
+    (a stand-in helps only where a pool can be pointed at it). Returns one row per chosen server:
+    group, the servers left, the utilisation of the rest at the declared load (the plan's M/M/c
+    model), mode and, when refused, why. mode: rolling (the rest carries the load); standin (a group
+    of one whose copy fits beside it: the pool is pointed at the copy while the server is replaced);
+    outage (a group of one, accepted with allow_outage).
     """
+    standins = standins or {}
     rows = []
     problems = []
     for host_name, name in chosen:
@@ -119,12 +151,17 @@ def capacity(hosts: list[dict], speeds: dict[tuple[str, str], dict], chosen: lis
         row = {"host": host_name, "server": name, "group": label, "rest": [f"{h}.{n}" for h, n in rest],
                "mode": "rolling", "utilisation": None}
         if not rest:
-            if allow_outage:
+            fits, room = standins.get((host_name, name), (False, "it is in no gateway pool to point at a copy"))
+            row["standin"] = room
+            if fits:
+                row["mode"] = "standin"
+            elif allow_outage:
                 row["mode"] = "outage"
             else:
                 problems.append(
-                    f"{name} is the only server of model group {label}: restarting it stops the group. Add a server "
-                    f"to the group, or set llamafleet_rolling_allow_outage: true to accept a short outage")
+                    f"{name} is the only server of model group {label}, and no copy can serve beside it while it is "
+                    f"replaced: {room}. Add a server to the group, free that memory, or set "
+                    f"llamafleet_rolling_allow_outage: true to accept a short outage")
             rows.append(row)
             continue
         declared = [h["workload"][server["model"]] for h in hosts if server["model"] in h.get("workload", {})]
@@ -143,6 +180,27 @@ def capacity(hosts: list[dict], speeds: dict[tuple[str, str], dict], chosen: lis
     if problems:
         raise RollingError(problems)
     return rows
+
+
+def standin(server: dict, offset: int) -> dict:
+    """The copy of a server that serves its pool while it is replaced: same image, argv and limits, on its port + offset.
+
+    server: the fleet model's server as it runs now (the rollback's entry: previous image, argv, config
+    label). The copy gets its own container name and server name (`-standin`), so nothing that manages
+    the server (its watchdog, the leaving check) mistakes one for the other; a copy left behind by a
+    stopped run is an unknown container of the host, drained and removed by the next site.yml.
+    """
+    port = int(server["port"]) + int(offset)
+    if not 0 < port < 65536:
+        raise ValueError(f"{server['name']}: port {server['port']} + llama_server_standin_port_offset {offset} = {port} is "
+                         f"not a TCP port; choose an offset that lands between 1 and 65535")
+    argv = list(server["argv"])
+    if "--port" not in argv[:-1]:
+        raise ValueError(f"{server['name']}: its argv has no --port to move ({argv[:8]})")
+    argv[argv.index("--port") + 1] = str(port)
+    address = server["url"].split("://", 1)[1].rsplit(":", 1)[0]
+    return dict(server, name=f"{server['name']}-standin", container_name=f"{server['container_name']}-standin",
+                port=port, url=f"http://{address}:{port}", argv=argv, config=f"standin:{server.get('config', '')}")
 
 
 def validate_flags(controls: dict) -> list[str]:

@@ -1,10 +1,14 @@
-"""A server that leaves the inventory under load: drained in its gateway pool, then removed.
+"""The lab on one GPU: a server that leaves the inventory under load, then a model group of one rolled.
 
 The lab serves a steady chat load through the gateway while site.yml runs with GPU 1 taken out of
 the layout (chat-1 and embed-1 leave). The servers play must take chat-1 out of the pool and let
 its requests finish before removing its container: every request chat-1 started it also finished
-(its own log), no client request failed, and the containers are gone. Afterwards the lab is as
-its inventory declares it again.
+(its own log), no client request failed, and the containers are gone.
+
+On that one-GPU fleet each model group has one server: a rolling restart of chat-0 under load must
+start a stand-in copy beside it, point the pool at the copy while chat-0 is replaced, point it back
+and remove the copy: no failed request, the chat group never without a ready server.
+Afterwards the lab is as its inventory declares it again.
 """
 from __future__ import annotations
 
@@ -15,16 +19,19 @@ import threading
 import time
 import urllib.request
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
 from tests.integration.conftest import containers, playbook
+from tests.integration.test_rolling_restart import run_under_load
 
 with open(os.path.join(ROOT, "inventory", "lab", "group_vars", "all", "gateway.yml"), encoding="utf-8") as _f:
     GATEWAY = yaml.safe_load(_f)
 with open(os.path.join(ROOT, "inventory", "lab", "group_vars", "llamafleet", "lab.yml"), encoding="utf-8") as _f:
     LAYOUT = yaml.safe_load(_f)["llamafleet_server_layout"]
 CHAT = next(m["alias"] for m in GATEWAY["llamafleet_gateway_models"] if m["role"] == "chat")
+ONE_GPU = dict(LAYOUT, gpus=[0])
 
 
 def chat(i: int) -> None:
@@ -40,7 +47,9 @@ def chat(i: int) -> None:
         raise RuntimeError(f"empty reply: {reply}")
 
 
-def test_a_server_removed_from_the_inventory_is_drained_first_and_no_request_is_lost(lab, capsys):
+@pytest.fixture(scope="module")
+def one_gpu(lab):
+    """GPU 1 taken out of the layout by site.yml under a chat load; afterwards the lab as declared again."""
     assert {"chat-1", "embed-1"} <= set(containers())
     # chat-1's own log, followed from now on: it outlives the container
     log = subprocess.Popen(["docker", "logs", "-f", "--since", "0s", "llamafleet-chat-1"],
@@ -64,17 +73,22 @@ def test_a_server_removed_from_the_inventory_is_drained_first_and_no_request_is_
         worker.start()
     try:
         time.sleep(3)
-        one_gpu = dict(LAYOUT, gpus=[0])
-        result = playbook("site.yml", "-e", json.dumps({"llamafleet_server_layout": one_gpu}), check=False)
+        result = playbook("site.yml", "-e", json.dumps({"llamafleet_server_layout": ONE_GPU}), check=False)
     finally:
         stop.set()
         for worker in workers:
             worker.join(timeout=180)
-    if result.returncode != 0:
-        playbook("site.yml")  # the lab as declared again, for the tests after this one
-        raise AssertionError(f"site.yml with GPU 1 taken out failed:\n{result.stdout[-6000:]}")
-    log.wait(timeout=30)
-    lines = log.stdout.read().splitlines()
+    log.wait(timeout=30) if result.returncode == 0 else log.kill()
+    yield {"result": result, "log": log.stdout.read().splitlines(), "done": done, "errors": errors}
+    # the lab as declared again, for the tests after these (chat-0 may run this module's override: recreated bare,
+    # no load runs now)
+    playbook("site.yml", "-e", json.dumps({"llama_server_recreate_whole_groups": True}))
+    assert {"chat-1", "embed-1"} <= set(containers())
+
+
+def test_a_server_removed_from_the_inventory_is_drained_first_and_no_request_is_lost(one_gpu, capsys):
+    result, lines, done, errors = one_gpu["result"], one_gpu["log"], one_gpu["done"], one_gpu["errors"]
+    assert result.returncode == 0, f"site.yml with GPU 1 taken out failed:\n{result.stdout[-6000:]}"
     launched = sum("launch_slot_" in line for line in lines)
     released = sum("stop processing" in line for line in lines)
     left = set(containers())
@@ -87,6 +101,26 @@ def test_a_server_removed_from_the_inventory_is_drained_first_and_no_request_is_
     assert launched == released, f"chat-1 was removed with {launched - released} request(s) unfinished"
     assert not errors, errors[:3]
 
-    # the lab as declared again, for the tests after this one
-    playbook("site.yml")
-    assert {"chat-1", "embed-1"} <= set(containers())
+
+def test_a_model_group_of_one_is_rolled_with_a_standin_beside_it(one_gpu, capsys):
+    assert one_gpu["result"].returncode == 0, "the lab is not on one GPU (see the test before)"
+    before = containers()
+    result, fig_before, fig_during, gap, pools = run_under_load(
+        capsys, "rolling restart of a model group of one (chat-0, alone on one GPU): ubatch_size 256 -> 128",
+        "-e", json.dumps({"llamafleet_server_layout": ONE_GPU, "llamafleet_args_override": {"ubatch_size": 128},
+                          "llamafleet_rolling_servers": ["chat-0"], "llamafleet_rolling_max_regression": 20}))
+    assert result.returncode == 0, result.stdout[-6000:]
+    # the preflight chose the stand-in (host RAM has room for a copy), and the rollout used it
+    assert "lab.chat-0 (chat/lab-smollm2): a stand-in copy serves its pool while it is replaced" in result.stdout
+    assert "lab.chat-0: replaced (a stand-in on port 18101 served its pool meanwhile)" in result.stdout
+    after = containers()
+    args = after["chat-0"]["Args"]
+    assert args[args.index("--ubatch-size") + 1] == "128" and args[args.index("--port") + 1] == "8101"
+    assert after["chat-0"]["Id"] != before["chat-0"]["Id"], "chat-0 was not replaced"
+    assert after["embed-0"]["Id"] == before["embed-0"]["Id"], "embed-0 was restarted"
+    assert set(after) == {"chat-0", "embed-0"}, f"the stand-in was left behind: {sorted(after)}"
+    # chat-0 was down while it was replaced, and no other server is in its pool: only the copy can have served
+    assert fig_before["failed"] == 0 and fig_during["failed"] == 0, (fig_before["errors"], fig_during["errors"])
+    assert fig_during["requests"] > 0
+    assert pools["pool_retries"] == 0 and pools["pool_redispatches"] == 0 and pools["server_5xx"] == 0, pools
+    assert gap == {"chat": 0.0, "embed": 0.0}

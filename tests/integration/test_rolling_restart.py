@@ -287,13 +287,17 @@ def test_a_setting_the_server_refuses_is_rolled_back_and_stops_the_rollout(lab_a
 @pytest.mark.parametrize("extra,message", [
     ({"llamafleet_rolling_servers": ["chta-*"]}, "'chta-*' matches no server"),
     ({"llamafleet_rolling_max_regression": "fast"}, "llamafleet_rolling_max_regression must be a number"),
-    ({"llamafleet_rolling_servers": ["embed-0"], "llamafleet_server_layout": {"gpus": [0], "per_gpu": [
-        {"role": "chat", "model": "lab-smollm2", "port_base": 8101, "container_memory": "768m",
-         "args": {"ctx_size": 4096, "parallel": 2, "threads": 1, "cache_ram": 128}},
-        {"role": "embed", "model": "lab-gemma", "port_base": 8201, "container_memory": "512m",
-         "args": {"ctx_size": 512, "parallel": 1, "batch_size": 512, "ubatch_size": 512, "cache_ram": 0,
-                  "pooling": "mean", "threads": 1}}]}},
-     "embed-0 is the only server of model group embed/lab-gemma"),
+    # one GPU: embed-0 alone in its group, and 3072 MiB of host RAM leave too little beside the plan for a
+    # stand-in copy of it limited to 1408m (the plan itself fits)
+    ({"llamafleet_rolling_servers": ["embed-0"], "llamafleet_host_memory_mib": 3072, "llamafleet_server_layout": {
+        "gpus": [0], "per_gpu": [
+            {"role": "chat", "model": "lab-smollm2", "port_base": 8101, "container_memory": "768m",
+             "args": {"ctx_size": 4096, "parallel": 2, "threads": 1, "cache_ram": 128}},
+            {"role": "embed", "model": "lab-gemma", "port_base": 8201, "container_memory": "1408m",
+             "args": {"ctx_size": 512, "parallel": 1, "batch_size": 512, "ubatch_size": 512, "cache_ram": 0,
+                      "pooling": "mean", "threads": 1}}]}},
+     "embed-0 is the only server of model group embed/lab-gemma, and no copy can serve beside it while it is "
+     "replaced: a copy beside it needs up to 1,408 MiB of host RAM"),
     # 100 requests/min on the lab's chat group: the plan passes with both servers (4 slots), but the 2 slots left
     # while one is out cannot carry it. The percentage is the plan's speed model's (it moved from 135 % to 248 % when
     # the busy-slots decode model reached main), so the refusal and its inputs are checked, not the figure.

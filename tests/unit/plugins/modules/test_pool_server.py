@@ -29,9 +29,13 @@ def test_admin_state_bits():
     assert [admin_state(b) for b in (0, 0x08, 0x01, 0x09, 0x20, 0x10)] == ["ready", "drain", "maint", "maint", "maint", "drain"]
 
 
-@pytest.mark.parametrize("server,bits", [("lab.chat-0", 0), ("lab.chat-1", 8), ("lab2.chat-0", 1), ("ghost", None)])
-def test_servers_state(server, bits):
-    assert parse_servers_state(STATE, "lab-chat", server) == bits
+@pytest.mark.parametrize("server,row", [
+    ("lab.chat-0", {"bits": 0, "address": "127.0.0.1", "port": 8101}),
+    ("lab.chat-1", {"bits": 8, "address": "127.0.0.1", "port": 8102}),
+    ("lab2.chat-0", {"bits": 1, "address": "127.0.0.1", "port": 8301}),
+    ("ghost", None)])
+def test_servers_state(server, row):
+    assert parse_servers_state(STATE, "lab-chat", server) == row
 
 
 def test_servers_of_a_pool_for_the_error_message():

@@ -10,6 +10,8 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._rolling import (
     capacity,
     patterns_of,
     select,
+    standin,
+    standin_room,
     summary,
     validate_bound,
     validate_flags,
@@ -103,6 +105,61 @@ def test_a_group_of_one_is_refused_unless_an_outage_is_allowed():
         capacity(hosts(), SPEEDS, [("a", "embed-0")])
     rows = capacity(hosts(), SPEEDS, [("a", "embed-0")], allow_outage=True)
     assert rows[0]["mode"] == "outage"
+
+
+def test_a_group_of_one_gets_a_standin_when_its_copy_fits():
+    rows = capacity(hosts(), SPEEDS, [("a", "embed-0")], standins={("a", "embed-0"): (True, "a copy beside it needs 512 MiB")})
+    assert rows[0]["mode"] == "standin" and rows[0]["standin"] == "a copy beside it needs 512 MiB"
+    # a copy that does not fit: refused with the numbers, unless an outage is accepted
+    room = {("a", "embed-0"): (False, "a copy beside it needs 900 MiB on cuda:0 (400 MiB free)")}
+    with pytest.raises(RollingError, match=r"needs 900 MiB on cuda:0 \(400 MiB free\)\. Add a server"):
+        capacity(hosts(), SPEEDS, [("a", "embed-0")], standins=room)
+    assert capacity(hosts(), SPEEDS, [("a", "embed-0")], allow_outage=True, standins=room)[0]["mode"] == "outage"
+
+
+def plans(old_total, new_total, device_planned, host_planned, host_memory=16384, limit=5632, device="cuda:0"):
+    """The two plan results standin_room reads: the new configuration's (planned) and the previous one's."""
+    def result(total):
+        return {"servers": [{"host": "h", "name": "chat-0", "device": device, "memory_mib": {"total": total},
+                             "host_memory_mib": {"container_limit": limit}}],
+                "devices": [{"host": "h", "device": "cuda:0", "free_mib": 6144 - device_planned}],
+                "hosts": [{"host": "h", "memory_mib": host_memory, "planned_mib": host_planned}]}
+    return result(new_total), result(old_total)
+
+
+def test_standin_room_on_a_gpu_counts_the_previous_configuration_beside_the_new_one():
+    # a 6144 MiB card with 2100 MiB planned (new configuration) has 4044 MiB free; the copy runs the previous one
+    fits, text = standin_room(*plans(old_total=2000, new_total=2100, device_planned=2100, host_planned=3000), "h", "chat-0")
+    assert fits and text == ("a copy beside it needs 2,000 MiB on cuda:0 (4,044 MiB free) and up to 5,632 MiB of host RAM "
+                             "(13,384 MiB free)")
+    # a P106-100's 8B chat server: 5,100 MiB planned leaves 1,044 MiB, the copy needs 5,000
+    fits, text = standin_room(*plans(old_total=5000, new_total=5100, device_planned=5100, host_planned=3000), "h", "chat-0")
+    assert not fits and text == "a copy beside it needs 5,000 MiB on cuda:0 (1,044 MiB free)"
+
+
+def test_standin_room_in_host_ram_is_the_copy_s_container_limit():
+    # CPU backend: 8192 MiB of RAM, 7800 planned: 392 MiB free for a copy limited to 768 MiB
+    fits, text = standin_room(*plans(100, 100, 0, host_planned=7800, host_memory=8192, limit=768, device="cpu"),
+                              "h", "chat-0")
+    assert not fits and text == "a copy beside it needs up to 768 MiB of host RAM (392 MiB free)"
+    fits, _ = standin_room(*plans(100, 100, 0, host_planned=7424, host_memory=8192, limit=768, device="cpu"), "h", "chat-0")
+    assert fits  # 768 free, exactly the limit
+
+
+def test_the_standin_is_the_server_on_another_port():
+    running = {"name": "chat-0", "container_name": "llamafleet-chat-0", "port": 8101, "url": "http://127.0.0.1:8101",
+               "image": "llamafleet/llama-server:old", "config": "abc", "container_memory": "768m",
+               "argv": ["--model", "/models/m.gguf", "--host", "127.0.0.1", "--port", "8101", "--api-key-file", "/k",
+                        "--ctx-size", "8101"]}
+    copy = standin(running, 10000)
+    assert copy == dict(running, name="chat-0-standin", container_name="llamafleet-chat-0-standin", port=18101,
+                        url="http://127.0.0.1:18101", config="standin:abc",
+                        # only --port's value moves, not another flag's equal value
+                        argv=["--model", "/models/m.gguf", "--host", "127.0.0.1", "--port", "18101", "--api-key-file",
+                              "/k", "--ctx-size", "8101"])
+    assert running["argv"][5] == "8101"  # the running server's own entry is not changed
+    with pytest.raises(ValueError, match="8101 \\+ llama_server_standin_port_offset 60000 = 68101 is not a TCP port"):
+        standin(running, 60000)
 
 
 def test_args_change_names_each_changed_flag():
