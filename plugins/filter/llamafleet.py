@@ -31,7 +31,7 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._rolling import (
     patterns_of,
     select,
     standin,
-    standin_room,
+    standin_rooms,
     summary,
     validate_bound,
     validate_flags,
@@ -140,10 +140,7 @@ def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str 
         normalized = apply_override(normalized, chosen, rolling.get("args_override"))
         result = plan(normalized, models, deployed, gateway) if rolling.get("args_override") else previous
         speeds = {(s["host"], s["name"]): s["speed"] for s in result["servers"]}
-        pooled = {(s["host"], s["server"]) for pool in (result.get("gateway") or {}).get("pools", [])
-                  for s in pool["servers"]}
-        standins = {x: standin_room(result, previous, *x) for x in chosen if x in pooled}
-        rows = capacity(normalized, speeds, chosen, bool(rolling.get("allow_outage")), standins)
+        rows = capacity(normalized, speeds, chosen, bool(rolling.get("allow_outage")), standin_rooms(result, previous))
     except (GatewayError, RollingError) as exc:
         raise AnsibleFilterError(str(exc)) from None
     result["rolling"] = {"servers": [f"{h}.{n}" for h, n in chosen], "args_override": rolling.get("args_override") or {},

@@ -103,6 +103,11 @@ class Runner:
         headers = {"Authorization": f"Bearer {self.target.server_key}"} if self.target.server_key else {}
         return server["url"].rstrip("/") + path, headers, group["model"]
 
+    def _failed(self, rec: dict, exc: Exception, arrival: float) -> None:
+        """A request that raised: its error (the exception's type, and its text when it has one) and latency."""
+        rec["error"] = f"{type(exc).__name__}: {exc}"[:200] if str(exc) else type(exc).__name__
+        rec["latency"] = time.monotonic() - self.t0 - arrival
+
     async def chat(self, session: aiohttp.ClientSession, router: Router, group: dict, arrival: float, warmup: bool,
                    max_tokens: int | None = None) -> dict:
         index = self.n_chat
@@ -167,8 +172,7 @@ class Runner:
             if not rec["ok"] and "error" not in rec:
                 rec["error"] = "the stream carried no content"
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            rec["error"] = f"{type(exc).__name__}: {exc}"[:200] if str(exc) else type(exc).__name__
-            rec["latency"] = time.monotonic() - self.t0 - arrival
+            self._failed(rec, exc, arrival)
         finally:
             if server:
                 await router.release(server)
@@ -198,8 +202,7 @@ class Runner:
                         rec["error"] = "no embedding in the answer"
             rec["latency"] = time.monotonic() - self.t0 - arrival
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            rec["error"] = f"{type(exc).__name__}: {exc}"[:200] if str(exc) else type(exc).__name__
-            rec["latency"] = time.monotonic() - self.t0 - arrival
+            self._failed(rec, exc, arrival)
         finally:
             if server:
                 await router.release(server)

@@ -24,6 +24,7 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._fleet import fle
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gateway import pools
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gpus import gpu_stack
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._memory import ServerMemory, server_memory
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._rolling import record_standins
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import QUANTIZED_KV_TYPES, effective
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import ShapeError, model_info_from_shape
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import (
@@ -670,6 +671,7 @@ def plan(hosts: list[dict], models: dict[str, dict[str, ModelInfo]], deployed: d
         result["workloads"].extend(rows)
         result["findings"].extend(findings)
         result["gateway"] = pools_
+    record_standins(result)
     result["summary"] = {
         "errors": sum(f["level"] == "error" for f in result["findings"]),
         "warnings": sum(f["level"] == "warning" for f in result["findings"]),

@@ -125,6 +125,28 @@ def standin_room(planned: dict, previous: dict, host: str, name: str) -> tuple[b
     return True, "a copy beside it needs " + " and ".join(room)
 
 
+def standin_rooms(planned: dict, previous: dict | None = None) -> dict[tuple[str, str], tuple[bool, str]]:
+    """standin_room() of every server that is alone in its model group (one model and role, on any host)
+    and in a gateway pool (a stand-in helps only where a pool can be pointed at it). previous: the plan
+    of the configuration the servers run now (default: planned)."""
+    previous = previous or planned
+    members: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for s in planned["servers"]:
+        members.setdefault((s["model"], s["role"]), []).append((s["host"], s["name"]))
+    pooled = {(s["host"], s["server"]) for pool in (planned.get("gateway") or {}).get("pools", []) for s in pool["servers"]}
+    return {only[0]: standin_room(planned, previous, *only[0])
+            for only in members.values() if len(only) == 1 and only[0] in pooled}
+
+
+def record_standins(planned: dict) -> None:
+    """Add to each host's fleet model `standins`: its servers that a change rolls out with a stand-in copy
+    beside them (alone in their model group, the copy fits), so that site.yml takes the same path as
+    the rolling restart."""
+    rooms = standin_rooms(planned)
+    for host, fleet in planned["fleet"].items():
+        fleet["standins"] = sorted(name for (h, name), (fits, _text) in rooms.items() if h == host and fits)
+
+
 def capacity(hosts: list[dict], speeds: dict[tuple[str, str], dict], chosen: list[tuple[str, str]],
              allow_outage: bool = False, standins: dict[tuple[str, str], tuple[bool, str]] | None = None) -> list[dict]:
     """For each chosen server: can the rest of its model group carry the group's declared load without it?

@@ -12,6 +12,7 @@ Afterwards the lab is as its inventory declares it again.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -124,3 +125,18 @@ def test_a_model_group_of_one_is_rolled_with_a_standin_beside_it(one_gpu, capsys
     assert fig_during["requests"] > 0
     assert pools["pool_retries"] == 0 and pools["pool_redispatches"] == 0 and pools["server_5xx"] == 0, pools
     assert gap == {"chat": 0.0, "embed": 0.0}
+
+
+def test_site_yml_rolls_out_a_changed_group_of_one_with_a_standin_too(one_gpu):
+    assert one_gpu["result"].returncode == 0, "the lab is not on one GPU (see the first test)"
+    before = containers()
+    # chat-0's ubatch_size changed in the inventory (64: it runs 256 or, after the test before, 128)
+    layout = copy.deepcopy(ONE_GPU)
+    next(entry for entry in layout["per_gpu"] if entry["role"] == "chat")["args"]["ubatch_size"] = 64
+    result = playbook("site.yml", "-e", json.dumps({"llamafleet_server_layout": layout}))
+    assert "Rolling: point its pool at the stand-in (chat-0)" in result.stdout
+    assert "Rolling: remove the stand-in (chat-0)" in result.stdout
+    after = containers()
+    args = after["chat-0"]["Args"]
+    assert args[args.index("--ubatch-size") + 1] == "64" and after["chat-0"]["Id"] != before["chat-0"]["Id"]
+    assert set(after) == {"chat-0", "embed-0"}, f"the stand-in was left behind: {sorted(after)}"

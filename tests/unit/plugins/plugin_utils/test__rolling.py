@@ -9,9 +9,11 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._rolling import (
     args_change,
     capacity,
     patterns_of,
+    record_standins,
     select,
     standin,
     standin_room,
+    standin_rooms,
     summary,
     validate_bound,
     validate_flags,
@@ -160,6 +162,35 @@ def test_the_standin_is_the_server_on_another_port():
     assert running["argv"][5] == "8101"  # the running server's own entry is not changed
     with pytest.raises(ValueError, match="8101 \\+ llama_server_standin_port_offset 60000 = 68101 is not a TCP port"):
         standin(running, 60000)
+
+
+def fleet_plan():
+    """Two hosts on the CPU backend: chat-0 and chat-1 share a model group; embed-0 (in a pool) and
+    rerank-0 (in none) are alone in theirs. Host a: 8192 MiB, 6000 planned; host b: 4096, 3900 planned."""
+    def row(host, name, model, role, limit):
+        return {"host": host, "name": name, "model": model, "role": role, "device": "cpu",
+                "memory_mib": {"total": 100.0}, "host_memory_mib": {"container_limit": limit}}
+    return {"servers": [row("a", "chat-0", "m", "chat", 768), row("b", "chat-1", "m", "chat", 768),
+                        row("a", "embed-0", "e", "embed", 1408), row("b", "rerank-0", "r", "embed", 256)],
+            "hosts": [{"host": "a", "memory_mib": 8192, "planned_mib": 6000.0},
+                      {"host": "b", "memory_mib": 4096, "planned_mib": 3900.0}],
+            "devices": [],
+            "gateway": {"pools": [{"alias": "chat", "servers": [{"host": "a", "server": "chat-0"},
+                                                                {"host": "b", "server": "chat-1"}]},
+                                  {"alias": "embed", "servers": [{"host": "a", "server": "embed-0"}]}]},
+            "fleet": {"a": {"servers": []}, "b": {"servers": []}}}
+
+
+def test_standins_are_for_servers_alone_in_their_group_and_in_a_pool():
+    planned = fleet_plan()
+    # embed-0 only: the chat servers have each other, rerank-0 is in no pool; 8192 - 6000 = 2192 MiB free >= 1408
+    assert standin_rooms(planned) == {("a", "embed-0"): (True, "a copy beside it needs up to 1,408 MiB of host RAM "
+                                                             "(2,192 MiB free)")}
+    record_standins(planned)
+    assert planned["fleet"]["a"]["standins"] == ["embed-0"] and planned["fleet"]["b"]["standins"] == []
+    planned["hosts"][0]["planned_mib"] = 7000.0  # 1192 MiB free: the copy does not fit, no stand-in
+    record_standins(planned)
+    assert planned["fleet"]["a"]["standins"] == []
 
 
 def test_args_change_names_each_changed_flag():
