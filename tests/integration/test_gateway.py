@@ -422,17 +422,9 @@ def test_conversation_affine_vs_slot_aware_only(gateway, capsys):
                 done = [r for r in out["records"] if not r["warmup"] and r["ok"]]
                 reused = sum(metrics_delta(out["metrics_before"][n], out["metrics_after"][n])["prompt_tokens_cached"]
                              for n in names)
-                # follow-up turns that found the server of their conversation's previous turn (its prefix)
-                last: dict[str, str] = {}
-                kept = followups = 0
-                for r in sorted(done, key=lambda r: r["arrival"]):
-                    if r["conversation"] in last:
-                        followups += 1
-                        kept += r["server"] is not None and r["server"] == last[r["conversation"]]
-                    last[r["conversation"]] = r["server"]
                 per_run.append(f"{mode} seed {seed}: reused {reused / max(len(done), 1):.0f}/request, TTFT p50 "
-                               f"{statistics.median([r['ttft'] for r in done]):.2f} s, next turn on the same server "
-                               f"{kept}/{followups}, sessions {[out['haproxy'][n]['stot'] for n in names]}")
+                               f"{statistics.median([r['ttft'] for r in done]):.2f} s, sessions "
+                               f"{[out['haproxy'][n]['stot'] for n in names]}")
     figures = {}
     for mode, runs in results.items():
         records = [r for out in runs for r in out["records"] if not r["warmup"]]
