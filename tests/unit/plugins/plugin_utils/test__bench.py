@@ -350,6 +350,8 @@ def test_conversations_take_turns_in_a_seeded_random_order_not_in_rotation():
 def test_in_random_order_every_conversation_takes_its_turns_in_order():
     source = PromptSource(250, 64, seed=0, users=4, characters=2, turns=4, reply_tokens=32)
     sent = [source.chat_turn(i) for i in range(24)]  # 6 rounds: every user 6 turns
+    # the requests go in seed 0's random order (pinned in the test above), not 0, 1, 2, 3, 0, ...
+    assert [user for user, _, _ in sent[:16]] == [3, 0, 2, 1, 1, 2, 0, 3, 0, 3, 1, 2, 1, 2, 0, 3]
     for user in range(4):
         mine = [(key, messages) for u, key, messages in sent if u == user]
         # 4 turns of the first conversation, then 2 of a new one
