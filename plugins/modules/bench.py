@@ -21,7 +21,10 @@ options:
     description:
       - The llamafleet_bench_* variables without their prefix (rate_per_min, concurrency, duration_s, requests,
         prompt_tokens, reply_tokens, embed_rate_per_min, embed_tokens, arrivals, warmup_requests, timeout_s,
-        ignore_eos, seed, users, characters, routing). See docs/bench.md for their defaults.
+        ignore_eos, seed, users, characters, routing, probe, turns, conversation_header). See docs/bench.md for
+        their defaults.
+      - C(seed) fixes the prompts, the arrival times and, with C(turns), the random order in which the conversations
+        take their turns, so the same seed sends the same requests in the same order.
     type: dict
     default: {}
   servers:

@@ -195,6 +195,7 @@ class PromptSource:
     turns > 0: `users` conversations run side by side; each lasts `turns` requests whose history
     grows by one exchange per turn (the user's message and a reply of reply_tokens), then that user
     starts a new conversation (new key, same character card). Turn 1 is the card and a first message.
+    The conversations take their turns in a seeded random order (conversation_of), not in rotation.
 
     Deterministic for a seed. Lengths are in words, converted with tokens_per_word, which
     calibrate() corrects from what the servers counted.
@@ -226,9 +227,24 @@ class PromptSource:
         user, _conversation, messages = self.chat_turn(index)
         return user, messages
 
+    def conversation_of(self, index: int) -> int:
+        """The user (conversation) that request number index continues, with turns > 0.
+
+        Rounds of `users` requests, each taking every conversation once in an order shuffled by the
+        seed and the round's number: reproducible, a pure function of the index, every conversation
+        advances at the same pace (at most 2 x users - 2 requests between two of its turns), and no
+        conversation has a fixed place in the order. A strict rotation (user = index % users) would
+        make a load-only pool that alternates between two idle servers send every conversation to
+        the same server by accident whenever the number of conversations is even: affinity that real
+        users, arriving in no fixed order, do not give it.
+        """
+        order = list(range(self.users))
+        random.Random(f"{self.seed}-order-{index // self.users}").shuffle(order)
+        return order[index % self.users]
+
     def chat_turn(self, index: int) -> tuple[int, str | None, list[dict]]:
         """Request number index: (user, conversation key or None without turns, messages)."""
-        user = index % self.users
+        user = self.conversation_of(index) if self.turns > 0 else index % self.users
         self._turn[user] += 1
         if self.turns > 0:
             return self._conversation_turn(user, self._turn[user])

@@ -27,8 +27,8 @@ import urllib.request
 import pytest
 import yaml
 
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench import PromptSource, metrics_delta, parse_metrics
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench import config as bench_config
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench import metrics_delta, parse_metrics
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_client import Target
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_client import run as bench_run
 from tests.conftest import ROOT
@@ -47,6 +47,7 @@ LAB_CHAT = {"lab.chat-0": 8101, "lab.chat-1": 8102}   # the lab's two chat serve
 # lab2's two one-slot chat servers (inventory/lab2): the one-slot pair of the routing measurements
 LAB2 = {"lab2.chat-0": 8301, "lab2.chat-1": 8302}
 ADMIN_SOCKET = "/var/lib/llamafleet/gateway_pools/run/admin.sock"
+POOLS_CONFIG = "/var/lib/llamafleet/gateway_pools/etc/haproxy.cfg"  # as gateway_pools rendered it
 ANSIBLE = os.path.join(os.path.dirname(sys.executable), "ansible")
 # Enough prompt for a real prefill (~200 tokens), different at its start so no prompt cache helps.
 TEXT = ("The lighthouse keeper counted the ships that passed each night, wrote their names in a "
@@ -368,6 +369,73 @@ def test_routing_slot_aware_pool_vs_random(gateway, capsys):
     report(capsys, line)
 
 
+def xxh32(data: bytes, seed: int = 0) -> int:
+    """XXH32, the hash of HAProxy's xxh32 converter that picks a conversation's bucket (xxHash spec)."""
+    p1, p2, p3, p4, p5, mask = 2654435761, 2246822519, 3266489917, 668265263, 374761393, 0xFFFFFFFF
+
+    def rotl(x: int, r: int) -> int:
+        return ((x << r) | (x >> (32 - r))) & mask
+
+    i, n = 0, len(data)
+    if n >= 16:
+        v = [(seed + p1 + p2) & mask, (seed + p2) & mask, seed & mask, (seed - p1) & mask]
+        while i + 16 <= n:
+            for k in range(4):
+                v[k] = rotl((v[k] + int.from_bytes(data[i:i + 4], "little") * p2) & mask, 13) * p1 & mask
+                i += 4
+        h = (rotl(v[0], 1) + rotl(v[1], 7) + rotl(v[2], 12) + rotl(v[3], 18)) & mask
+    else:
+        h = (seed + p5) & mask
+    h = (h + n) & mask
+    while i + 4 <= n:
+        h = rotl((h + int.from_bytes(data[i:i + 4], "little") * p3) & mask, 17) * p4 & mask
+        i += 4
+    while i < n:
+        h = rotl((h + data[i] * p5) & mask, 11) * p1 & mask
+        i += 1
+    h = ((h ^ (h >> 15)) * p2) & mask
+    h = ((h ^ (h >> 13)) * p3) & mask
+    return h ^ (h >> 16)
+
+
+def conversation_homes(alias: str) -> tuple[int, dict[int, str]]:
+    """The pool's buckets and each bucket's home server, read from the HAProxy configuration in use."""
+    with open(POOLS_CONFIG, encoding="utf-8") as handle:
+        text = handle.read()
+    buckets = int(re.search(r"xxh32,mod\((\d+)\)", text).group(1))
+    homes = {}
+    for server, numbers in re.findall(rf"use-server (\S+) if {{ var\(txn\.bucket\) -m int ([\d ]+) }} "
+                                      rf"{{ srv_weight\({re.escape(alias)}/", text):
+        homes.update({int(b): server for b in numbers.split()})
+    assert len(homes) == buckets, (buckets, len(homes))
+    return buckets, homes
+
+
+def balanced_seed(after: int, cfg_values: dict, names: list[str]) -> tuple[int, dict[str, int]]:
+    """The first seed after `after` whose conversations have their homes on `names`, as many on each.
+
+    The pool's buckets are spread over all its servers (lab's too, in maintenance during the test):
+    with any seed most conversations would have a home outside the measured pair and go by load
+    alone. A pool of just these servers would give every conversation a home among them, evenly on
+    average; the seed is chosen so that the run's conversations split at that average. Both modes
+    get seeds chosen by this rule (their load is alike; the slot-aware runs send no key).
+    """
+    assert xxh32(b"") == 0x02CC5D05 and xxh32(b"abc") == 0x32D153FF  # the xxHash reference vectors
+    buckets, homes = conversation_homes(CHAT)
+    cfg = bench_config(cfg_values)
+    count = int(cfg.rate_per_min * cfg.duration_s / 60)
+    seed = after
+    while True:
+        seed += 1
+        source = PromptSource(cfg.prompt_tokens, cfg.embed_tokens, seed, cfg.users, cfg.characters,
+                              turns=cfg.turns, reply_tokens=cfg.reply_tokens)
+        keys = {source.chat_turn(i)[1] for i in range(count)}
+        owners = [homes[xxh32(key.encode()) % buckets] for key in keys]
+        split = {n: owners.count(n) for n in names}
+        if sum(split.values()) == len(keys) and len(set(split.values())) == 1:
+            return seed, split
+
+
 def bench_target(names: list[str]) -> Target:
     servers = [{"name": n, "host": n.split(".")[0], "role": "chat", "model": POOLS[CHAT]["model"],
                 "url": f"http://127.0.0.1:{LAB2[n]}", "slots": 1} for n in names]
@@ -383,8 +451,15 @@ def test_conversation_affine_vs_slot_aware_only(gateway, capsys):
     conversation header (X-Llamafleet-Conversation), i.e. conversation-affine vs slot-aware only,
     in alternating rounds with different conversations (seeds) so no run finds another's prefixes
     cached. Prompt tokens computed vs reused come from the servers' own /metrics counters.
+    More conversations than servers, taking their turns in the bench's seeded random order: in a strict
+    rotation, leastconn alternating between the two idle servers kept each of the 4 conversations on one
+    server by accident (the first measurement, docs/gateway.md). Each run's seed gives its conversations
+    homes on the measured pair, two on each (balanced_seed): the pool's buckets also home conversations on
+    lab's servers, which are in maintenance here.
     """
     names = list(LAB2)
+    users = 4
+    assert users > len(names)
     results: dict[str, list[dict]] = {"slot-aware": [], "affine": []}
     per_run: list[str] = []
     seed = 10
@@ -405,10 +480,11 @@ def test_conversation_affine_vs_slot_aware_only(gateway, capsys):
             assert len(used) == spread, (header, used)
         for order in (("slot-aware", "affine"), ("affine", "slot-aware")):
             for mode in order:
-                seed += 1
-                cfg = bench_config({"rate_per_min": 24, "duration_s": 40, "prompt_tokens": 250, "reply_tokens": 32,
-                                    "embed_rate_per_min": 0, "turns": 4, "users": 4, "warmup_requests": 0,
-                                    "probe": False, "seed": seed, "conversation_header": mode == "affine"})
+                values = {"rate_per_min": 24, "duration_s": 40, "prompt_tokens": 250, "reply_tokens": 32,
+                          "embed_rate_per_min": 0, "turns": 4, "users": users, "warmup_requests": 0,
+                          "probe": False, "conversation_header": mode == "affine"}
+                seed, split = balanced_seed(seed, values, names)
+                cfg = bench_config(dict(values, seed=seed))
                 admin("clear counters")
                 out = bench_run(cfg, bench_target(names))
                 stats = pool_stats()
@@ -417,7 +493,7 @@ def test_conversation_affine_vs_slot_aware_only(gateway, capsys):
                 done = [r for r in out["records"] if not r["warmup"] and r["ok"]]
                 reused = sum(metrics_delta(out["metrics_before"][n], out["metrics_after"][n])["prompt_tokens_cached"]
                              for n in names)
-                per_run.append(f"{mode} seed {seed}: reused {reused / max(len(done), 1):.0f}/request, TTFT p50 "
+                per_run.append(f"{mode} seed {seed} (homes {split}): reused {reused / max(len(done), 1):.0f}/request, TTFT p50 "
                                f"{statistics.median([r['ttft'] for r in done]):.2f} s, sessions "
                                f"{[out['haproxy'][n]['stot'] for n in names]}")
     figures = {}
@@ -438,8 +514,8 @@ def test_conversation_affine_vs_slot_aware_only(gateway, capsys):
                          "p50": statistics.median(ttfts), "p95": p95(ttfts),
                          "queued_at_a_server": sum(h["qmax"] for out in runs for h in out["haproxy"].values())}
     s_, a_ = figures["slot-aware"], figures["affine"]
-    lines = ["conversation-affine vs slot-aware only (2 servers x 1 slot, 4 conversations x 4 turns, 24 req/min, "
-             "2 rounds x 40 s each way, through the gateway):"]
+    lines = [f"conversation-affine vs slot-aware only (2 servers x 1 slot, {users} conversations x 4 turns in random "
+             "order, homes 2 per server, 24 req/min, 2 rounds x 40 s each way, through the gateway):"]
     for mode, f in figures.items():
         lines.append(f"  {mode}: prompt tokens computed {f['computed']:.0f}/request (reused {f['cached']:.0f}), TTFT p50 "
                      f"{f['p50']:.2f} s p95 {f['p95']:.2f} s, n={f['n']}, 0 failed; requests queued at a busy server "

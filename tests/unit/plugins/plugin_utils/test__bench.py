@@ -298,7 +298,7 @@ def test_comparison_says_unbounded_when_the_plan_says_overloaded():
 
 def test_conversations_grow_turn_by_turn_and_start_over_after_their_turns():
     source = PromptSource(250, 64, seed=3, users=2, characters=2, turns=3, reply_tokens=32)
-    turns = [source.chat_turn(i) for i in range(8)]  # users alternate: 0, 1, 0, 1, ...
+    turns = [source.chat_turn(i) for i in range(8)]  # 4 rounds of both users: user 0 has 4 turns
     user0 = [t for t in turns if t[0] == 0]
     keys = [t[1] for t in user0]
     assert keys == ["s3-u0-c0"] * 3 + ["s3-u0-c1"]  # 3 turns, then a new conversation
@@ -317,3 +317,51 @@ def test_conversations_grow_turn_by_turn_and_start_over_after_their_turns():
 def test_without_turns_no_conversation_key_is_sent():
     source = PromptSource(250, 64, seed=3, users=2)
     assert source.chat_turn(0)[1] is None
+
+
+def test_conversations_take_turns_in_a_seeded_random_order_not_in_rotation():
+    def order(seed: int, users: int = 4, count: int = 16) -> list[int]:
+        source = PromptSource(250, 64, seed=seed, users=users, turns=4)
+        return [source.conversation_of(i) for i in range(count)]
+
+    # pinned: seed 0's order as the code first produced it, so that a change of the order (and of the
+    # reproducibility of every earlier run) fails here; the properties below are checked independently
+    seed0 = [3, 0, 2, 1, 1, 2, 0, 3, 0, 3, 1, 2, 1, 2, 0, 3]
+    assert order(0) == seed0
+    assert order(0) == order(0)                     # same seed, same order (a fresh source each time)
+    assert order(1) != seed0 and order(7) != seed0  # another seed, another order
+    assert order(7) == [1, 3, 2, 0, 0, 2, 3, 1, 1, 0, 3, 2, 1, 0, 3, 2]
+    rotation = [0, 1, 2, 3] * 4
+    assert all(order(seed) != rotation for seed in range(50))
+    # each round of 4 requests takes every conversation once: each advances at the same pace
+    for seed in (0, 1, 7):
+        taken = order(seed)
+        assert all(sorted(taken[r * 4:r * 4 + 4]) == [0, 1, 2, 3] for r in range(4))
+    # what the rotation did by accident: a pool alternating between two idle servers (request i on
+    # server i % 2) kept each of 4 rotating conversations on one server. In seed 0's order every
+    # conversation changes server: conversation 0 is at 1, 6, 8, 14 (servers 1, 0, 0, 0),
+    # 1 at 3, 4, 10, 12 (1, 0, 0, 0), 2 at 2, 5, 11, 13 (0, 1, 1, 1), 3 at 0, 7, 9, 15 (0, 1, 1, 1)
+    servers = {user: {i % 2 for i, u in enumerate(seed0) if u == user} for user in range(4)}
+    assert servers == {0: {0, 1}, 1: {0, 1}, 2: {0, 1}, 3: {0, 1}}
+    assert {user: {i % 2 for i, u in enumerate(rotation) if u == user} for user in range(4)} == {
+        0: {0}, 1: {1}, 2: {0}, 3: {1}}
+
+
+def test_in_random_order_every_conversation_takes_its_turns_in_order():
+    source = PromptSource(250, 64, seed=0, users=4, characters=2, turns=4, reply_tokens=32)
+    sent = [source.chat_turn(i) for i in range(24)]  # 6 rounds: every user 6 turns
+    # the requests go in seed 0's random order (pinned in the test above), not 0, 1, 2, 3, 0, ...
+    assert [user for user, _, _ in sent[:16]] == [3, 0, 2, 1, 1, 2, 0, 3, 0, 3, 1, 2, 1, 2, 0, 3]
+    for user in range(4):
+        mine = [(key, messages) for u, key, messages in sent if u == user]
+        # 4 turns of the first conversation, then 2 of a new one
+        assert [key for key, _ in mine] == [f"s0-u{user}-c0"] * 4 + [f"s0-u{user}-c1"] * 2
+        # turn t holds the card and 2t - 1 messages (t user messages, t - 1 replies): 2, 4, 6, 8
+        assert [len(messages) for _, messages in mine] == [2, 4, 6, 8, 2, 4]
+        for (_, earlier), (_, later) in zip(mine[:3], mine[1:4], strict=True):
+            assert later[:len(earlier)] == earlier  # each turn repeats the one before word for word
+
+
+def test_without_turns_users_keep_their_rotation():
+    source = PromptSource(250, 64, seed=5, users=3)
+    assert [source.chat_turn(i)[0] for i in range(6)] == [0, 1, 2, 0, 1, 2]
