@@ -226,6 +226,21 @@ def test_chat_and_embedding_answer_through_the_gateway(gateway):
     assert len(vector) == 640 and any(abs(v) > 0 for v in vector)  # Gemma 3 270M: 640 dimensions
 
 
+def test_the_gateway_names_the_server_that_answered(gateway):
+    """The pool names its server in X-Llamafleet-Server; LiteLLM passes it on (llm_provider-...): the bench
+    attributes each request through the gateway to its server by it."""
+    answered = set()
+    for stream in (False, True, False, True):
+        req = urllib.request.Request(f"{GATEWAY}/v1/chat/completions", headers={
+            "Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}, data=json.dumps(
+            {"model": CHAT, "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 4,
+             "stream": stream}).encode())
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            answered.add(resp.headers.get("llm_provider-x-llamafleet-server"))
+            resp.read()
+    assert answered and answered <= set(LAB_CHAT) | set(LAB2), answered
+
+
 @pytest.mark.parametrize("key", [None, "sk-wrong-key-0000000000", "server"], ids=["no key", "wrong key", "servers' key"])
 def test_requests_without_the_gateway_key_are_refused_and_reach_no_server(gateway, key):
     key = server_key() if key == "server" else key  # the servers' key is not a gateway key either
