@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from dataclasses import dataclass, field
+
+from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_probe import parse_metrics as prometheus_samples
 
 PRESET = {  # the first user's load: 30 chat requests/min, ~500-token prompts, up to 512-token replies
     "rate_per_min": 30.0, "prompt_tokens": 500, "reply_tokens": 512, "embed_rate_per_min": 30.0,
@@ -375,17 +376,10 @@ def summarize(records: list[dict], window_s: float | None = None, arrival_span_s
 
 
 # -- server-side figures -------------------------------------------------------------------------------
-METRIC_RE = re.compile(r"^llamacpp:([a-z_]+)(?:\{[^}]*\})?\s+([-+0-9.eEinfa]+)\s*$")
-
-
 def parse_metrics(text: str) -> dict[str, float]:
-    """The llamacpp: samples of a Prometheus text page (labelled series are skipped)."""
-    out = {}
-    for line in text.splitlines():
-        m = METRIC_RE.match(line.strip())
-        if m and "{" not in line:
-            out[m.group(1)] = float(m.group(2))
-    return out
+    """The llamacpp: samples of a Prometheus text page, without the prefix (labelled series are skipped)."""
+    return {name.removeprefix("llamacpp:"): value for name, value in prometheus_samples(text).items()
+            if name.startswith("llamacpp:")}
 
 
 def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict:

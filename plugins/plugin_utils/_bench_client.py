@@ -30,10 +30,9 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench import (
     parse_metrics,
     server_from_headers,
 )
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gateway import CONVERSATION_HEADER
 
 SETTLE_S = 0.5
-# The key a conversation-affine pool routes on (roles/gateway_pools, gateway_pools_conversation_header).
-CONVERSATION_HEADER = "X-Llamafleet-Conversation"
 
 
 @dataclass

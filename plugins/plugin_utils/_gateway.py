@@ -27,7 +27,9 @@ ENTRY_KEYS = {"alias", "model", "role", "port", "fallbacks", "requests_per_minut
 #   server is up, not drained and has a free slot; otherwise exactly as leastconn. Not the default:
 #   in the lab's measurement (docs/gateway.md) it did not beat leastconn; a chat group opts in.
 ROUTINGS = ("affine", "leastconn")
-DEFAULT_ROUTING: dict[str, str] = {}
+DEFAULT_ROUTING = "leastconn"
+# The key a conversation-affine pool routes on (roles/gateway_pools: gateway_pools_conversation_header);
+# the bench sends it.
 CONVERSATION_HEADER = "X-Llamafleet-Conversation"
 # Hash buckets of a conversation key (xxh32 mod AFFINITY_BUCKETS); each bucket belongs to one server by
 # rendezvous hashing, so adding or removing a server moves only the buckets it gains or loses.
@@ -198,7 +200,7 @@ def pools(gateway: dict, hosts: list[dict]) -> dict:
             value = entry.get(number)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
                 problems.append(f"{where}.{number} must be a positive number, got {value!r}")
-        routing = entry.get("routing", DEFAULT_ROUTING.get(role, "leastconn"))
+        routing = entry.get("routing", DEFAULT_ROUTING)
         if routing not in ROUTINGS:
             problems.append(f"{where}.routing must be one of {', '.join(ROUTINGS)} (affine: a conversation's requests go to "
                             f"the server holding its prompt cache while it has a free slot), got {routing!r}")

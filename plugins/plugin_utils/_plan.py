@@ -598,7 +598,8 @@ def pool_conversations(pool: dict, load: dict, group: list[Speed], members: list
 def gateway_workloads(gateway: dict, hosts: list[dict], servers: list[dict]) -> tuple[list[dict], list[dict]]:
     """Queueing of every chat pool at its declared load (pool_load): one M/M/c queue over all slots
     of the group, and beside it the same load under random routing (each server its own queue)."""
-    speeds = {(s["host"], s["name"]): Speed(**s["speed"]) for s in servers}
+    by_name = {(s["host"], s["name"]): s for s in servers}
+    speeds = {key: Speed(**s["speed"]) for key, s in by_name.items()}
     rows, findings = [], []
     for pool in gateway["pools"]:
         if pool["role"] != "chat":
@@ -611,7 +612,6 @@ def gateway_workloads(gateway: dict, hosts: list[dict], servers: list[dict]) -> 
         group = [speeds[(m["host"], m["server"])] for m in pool["servers"]]
         pooled = workload(pool["alias"], rpm, prompt, reply, group)
         scattered = random_routing(pool["alias"], rpm, prompt, reply, group)
-        by_name = {(s["host"], s["name"]): s for s in servers}
         members = [by_name[(m["host"], m["server"])] for m in pool["servers"]]
         try:
             conversations = pool_conversations(pool, load, group, members, pooled.utilisation) if pooled.stable else None

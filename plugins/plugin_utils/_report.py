@@ -95,9 +95,10 @@ def console(plan: dict, width: int = 110) -> str:
                         [[w["model"], w["requests_per_minute"], w["slots"], f"{w['service_s']:.1f}",
                           f"{w['utilisation']:.0%}", _s(w["ttft_p50_s"]), _s(w["ttft_p95_s"]), _random_p95(w)]
                          for w in plan["workloads"]])
-    if conversation_rows(plan)[1]:
+    head, rows = conversation_rows(plan)
+    if rows:
         lines += ["", "Conversations (prompt cache per pool; slot-aware / conversation-affine):"]
-        lines += _table(*conversation_rows(plan))
+        lines += _table(head, rows)
     return "\n".join(lines)
 
 
@@ -181,10 +182,11 @@ def markdown(plan: dict) -> str:
                   "TTFT p95 if routed at random |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {w['model']} | {w['requests_per_minute']} | {w['slots']} | {w['utilisation']:.0%} | "
                   f"{_s(w['ttft_p50_s'])} | {_s(w['ttft_p95_s'])} | {_random_p95(w)} |" for w in plan["workloads"]]
-    if conversation_rows(plan)[1]:
+    head, rows = conversation_rows(plan)
+    if rows:
         lines += ["", "### Conversations", "", "The declared conversation pattern's prompt-cache reuse per pool, "
                   "slot-aware routing / conversation-affine routing (docs/gateway.md).", ""]
-        lines += _md_table(*conversation_rows(plan))
+        lines += _md_table(head, rows)
     lines += ["", "## Findings", ""]
     for f, others in grouped(plan["findings"], [s["name"] for s in plan["servers"]]):
         where = f"{f['host']}/{f['server']}" if f["server"] else f["host"]
