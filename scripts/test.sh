@@ -1,12 +1,25 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: set-up, lint, unit tests, molecule role scenarios,
 # then the slow end-to-end tests on the lab (real llama.cpp build, real model, real requests).
+#   scripts/test.sh --cuda-build   instead: build the first user's CUDA image (8x P106-100, Debian's
+#                                  toolkit) from a clean Docker cache and check it (tests/cuda_build;
+#                                  hours on 2 cores, so not part of the whole suite)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 export PATH="$PWD/.venv/bin:$PATH"
 
 section() { printf '\n\033[1m== %s\033[0m (%s)\n' "$1" "$(date +%T)"; }
+
+if [ "${1:-}" = "--cuda-build" ]; then
+  section "the CUDA image for 8x P106-100 (sm_61, Debian's CUDA toolkit), from a clean Docker cache"
+  pytest -q -s tests/cuda_build
+  section "done"
+  exit 0
+elif [ $# -gt 0 ]; then
+  echo "usage: scripts/test.sh [--cuda-build]" >&2
+  exit 2
+fi
 
 section "lint: ruff, yamllint, ansible-lint (production profile)"
 ruff check .

@@ -49,7 +49,8 @@ HOST_KEYS = (
     "llamafleet_server_layout", "llamafleet_host_memory_mib", "llamafleet_host_cpu_cores",
     "llamafleet_host_reserved_mib", "llamafleet_host_cpu", "llamafleet_workload",
     "llamafleet_cuda_overhead_mib", "llamafleet_bind_address", "llamafleet_container_prefix",
-    "llamacpp_build_cuda_architectures", "llamacpp_build_cuda_version", "nvidia_driver_branch",
+    "llamacpp_build_cuda_architectures", "llamacpp_build_cuda_version", "llamacpp_build_cuda_source",
+    "llamacpp_build_cuda_debian_suite", "nvidia_driver_branch",
 )
 
 

@@ -20,6 +20,10 @@ Sources (../shared/facts.md #2 and NVIDIA's documents it cites):
   start at Turing).
 - SASS (-real) runs on the same major generation at an equal or higher minor; PTX (-virtual) is
   JIT-compiled for any newer GPU at first start.
+- Where the toolkit comes from (llamacpp_build_cuda_source): `nvidia`, NVIDIA's CUDA images, any
+  version; or `debian`, Debian's non-free `nvidia-cuda-toolkit` inside the local Debian image, one
+  version per suite (bookworm 11.8.89, trixie 12.4.131; ../shared/testing.md). Both compile Pascal
+  to Hopper; Blackwell needs 12.8, which only NVIDIA's source has.
 """
 from __future__ import annotations
 
@@ -33,6 +37,9 @@ CUDA_PRE_TURING = "12.9.1"    # the last toolkit that compiles CC < 7.5
 CUDA_TURING_ON = "13.0.2"     # CUDA of the 580 branch, for CC >= 7.5
 OPEN_MODULES_FROM = 75        # NVIDIA's open kernel modules support Turing and newer
 OPEN_MODULES_ONLY_FROM = 100  # Blackwell runs only with the open kernel modules
+CUDA_SOURCES = ("nvidia", "debian")
+# Debian suite -> the nvidia-cuda-toolkit version its non-free archive carries
+DEBIAN_CUDA = {"bookworm": "11.8.89", "trixie": "12.4.131"}
 
 # compute capability -> (generation, first CUDA that compiles it, minimum driver branch)
 GENERATIONS: dict[int, tuple[str, tuple[int, int], int]] = {
@@ -54,6 +61,11 @@ ARCH_SPECIFIC = {120, 121}
 def _version(text) -> tuple[int, ...] | None:
     text = str(text or "").strip()
     return tuple(int(p) for p in text.split(".")) if re.fullmatch(r"[0-9]+(\.[0-9]+){1,2}", text) else None
+
+
+def _same_release(pin: str, version: str) -> bool:
+    """A pin of 11.8 or 11.8.89 names the toolkit 11.8.89."""
+    return version == pin or version.startswith(pin + ".")
 
 
 def min_driver_for_cuda(cuda: tuple[int, ...]) -> int:
@@ -89,7 +101,9 @@ def gpu_stack(gpus: list[dict], pins: dict | None = None) -> dict:
 
     gpus: dicts with name and compute_capability (the inventory's llamafleet_gpus completed from the
     catalogue, or nvidia_gpu_info's gpus). pins: driver_branch, cuda_version, cuda_architectures,
-    each empty/None for "choose". errors: [{code, message}]; codes are documented in docs/findings.md.
+    each empty/None for "choose"; cuda_source (nvidia, the default, or debian) and debian_suite
+    (bookworm, the default), where the toolkit comes from. errors: [{code, message}]; codes are
+    documented in docs/findings.md.
     """
     pins = pins or {}
     errors: list[dict] = []
@@ -99,7 +113,7 @@ def gpu_stack(gpus: list[dict], pins: dict | None = None) -> dict:
 
     if not gpus:
         error("gpu-generation-unsupported", "no GPUs are declared: list them in llamafleet_gpus (index, name)")
-        return {"driver_branch": None, "cuda_version": None, "cuda_architectures": None,
+        return {"driver_branch": None, "cuda_version": None, "cuda_source": None, "cuda_architectures": None,
                 "kernel_modules": None, "generations": [], "errors": errors}
 
     known: dict[int, str] = {}
@@ -149,8 +163,26 @@ def gpu_stack(gpus: list[dict], pins: dict | None = None) -> dict:
                           f"{min_branch} or later. Set nvidia_driver_branch: {DRIVER_BRANCH} (or leave it unset)")
 
     # -- CUDA toolkit ---------------------------------------------------------------------------------
+    source = str(pins.get("cuda_source") or "nvidia")
+    suite = str(pins.get("debian_suite") or "bookworm")
     pinned_cuda = pins.get("cuda_version")
     cuda_version = (CUDA_PRE_TURING if lowest is not None and lowest < OPEN_MODULES_FROM else CUDA_TURING_ON)
+    if source not in CUDA_SOURCES:
+        error("cuda-source-unsupported",
+              f"llamacpp_build_cuda_source must be one of {', '.join(CUDA_SOURCES)}, got {source!r}")
+    elif source == "debian":
+        if suite not in DEBIAN_CUDA:
+            error("cuda-source-unsupported",
+                  f"llamacpp_build_cuda_debian_suite {suite!r} is not a Debian suite llamafleet knows the CUDA "
+                  f"toolkit of ({', '.join(f'{k}: {v}' for k, v in DEBIAN_CUDA.items())})")
+        else:
+            cuda_version = DEBIAN_CUDA[suite]
+            if pinned_cuda not in (None, "") and not _same_release(str(pinned_cuda), cuda_version):
+                error("cuda-source-unsupported",
+                      f"llamacpp_build_cuda_version {pinned_cuda} is not in Debian {suite}'s non-free archive, "
+                      f"which has nvidia-cuda-toolkit {cuda_version} only: leave llamacpp_build_cuda_version unset, "
+                      f"or set llamacpp_build_cuda_source: nvidia for another version")
+            pinned_cuda = None
     if pinned_cuda not in (None, ""):
         cuda_version = str(pinned_cuda)
     cuda = _version(cuda_version)
@@ -166,9 +198,11 @@ def gpu_stack(gpus: list[dict], pins: dict | None = None) -> dict:
                       f"dropped sm_5x/6x/7.0. Set llamacpp_build_cuda_version: {CUDA_PRE_TURING} (the last toolkit "
                       f"for it), or leave it unset")
             elif cuda[:2] < first_cuda:
+                fix = (f"Debian {suite}'s toolkit is {cuda_version}: set llamacpp_build_cuda_source: nvidia"
+                       if source == "debian" else "Leave llamacpp_build_cuda_version unset")
                 error("cuda-arch-unsupported",
                       f"CUDA {cuda_version} cannot build for {known[cc]} ({name}, compute capability {cc / 10:.1f}); "
-                      f"it needs CUDA {first_cuda[0]}.{first_cuda[1]} or later. Leave llamacpp_build_cuda_version unset")
+                      f"it needs CUDA {first_cuda[0]}.{first_cuda[1]} or later. {fix}")
         if branch_known and branch < min_driver_for_cuda(cuda):
             error("driver-branch-unsupported",
                   f"CUDA {cuda_version} needs driver branch {min_driver_for_cuda(cuda)} or later, and "
@@ -191,8 +225,8 @@ def gpu_stack(gpus: list[dict], pins: dict | None = None) -> dict:
                       f"CMAKE_CUDA_ARCHITECTURES={pinned_archs} asks CUDA {cuda_version} for sm_{', sm_'.join(old)}, "
                       f"which CUDA 13 cannot compile")
 
-    return {"driver_branch": branch, "cuda_version": cuda_version, "cuda_architectures": archs,
-            "kernel_modules": modules, "generations": sorted({GENERATIONS[cc][0] for cc in ccs}), "errors": errors}
+    return {"driver_branch": branch, "cuda_version": cuda_version, "cuda_source": source,
+            "cuda_architectures": archs, "kernel_modules": modules, "generations": sorted({GENERATIONS[cc][0] for cc in ccs}), "errors": errors}
 
 
 # -- the GPUs a host has, against the declared ones ---------------------------------------------------

@@ -282,5 +282,7 @@ def normalize_host(host: str, hv: dict) -> dict:
         "cuda_overhead_mib": hv.get("llamafleet_cuda_overhead_mib"),
         "cuda_architectures": hv.get("llamacpp_build_cuda_architectures"),
         "cuda_version": hv.get("llamacpp_build_cuda_version"),
+        "cuda_source": hv.get("llamacpp_build_cuda_source"),
+        "debian_suite": hv.get("llamacpp_build_cuda_debian_suite"),
         "driver_branch": hv.get("nvidia_driver_branch"),
     }

@@ -279,12 +279,12 @@ def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] 
 def _gpu_stack(host: dict, findings: list[dict]) -> dict:
     """The host's driver branch, CUDA toolkit and architectures (one rule: _gpus.gpu_stack); a pin that
     cannot work for its GPUs becomes an error finding here, before any package is installed."""
-    stack = gpu_stack(host["gpus"], {"driver_branch": host.get("driver_branch"),
-                                     "cuda_version": host.get("cuda_version"),
-                                     "cuda_architectures": host.get("cuda_architectures")})
+    stack = gpu_stack(host["gpus"], {key: host.get(key) for key in ("driver_branch", "cuda_version", "cuda_source",
+                                                                    "debian_suite", "cuda_architectures")})
     for err in stack["errors"]:
         findings.append(finding("error", err["code"], host["host"], None, f"{host['host']}: {err['message']}"))
-    return {k: stack[k] for k in ("driver_branch", "cuda_version", "cuda_architectures", "kernel_modules")}
+    return {k: stack[k] for k in ("driver_branch", "cuda_version", "cuda_source", "cuda_architectures",
+                                  "kernel_modules")}
 
 
 def calibrated_speed(predicted: Speed, measured: dict, prompt_tokens: int) -> Speed:

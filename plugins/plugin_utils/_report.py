@@ -54,11 +54,11 @@ def _overhead_cell(mib: float, detail: dict | None) -> str:
 
 
 def stack_rows(plan: dict) -> tuple[list[str], list[list]]:
-    """What each CUDA host will be given: driver branch, CUDA toolkit, architectures, kernel modules."""
-    rows = [[h["host"], h["gpu_stack"]["driver_branch"], h["gpu_stack"]["cuda_version"],
+    """What each CUDA host will be given: driver branch, CUDA toolkit and its source, architectures, kernel modules."""
+    rows = [[h["host"], h["gpu_stack"]["driver_branch"], h["gpu_stack"]["cuda_version"], h["gpu_stack"]["cuda_source"],
              h["gpu_stack"]["cuda_architectures"], h["gpu_stack"]["kernel_modules"]]
             for h in plan.get("hosts", []) if h.get("gpu_stack")]
-    return ["host", "driver branch", "CUDA", "CMAKE_CUDA_ARCHITECTURES", "kernel modules"], rows
+    return ["host", "driver branch", "CUDA", "toolkit from", "CMAKE_CUDA_ARCHITECTURES", "kernel modules"], rows
 
 
 def verdict(plan: dict) -> str:

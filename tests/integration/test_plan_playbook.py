@@ -51,9 +51,10 @@ def test_production_example_is_refused_with_reasons_and_alternatives(tmp_path):
     # the build and driver settings for its P106-100 cards (CC 6.1): branch 580, the last for Pascal; CUDA 12.9.1,
     # the last toolkit that compiles sm_61; real code for sm_61 (facts.md #1, #2)
     (host,) = report["hosts"]
-    assert host["gpu_stack"] == {"driver_branch": 580, "cuda_version": "12.9.1", "cuda_architectures": "61-real",
+    assert host["gpu_stack"] == {"driver_branch": 580, "cuda_version": "12.9.1", "cuda_source": "nvidia",
+                                 "cuda_architectures": "61-real",
                                  "kernel_modules": "proprietary"}
-    assert "| gpu-box-1 | 580 | 12.9.1 | 61-real | proprietary |" in (tmp_path / "plan.md").read_text()
+    assert "| gpu-box-1 | 580 | 12.9.1 | nvidia | 61-real | proprietary |" in (tmp_path / "plan.md").read_text()
     # every server, device and finding carries the fields plan.json promises
     assert set(chat0) >= {"host", "name", "role", "model", "device", "memory_mib", "host_memory_mib", "gpu_layers",
                           "speed", "findings"}

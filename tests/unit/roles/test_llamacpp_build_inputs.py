@@ -55,6 +55,35 @@ def test_cuda_13_is_refused_for_pascal(tmp_path):
     assert "CUDA 13.0.1 cannot build for P106-100 (compute capability 6.1)" in " ".join(result.stdout.split())
 
 
+def test_debian_toolkit_builds_pascal_in_the_local_debian_image(tmp_path):
+    result, got = inputs(tmp_path, llamacpp_build_backend="cuda", llamacpp_build_gpus=P106,
+                         llamacpp_build_cuda_source="debian")
+    assert result.returncode == 0, result.stdout
+    # the same CUDA options as NVIDIA's source: real sm_61 code, CUDA graphs compiled in
+    assert "-DCMAKE_CUDA_ARCHITECTURES=61-real" in got["cmake"] and "-DGGML_CUDA_GRAPHS=ON" in got["cmake"]
+    assert got["images"] == {"build": "llamafleet/debian:bookworm", "runtime": "llamafleet/debian:bookworm"}
+    assert got["toolkit"]["APT_COMPONENTS"] == "contrib non-free"
+    assert got["toolkit"]["BUILD_PACKAGES"].split() == ["build-essential", "cmake", "nvidia-cuda-toolkit",
+                                                       "nvidia-cuda-toolkit-gcc"]
+    # the runtime image gets the CUDA runtime and cuBLAS from the build stage, not the driver's libcuda
+    assert got["toolkit"]["RUNTIME_LIBS"] == "libcudart|libcublas"
+    _, nvidia = inputs(tmp_path, llamacpp_build_backend="cuda", llamacpp_build_gpus=P106)
+    assert nvidia["toolkit"] == {} and nvidia["image"] != got["image"]
+
+
+@pytest.mark.parametrize("extra,words", [
+    ({"llamacpp_build_gpus": [{"index": 0, "name": "RTX 5090", "memory_mib": 32607, "bandwidth_gbs": 1792,
+                               "fp32_tflops": 104.8, "int8_tops": 838, "compute_capability": "12.0"}]},
+     "it needs CUDA 12.8 or later. Debian bookworm's toolkit is 11.8.89: set llamacpp_build_cuda_source: nvidia"),
+    ({"llamacpp_build_cuda_version": "12.9.1"}, "is not in Debian bookworm's non-free archive"),
+], ids=["blackwell", "pin-not-in-debian"])
+def test_debian_toolkit_refuses_what_it_cannot_build(tmp_path, extra, words):
+    result, got = inputs(tmp_path, **{"llamacpp_build_backend": "cuda", "llamacpp_build_gpus": P106,
+                                      "llamacpp_build_cuda_source": "debian", **extra})
+    assert result.returncode != 0 and got is None
+    assert words in " ".join(result.stdout.split())
+
+
 def test_cuda_without_gpus_or_architectures_is_refused(tmp_path):
     result, got = inputs(tmp_path, llamacpp_build_backend="cuda")
     assert result.returncode != 0 and got is None

@@ -81,6 +81,44 @@ def test_pins_that_cannot_work_are_errors(names, pins, code, words):
     assert code in codes and words in messages
 
 
+# Debian's non-free archive: nvidia-cuda-toolkit 11.8.89 in bookworm, 12.4.131 in trixie (../shared/testing.md)
+@pytest.mark.parametrize("suite,version", [("bookworm", "11.8.89"), ("trixie", "12.4.131"), (None, "11.8.89")])
+def test_debian_toolkit_compiles_pascal(suite, version):
+    result = gpu_stack(gpus(*["P106-100"] * 8), {"cuda_source": "debian", "debian_suite": suite})
+    assert (result["cuda_version"], result["cuda_source"], result["cuda_architectures"], result["errors"]) == \
+        (version, "debian", "61-real", [])
+    # a pin of the same release is kept as that release
+    assert gpu_stack(gpus("P106-100"), {"cuda_source": "debian", "cuda_version": "11.8"})["errors"] == []
+
+
+def rtx_5090():
+    return describe_gpu({"index": 0, "name": "RTX 5090", "memory_mib": 32607, "bandwidth_gbs": 1792,
+                         "fp32_tflops": 104.8, "int8_tops": 838, "compute_capability": "12.0"}, "g")
+
+
+@pytest.mark.parametrize("suite", ["bookworm", "trixie"])
+def test_debian_toolkit_cannot_compile_blackwell(suite):
+    # Blackwell (CC 12.0) needs CUDA 12.8; Debian has 11.8 and 12.4: the fix is NVIDIA's source
+    result = gpu_stack([rtx_5090()], {"cuda_source": "debian", "debian_suite": suite})
+    [err] = result["errors"]
+    assert err["code"] == "cuda-arch-unsupported"
+    assert "needs CUDA 12.8 or later" in err["message"] and "set llamacpp_build_cuda_source: nvidia" in err["message"]
+    assert gpu_stack([rtx_5090()], {})["errors"] == []      # NVIDIA's 13.0.2 builds it
+
+
+@pytest.mark.parametrize("pins,words", [
+    ({"cuda_source": "debian", "cuda_version": "12.9.1"},
+     "llamacpp_build_cuda_version 12.9.1 is not in Debian bookworm's non-free archive, which has nvidia-cuda-toolkit "
+     "11.8.89 only"),
+    ({"cuda_source": "debian", "debian_suite": "trixie", "cuda_version": "11.8.89"}, "has nvidia-cuda-toolkit 12.4.131"),
+    ({"cuda_source": "conda"}, "llamacpp_build_cuda_source must be one of nvidia, debian, got 'conda'"),
+    ({"cuda_source": "debian", "debian_suite": "sid"}, "llamacpp_build_cuda_debian_suite 'sid'"),
+], ids=["pin-not-in-bookworm", "pin-not-in-trixie", "unknown-source", "unknown-suite"])
+def test_a_toolkit_the_source_lacks_is_refused(pins, words):
+    errors = gpu_stack(gpus("P106-100"), pins)["errors"]
+    assert [e["code"] for e in errors] == ["cuda-source-unsupported"] and words in errors[0]["message"]
+
+
 def test_unknown_and_too_old_generations_are_refused():
     kepler = describe_gpu({"index": 0, "name": "Tesla K80", "memory_mib": 11441, "bandwidth_gbs": 240,
                            "fp32_tflops": 4.1, "int8_tops": 0, "compute_capability": "3.7"}, "g")

@@ -99,7 +99,8 @@ def test_normalized_host_in_full():
                      "container_memory_mib": 2048, "args": {"ctx_size": 4096}, "ulimits": ["memlock:-1:-1"]}],
         "host_memory_mib": 16000, "host_cpu_cores": 2, "host_reserved_mib": 1024, "host_cpu": {"gflops": 20},
         "workload": {"m": {"requests_per_minute": 3, "prompt_tokens": 500, "reply_tokens": 256}},
-        "cuda_overhead_mib": 300, "cuda_architectures": "61-real", "cuda_version": "12.9.1", "driver_branch": None,
+        "cuda_overhead_mib": 300, "cuda_architectures": "61-real", "cuda_version": "12.9.1", "cuda_source": None,
+        "debian_suite": None, "driver_branch": None,
     }
 
 

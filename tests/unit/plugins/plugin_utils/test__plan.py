@@ -194,7 +194,8 @@ def test_hosts_show_the_gpu_stack_before_anything_is_installed():
     # P106-100: CC 6.1 -> branch 580 (the last for Pascal), CUDA 12.9.1 (the last for sm_61), 61-real (facts.md #2)
     (host,) = plan([normalize_host("h", cuda_host())], {"h": MODELS})["hosts"]
     assert host["host"] == "h"
-    assert host["gpu_stack"] == {"driver_branch": 580, "cuda_version": "12.9.1", "cuda_architectures": "61-real",
+    assert host["gpu_stack"] == {"driver_branch": 580, "cuda_version": "12.9.1", "cuda_source": "nvidia",
+                                 "cuda_architectures": "61-real",
                                  "kernel_modules": "proprietary"}
     cpu = dict(cuda_host(), llamafleet_backend="cpu", llamafleet_servers=[
         dict(s, gpu=None) for s in cuda_host()["llamafleet_servers"]])
