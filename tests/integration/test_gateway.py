@@ -540,6 +540,54 @@ def test_conversation_affine_vs_slot_aware_only(gateway, capsys):
     report(capsys, "\n    ".join(lines + ["  runs: " + "; ".join(per_run)]))
 
 
+def chunk_gaps(port: int, key: str, body: dict) -> list[float]:
+    """Seconds between the content chunks of one streamed chat completion, as the client receives them."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    arrivals = []
+    try:
+        conn.request("POST", "/v1/chat/completions", json.dumps(dict(body, stream=True)),
+                     {"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.read()[:300]
+        for raw in resp:
+            line = raw.decode().strip()
+            if line.startswith("data:") and line != "data: [DONE]":
+                choices = json.loads(line[5:]).get("choices") or [{}]
+                if choices[0].get("delta", {}).get("content"):
+                    arrivals.append(time.monotonic())
+    finally:
+        conn.close()
+    return [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+
+
+def gap_line(name: str, gaps: list[float]) -> str:
+    ms = sorted(g * 1000 for g in gaps)
+    under = sum(g < 2 for g in ms)
+    return (f"{name:<22} {len(ms) + 1:>4} chunks  gap p50 {statistics.median(ms):6.1f} ms  p95 {ms[int(0.95 * (len(ms) - 1))]:6.1f} ms"
+            f"  under 2 ms: {under}/{len(ms)}")
+
+
+def test_streaming_through_the_pool_and_the_gateway_is_as_smooth_as_direct(gateway, capsys):
+    """One streamed 120-token reply each: the server itself, its pool, the gateway in front of the pool.
+
+    Nothing is timed: the test fails when the chunks arrive in bursts through the gateway (more than a
+    quarter of the gaps under 2 ms) although the server sends them one by one. HAProxy delayed small
+    writes by up to 200 ms (MSG_MORE) until the pools set `option http-no-delay`.
+    """
+    body = {"model": CHAT, "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse."}],
+            "max_tokens": 120, "temperature": 0, "ignore_eos": True}
+    chat_port = POOLS[CHAT]["port"]
+    paths = {"server (lab.chat-0)": (LAB_CHAT["lab.chat-0"], server_key()),
+             f"pool :{chat_port}": (chat_port, KEY),     # the pools take the gateway's key
+             f"gateway :{GATEWAY.rsplit(':', 1)[1]}": (int(GATEWAY.rsplit(":", 1)[1]), KEY)}
+    gaps = {name: chunk_gaps(port, key, body) for name, (port, key) in paths.items()}
+    report(capsys, "streaming, gaps between content chunks:\n    " + "\n    ".join(gap_line(n, g) for n, g in gaps.items()))
+    bursty = {name: sum(g < 0.002 for g in values) / len(values) for name, values in gaps.items()}
+    server, _pool, through_gateway = bursty.values()
+    assert all(len(values) >= 100 for values in gaps.values()), {n: len(v) for n, v in gaps.items()}
+    assert not (through_gateway > 0.25 and server <= 0.25), f"bursts through the gateway: {bursty}"
+
+
 def test_overhead_of_gateway_and_pool_over_a_direct_call(gateway, capsys):
     """Median latency of a short non-streamed request, direct to a server vs through gateway + pool."""
     key = server_key()
