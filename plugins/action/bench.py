@@ -82,5 +82,6 @@ class ActionModule(ActionBase):
             msg=(f"{everything['completed']} of {everything['requests']} measured requests answered "
                  f"({everything['errors']} errors) in {everything['window_s']:.0f} s; TTFT p50 "
                  f"{everything['ttft']['p50'] or 0:.2f} s, p95 {everything['ttft']['p95'] or 0:.2f} s; "
-                 f"{everything['output_throughput']:.1f} output tok/s; report: {report_dir}/report.md"))
+                 f"{everything['output_throughput']:.1f} output tok/s; report: {report_dir}/report.md"
+                 + "".join(f"\nWARNING: {w}" for w in report["warnings"])))
         return result

@@ -375,6 +375,11 @@ def summarize(records: list[dict], window_s: float | None = None, arrival_span_s
     }
 
 
+# A chunk gap under BURST_GAP_S is two tokens delivered together; more than BURST_SHARE of them is a burst.
+BURST_GAP_S = 0.002
+BURST_SHARE = 0.25
+
+
 # -- server-side figures -------------------------------------------------------------------------------
 def parse_metrics(text: str) -> dict[str, float]:
     """The llamacpp: samples of a Prometheus text page, without the prefix (labelled series are skipped)."""
@@ -398,6 +403,31 @@ def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict:
         "prompt_tps": d("prompt_tokens_total") / prompt_s if prompt_s > 0 else None,
         "decode_tps_per_stream": d("tokens_predicted_total") / predicted_s if predicted_s > 0 else None,
     }
+
+
+def stream_warnings(records: list[dict], server_side: dict) -> list[str]:
+    """Servers whose streamed tokens reached the client in bursts: many chunk gaps too short to be a decode step.
+
+    A server that decodes one token every `step` seconds per stream cannot send two tokens of a stream
+    2 ms apart, so a quarter of such gaps means something between it and the client (a proxy coalescing
+    small writes) delivered several at once: the client's ITL then measures that path, not the server.
+    """
+    out = []
+    gaps_by: dict[str, list[float]] = {}
+    for r in records:
+        if r.get("ok") and r.get("kind") == "chat" and r.get("server"):
+            gaps_by.setdefault(r["server"], []).extend(r.get("itl", []))
+    for name, gaps in sorted(gaps_by.items()):
+        tps = (server_side.get(name) or {}).get("decode_tps_per_stream")
+        if len(gaps) < 20 or not tps or 1.0 / tps < 2 * BURST_GAP_S:
+            continue
+        short = sum(g < BURST_GAP_S for g in gaps) / len(gaps)
+        if short > BURST_SHARE:
+            out.append(f"{name}: {short:.0%} of the gaps between streamed chunks were under {BURST_GAP_S * 1000:.0f} ms, "
+                       f"but the server decoded a token every {1000.0 / tps:.0f} ms per stream: its stream reached the "
+                       f"client in bursts (a proxy coalescing small writes; the pools set HAProxy's option http-no-delay). "
+                       f"Its ITL figures measure that path, not the server.")
+    return out
 
 
 # -- the plan beside the bench -------------------------------------------------------------------------
@@ -511,6 +541,8 @@ def render_markdown(result: dict) -> str:
              + (f" Controller load average {load['load_average'][0]} at the start, {load['load_average'][1]} at the end "
                 f"(on a machine that also runs the servers, anything else running slows them)." if load.get("load_average") else ""),
              ""]
+    if result.get("warnings"):
+        lines += ["## Warnings", ""] + [f"- {w}" for w in result["warnings"]] + [""]
     lines += ["## Figures", "", "Per model group and per server (the server that answered, see docs/bench.md). "
               "TTFT counts from the request's arrival, so time waiting for a slot is in it.", ""]
     rows = [figures_row("**all**", result["summary"]["all"])]
@@ -649,5 +681,6 @@ def assemble(cfg: BenchConfig, target: str, mode: str, started: str, group_list:
         "groups": group_list, "servers": servers,
         "plan_servers": [{"name": p["name"], "speed": p["speed"]} for p in (plan_result or {}).get("servers", [])],
         "summary": summary, "server_side": server_side,
-        "predictions": predicted, "comparison": compared, "alone": run.get("alone") or {}, "errors": error_counts(measured), "requests": records,
+        "predictions": predicted, "comparison": compared, "alone": run.get("alone") or {}, "errors": error_counts(measured),
+        "warnings": stream_warnings(measured, server_side), "requests": records,
     }

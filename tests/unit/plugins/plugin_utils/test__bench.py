@@ -22,6 +22,7 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench import (
     predictions,
     render_markdown,
     server_from_headers,
+    stream_warnings,
     summarize,
     tpot,
 )
@@ -287,6 +288,31 @@ def test_report_renders_every_section():
         assert part in text
     # chat-0's counters: 800 - 300 = 500 prefilled and 250 - 50 = 200 reused, over the 2 answered requests
     assert "Prompt tokens per answered request: 250 prefilled, 100 reused from the prompt cache (29% of" in text
+
+
+def stream(server: str, gaps: list[float]) -> dict:
+    return {"ok": True, "kind": "chat", "server": server, "itl": gaps}
+
+
+def test_a_stream_that_arrives_in_bursts_is_flagged_against_the_servers_decode_rate():
+    # As measured through HAProxy 2.6 without option http-no-delay (docs/gateway.md): a server decoding
+    # every 13 ms (77 tok/s) whose chunks came 5 at a time, 200 ms apart: 4 of every 5 gaps ~0 ms.
+    bursty = [0.0001, 0.0001, 0.0001, 0.0001, 0.2] * 24
+    smooth = [0.013] * 120
+    side = {"chat-0": {"decode_tps_per_stream": 77.0}, "chat-1": {"decode_tps_per_stream": 77.0}}
+    [warning] = stream_warnings([stream("chat-0", bursty), stream("chat-1", smooth)], side)
+    assert warning.startswith("chat-0: 80% of the gaps between streamed chunks were under 2 ms, but the server "
+                              "decoded a token every 13 ms per stream")
+    # a server fast enough to send tokens 2 ms apart, or one without /metrics, cannot tell: no warning
+    assert stream_warnings([stream("chat-0", bursty)], {"chat-0": {"decode_tps_per_stream": 1000.0}}) == []
+    assert stream_warnings([stream("chat-0", bursty)], {"chat-0": {"error": "/metrics answered HTTP 501"}}) == []
+    # and the report leads with it
+    cfg = config({"rate_per_min": 12, "duration_s": 10})
+    run = {"records": [dict(r, server="chat-0", itl=bursty) for r in records()], "window": [0.0, 10.0],
+           "metrics_before": {"chat-0": parse_metrics(METRICS_BEFORE)}, "metrics_after": {"chat-0": parse_metrics(METRICS_AFTER)}}
+    result = assemble(cfg, "gw", "gateway", "2026-01-01 00:00:00",
+                      [{"name": "g", "role": "chat", "model": "m", "servers": ["chat-0"]}], SERVERS[:1], run, PLAN)
+    assert len(result["warnings"]) == 1 and "## Warnings" in render_markdown(result)
 
 
 def test_comparison_says_unbounded_when_the_plan_says_overloaded():
