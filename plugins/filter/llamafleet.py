@@ -21,7 +21,13 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._driver_packages 
 )
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gateway import DEFAULT_PORT, DEFAULT_STATS_PORT, GatewayError
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gpus import cuda_elf_missing, gpu_differences, gpu_stack
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import InventoryError, normalize_host
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import (
+    InventoryError,
+    api_key_problem,
+    build_source_problems,
+    deploy_input_problems,
+    normalize_host,
+)
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._plan import PlanError, describe_model, plan
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._report import console, markdown
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._rolling import (
@@ -128,18 +134,19 @@ def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str 
                     deployed[host] = json.load(handle)
             except (OSError, ValueError) as exc:
                 raise AnsibleFilterError(f"cannot read the deployment record {record}: {exc}; remove it to start afresh") from None
+    inputs = {host: deploy_input_problems(hostvars[host], controller_root) for host in hosts}
     try:
         gateway = _gateway_config(hostvars, hosts, gateway_hosts or [])
         if rolling is None:
-            return plan(normalized, models, deployed, gateway)
+            return plan(normalized, models, deployed, gateway, inputs)
         problems = validate_flags(rolling)
         if problems:
             raise RollingError(problems)
         bound = validate_bound(rolling.get("max_regression"))
         chosen = select(normalized, patterns_of(rolling.get("servers")))
-        previous = plan(normalized, models, deployed, gateway)
+        previous = plan(normalized, models, deployed, gateway, inputs)
         normalized = apply_override(normalized, chosen, rolling.get("args_override"))
-        result = plan(normalized, models, deployed, gateway) if rolling.get("args_override") else previous
+        result = plan(normalized, models, deployed, gateway, inputs) if rolling.get("args_override") else previous
         speeds = {(s["host"], s["name"]): s["speed"] for s in result["servers"]}
         rows = capacity(normalized, speeds, chosen, bool(rolling.get("allow_outage")), standin_rooms(result, previous))
     except (GatewayError, RollingError) as exc:
@@ -164,6 +171,16 @@ def llamafleet_rolling_summary(rows: list, override: dict | None = None, pending
 
 def llamafleet_render_args(args: dict) -> list:
     return render_args(args)
+
+
+def llamafleet_api_key_problem(value, variable: str) -> str:
+    """What is wrong with an API key (the rule the plan applies), or '' when it is good."""
+    return api_key_problem(variable, value) or ""
+
+
+def llamafleet_build_source_problems(source) -> list:
+    """What is wrong with llamacpp_build_source (the rule the plan applies): [] when it is good."""
+    return build_source_problems(source)
 
 
 def llamafleet_unknown_flags(args: dict, help_text: str) -> list:
@@ -256,6 +273,8 @@ class FilterModule:
             "plan_markdown": llamafleet_plan_markdown,
             "render_args": llamafleet_render_args,
             "unknown_flags": llamafleet_unknown_flags,
+            "api_key_problem": llamafleet_api_key_problem,
+            "build_source_problems": llamafleet_build_source_problems,
             "gpu_stack": llamafleet_gpu_stack,
             "gpu_differences": llamafleet_gpu_differences,
             "nvidia_driver_packages": llamafleet_nvidia_driver_packages,

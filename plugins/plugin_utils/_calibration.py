@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import os
 
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._findings import finding
+
 FILE_KEYS = {"host", "measured_at", "llama_cpp", "driver", "backend", "gpus", "process_overhead_mib",
              "process_readings_mib", "speed"}
 
@@ -31,7 +33,7 @@ def calibration_file(calibration_dir: str, host: str) -> str:
 
 
 def _finding(level: str, code: str, host: str, message: str) -> dict:
-    return {"level": level, "code": code, "host": host, "server": None, "message": message}
+    return finding(level, code, host, None, message)
 
 
 def load(calibration_dir: str | None, host: str, spec: dict, llama_cpp_ref: str | None) -> tuple[dict | None, list[dict]]:

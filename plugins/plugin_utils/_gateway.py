@@ -16,7 +16,7 @@ import hashlib
 import math
 import re
 
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import ROLES
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import ROLES, api_key_problem
 
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 ENTRY_KEYS = {"alias", "model", "role", "port", "fallbacks", "requests_per_minute", "prompt_tokens", "reply_tokens",
@@ -36,7 +36,6 @@ CONVERSATION_HEADER = "X-Llamafleet-Conversation"
 AFFINITY_BUCKETS = 64
 LOOPBACK = ("127.", "localhost", "::1")
 ANY_ADDRESS = ("0.0.0.0", "::", "")
-MIN_KEY_LENGTH = 16
 # Connections a server must still accept while all its slots are busy: the pool's health check
 # and one probe (watchdog or operator). llama-server's own default is parallel + 2 for the same reason.
 HTTP_THREADS_SPARE = 2
@@ -127,12 +126,9 @@ def pools(gateway: dict, hosts: list[dict]) -> dict:
     claim(stats_port, "llamafleet_gateway_stats_port")
 
     key = gateway.get("key")
-    if not isinstance(key, str) or len(key) < MIN_KEY_LENGTH:
-        problems.append(
-            f"llamafleet_gateway_key is {'not set' if not key else 'shorter than ' + str(MIN_KEY_LENGTH) + ' characters'}: "
-            f"clients authenticate to the gateway with it and nothing reaches a server without it. Keep it in a "
-            f"vault, e.g. `ansible-vault encrypt_string --name llamafleet_gateway_key \"$(openssl rand -hex 24)\"` "
-            f"into group_vars/gateway/vault.yml")
+    key_problem = api_key_problem("llamafleet_gateway_key", key)
+    if key_problem:
+        problems.append(key_problem + " (clients authenticate to the gateway with it; group_vars/gateway/vault.yml)")
     elif key == gateway.get("server_key"):
         problems.append("llamafleet_gateway_key equals llama_server_api_key: clients would hold the servers' key and "
                         "could bypass the gateway; give the gateway a key of its own")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import os
 import re
 
 from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import GPUError, describe_gpu
@@ -24,6 +25,10 @@ PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 SERVER_KEYS = {"name", "role", "model", "gpu", "port", "container_memory", "args", "ulimits"}
 LAYOUT_KEYS = {"role", "model", "port_base", "container_memory", "args", "ulimits"}
 MODEL_KEYS = {"path", "sha256", "src", "url", "shape", "quantization", "family"}
+# An API key travels in an HTTP header (Authorization: Bearer <key>, RFC 7235's token68 characters)
+# and sits alone on a line of llama-server's --api-key-file: 16 or more of these characters.
+API_KEY_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,}$")
+BUILD_SOURCE_TYPES = ("git", "archive")
 
 
 class InventoryError(ValueError):
@@ -32,6 +37,59 @@ class InventoryError(ValueError):
     def __init__(self, host: str, problems: list[str]):
         self.problems = problems
         super().__init__(f"inventory of {host} is not valid:\n  - " + "\n  - ".join(problems))
+
+
+def api_key_problem(variable: str, value) -> str | None:
+    """What is wrong with an API key (llama_server_api_key, llamafleet_gateway_key), or None. The key is never shown."""
+    if value in (None, ""):
+        return (f"{variable} is not set: every request must carry it. Keep it in a vault, e.g. "
+                f"`ansible-vault encrypt_string --name {variable} \"$(openssl rand -hex 24)\"`")
+    if not isinstance(value, str) or not API_KEY_RE.match(value):
+        text = str(value)
+        why = ("contains a space" if " " in text else
+               f"has {len(text)} characters" if len(text) < 16 else "contains other characters")
+        return (f"{variable} must be 16 or more letters, digits or ._~+/=- (it travels in an HTTP header); "
+                f"it {why}. Generate one with `openssl rand -hex 24`")
+    return None
+
+
+def build_source_problems(source, controller_root: str = ".") -> list[str]:
+    """What is wrong with llamacpp_build_source (where llama.cpp comes from), with the fix."""
+    example = ("e.g. {type: git, repo_url: <your llama.cpp mirror>, ref: b6700} or "
+               "{type: archive, archive: <tarball on the controller>, subdir: <tree inside it>, ref: <its commit>}")
+    if not isinstance(source, dict) or not source:
+        return [f"llamacpp_build_source is not set: say where llama.cpp comes from, {example}"]
+    problems = []
+    kind = source.get("type")
+    if kind not in BUILD_SOURCE_TYPES:
+        problems.append(f"llamacpp_build_source.type must be one of {', '.join(BUILD_SOURCE_TYPES)}, got {kind!r}")
+    if not source.get("ref"):
+        problems.append("llamacpp_build_source.ref is not set: the tag, branch or commit to build (also the image "
+                        "tag's first part)")
+    if kind == "git" and not source.get("repo_url"):
+        problems.append("llamacpp_build_source.repo_url is not set: the git repository the hosts clone llama.cpp from")
+    if kind == "archive":
+        archive = source.get("archive")
+        if not archive:
+            problems.append("llamacpp_build_source.archive is not set: a llama.cpp source tarball on the controller")
+        else:
+            path = archive if str(archive).startswith("/") else f"{controller_root}/{archive}"
+            if not os.path.isfile(path):
+                problems.append(f"llamacpp_build_source.archive {archive} does not exist on the controller "
+                                f"(the lab's is downloaded by scripts/bootstrap.sh)")
+    return problems
+
+
+def deploy_input_problems(hv: dict, controller_root: str = ".") -> list[tuple[str, str]]:
+    """(finding code, message) for the inputs that later plays read from a fleet host's variables:
+    the servers' API key and the llama.cpp source. The plan reports them as errors, so that nothing
+    is installed, built or started with an input a later play would refuse."""
+    out = [("build-source-invalid", problem)
+           for problem in build_source_problems(hv.get("llamacpp_build_source"), controller_root)]
+    key = api_key_problem("llama_server_api_key", hv.get("llama_server_api_key"))
+    if key:
+        out.append(("api-key-invalid", key))
+    return out
 
 
 def memory_mib(value: str) -> int:

@@ -20,6 +20,7 @@ from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gguf i
     read_remote_model_info,
 )
 from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import cc_int
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._findings import finding
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._fleet import fleet_host
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gateway import pools
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gpus import gpu_stack
@@ -74,12 +75,6 @@ def describe_model(name: str, spec: dict, cache_dir: str, controller_root: str =
 
 
 # -- findings -----------------------------------------------------------------------------------------
-def finding(level: str, code: str, host: str, server: str | None, message: str, **data) -> dict:
-    out = {"level": level, "code": code, "host": host, "server": server, "message": message}
-    out.update(data)
-    return out
-
-
 def _fmt(mib: float) -> str:
     return "unlimited" if math.isinf(mib) else f"{mib:,.0f} MiB"
 
@@ -649,9 +644,10 @@ def gateway_workloads(gateway: dict, hosts: list[dict], servers: list[dict]) -> 
 
 
 def plan(hosts: list[dict], models: dict[str, dict[str, ModelInfo]], deployed: dict | None = None,
-         gateway: dict | None = None) -> dict:
+         gateway: dict | None = None, input_problems: dict | None = None) -> dict:
     """Plan every host. models maps host -> model name -> ModelInfo; deployed maps host -> its fleet as last
-    deployed; gateway is the gateway hosts' configuration (see _gateway.pools; a GatewayError refuses it)."""
+    deployed; gateway is the gateway hosts' configuration (see _gateway.pools; a GatewayError refuses it);
+    input_problems maps host -> [(code, message)] of the inputs later plays read (_inventory.deploy_input_problems)."""
     result = {"servers": [], "devices": [], "hosts": [], "workloads": [], "findings": []}
     fleet = {host["host"]: fleet_host(host) for host in hosts}
     pools_ = None
@@ -672,6 +668,9 @@ def plan(hosts: list[dict], models: dict[str, dict[str, ModelInfo]], deployed: d
         result["findings"].extend(findings)
         result["gateway"] = pools_
     record_standins(result)
+    for host_name, problems in (input_problems or {}).items():
+        result["findings"].extend(finding("error", code, host_name, None, f"{host_name}: {message}")
+                                  for code, message in problems)
     result["summary"] = {
         "errors": sum(f["level"] == "error" for f in result["findings"]),
         "warnings": sum(f["level"] == "warning" for f in result["findings"]),

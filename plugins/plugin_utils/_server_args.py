@@ -56,6 +56,9 @@ SCHEMA: dict[str, tuple[str, object]] = {
     "seed": ("int", -1),
 }
 
+# Knobs whose schema minimum is -1 (auto) but that llama-server refuses at 0, and what to set instead.
+NOT_ZERO = {"parallel": "set -1 (auto: 4 slots with a unified KV cache) or the number of slots, 1 or more"}
+
 # Flags llamafleet renders itself: setting them in args would break the container contract.
 RESERVED = {
     "model": "the model is mounted from llamafleet_models; set the server's 'model' instead",
@@ -111,6 +114,8 @@ def validate_args(server: str, args: dict) -> dict:
                     raise ArgsError(f"{where} must be an integer >= {spec}, got {value!r}")
             if value < spec:
                 raise ArgsError(f"{where} must be an integer >= {spec}, got {value}")
+            if key in NOT_ZERO and value == 0:
+                raise ArgsError(f"{where} cannot be 0: {NOT_ZERO[key]}")
         elif kind == "bool":
             if not isinstance(value, bool):
                 raise ArgsError(f"{where} must be true or false, got {value!r}")

@@ -84,6 +84,46 @@ def test_bad_inventory_is_named_and_no_report_pretends(tmp_path):
     assert "Traceback" not in result.stdout + result.stderr
 
 
+def host_state() -> list[str]:
+    """What a run could change on the lab host: its containers, images and llamafleet's files (with mtimes)."""
+    def out(*argv: str) -> list[str]:
+        return subprocess.run(argv, capture_output=True, text=True, check=False).stdout.split("\n")
+    files = []
+    for top in ("/var/lib/llamafleet", "/etc/llamafleet"):
+        for base, dirs, names in os.walk(top):
+            # what the running fleet writes itself, not a play: Prometheus's database, build logs
+            dirs[:] = [d for d in dirs if os.path.join(base, d) != "/var/lib/llamafleet/prometheus"]
+            files += [f"{base}/{n} {os.stat(os.path.join(base, n)).st_mtime_ns}" for n in names
+                      if os.path.isfile(os.path.join(base, n)) and not n.endswith(".log")]
+    return (out("docker", "ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Names}} {{.Image}}")
+            + out("docker", "images", "-q", "--no-trunc") + sorted(files))
+
+
+# What a later play would refuse, the plan refuses first, naming the variable; site.yml with it changes nothing.
+BAD_INPUTS = {
+    "servers' key with a space": ({"llama_server_api_key": "sk-lab servers-key-0123456789"},
+                                  "ERROR [api-key-invalid] lab: llama_server_api_key must be 16 or more letters"),
+    "no build source": ({"llamacpp_build_source": {}}, "ERROR [build-source-invalid] lab: llamacpp_build_source is not set"),
+    "git source without repo_url": ({"llamacpp_build_source": {"type": "git", "ref": "b6700"}},
+                                    "llamacpp_build_source.repo_url is not set"),
+    "parallel 0": ({"llamafleet_servers": [{"name": "chat-0", "args": {"parallel": 0}}]},
+                   "server chat-0: args.parallel cannot be 0"),
+}
+
+
+@pytest.mark.parametrize("extra,words", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_an_input_a_later_play_would_refuse_is_refused_first_and_nothing_changes(tmp_path, extra, words):
+    result, _report = plan(tmp_path, "-e", json.dumps(extra))
+    assert result.returncode != 0
+    assert words in " ".join(result.stdout.split()), result.stdout[-3000:]
+    before = host_state()
+    site = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "site.yml",
+                           "-e", f"llamafleet_report_dir={tmp_path}", "-e", json.dumps(extra)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert site.returncode != 0 and words in " ".join(site.stdout.split())
+    assert host_state() == before
+
+
 def test_models_known_only_by_url_are_planned_from_their_header(tmp_path):
     """Remove the declared shapes: the plan reads each GGUF header over HTTP range requests and
     gets the same numbers as from the shape (the synthetic files have the published shapes)."""

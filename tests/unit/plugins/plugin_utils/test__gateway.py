@@ -75,7 +75,10 @@ BAD = [
     ({"port": 8201}, "llamafleet_gateway_port 8201 is already used by server embed-0 on lab"),
     ({"stats_port": 4101}, "llamafleet_gateway_models[0] (alias lab-chat).port 4101 is already used by llamafleet_gateway_stats_port"),
     ({"key": None}, "llamafleet_gateway_key is not set"),
-    ({"key": "short"}, "llamafleet_gateway_key is shorter than 16 characters"),
+    ({"key": "short"}, "llamafleet_gateway_key must be 16 or more letters, digits or ._~+/=- (it travels in an "
+                       "HTTP header); it has 5 characters"),
+    ({"key": "sk-gateway key-0123"}, "llamafleet_gateway_key must be 16 or more letters, digits or ._~+/=- (it "
+                                     "travels in an HTTP header); it contains a space"),
     ({"key": "the-servers-key-0123456789"}, "llamafleet_gateway_key equals llama_server_api_key"),
     ({"models": []}, "llamafleet_gateway_models must be a non-empty list"),
     ({"models": [dict(MODELS[0], role="judge")]}, "role must be one of chat, embed"),
@@ -260,3 +263,20 @@ def test_a_conversation_pattern_that_cannot_fit_its_mean_prompt_is_a_finding():
                   config(models=[MODELS[0]], fleet_hosts={"lab": {"connection": "local"}}))
     found = [f for f in result["findings"] if f["code"] == "conversation-pattern"]
     assert found and "prompt_tokens 100 is too short for 6 turns" in found[0]["message"]
+
+
+@pytest.mark.parametrize("cache_ram,fires", [(1, True), (-1, False)], ids=["1-mib", "unlimited"])
+def test_a_prompt_cache_smaller_than_the_active_conversations_is_a_warning(cache_ram, fires):
+    # 40 active conversations of 4 turns over 2 servers: each server must hold 20 conversations' KV state
+    # (660 tokens each at the end, see above); 1 MiB of cache_ram holds none of them, -1 has no limit
+    lab = host_vars([8101, 8102], cache_ram=cache_ram)
+    lab["llamafleet_workload"]["gemma"].update(prompt_tokens=400, reply_tokens=50, turns_per_conversation=4,
+                                               shared_prefix_tokens=100, active_conversations=40)
+    result = plan([normalize_host("lab", lab)], {"lab": {"gemma": GEMMA}}, None,
+                  config(models=[dict(MODELS[0], routing="affine")], fleet_hosts={"lab": {"connection": "local"}}))
+    found = [f for f in result["findings"] if f["code"] == "prompt-cache-small"]
+    assert bool(found) is fires
+    if fires:
+        need = result["workloads"][0]["conversations"]["cache_mib_needed"]
+        assert found[0]["level"] == "warning"
+        assert f"need {need:.0f} MiB of prompt cache per server, cache_ram gives 1" in found[0]["message"]

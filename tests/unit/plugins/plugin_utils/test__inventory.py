@@ -5,7 +5,14 @@ import copy
 
 import pytest
 
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import InventoryError, memory_mib, normalize_host
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import (
+    InventoryError,
+    api_key_problem,
+    build_source_problems,
+    deploy_input_problems,
+    memory_mib,
+    normalize_host,
+)
 
 SHA = "a" * 64
 BASE = {
@@ -296,3 +303,43 @@ def test_every_bad_model_and_server_is_reported():
     assert "server extra.role must be one of chat, embed, got 'judge'" in problems  # listed after the bad name
     no_models = _problems(llamafleet_models={}, llamafleet_servers=[{"name": "chat-1", "model": "x"}])
     assert "server chat-1.model 'x' is not in llamafleet_models (defined: none)" in no_models
+
+
+# -- the inputs later plays read: one rule each, applied by the plan before any host changes ----------
+@pytest.mark.parametrize("key,words", [
+    (None, "llama_server_api_key is not set"),
+    ("", "llama_server_api_key is not set"),
+    ("sk-short", "it has 8 characters"),
+    ("sk-servers key-01234", "it contains a space"),    # 20 characters, one of them a space
+    ("sk-servers-key-0123\u00e9", "it contains other characters"),
+    (12345678901234567, "it contains other characters"),
+])
+def test_api_keys_outside_the_header_alphabet_are_refused(key, words):
+    problem = api_key_problem("llama_server_api_key", key)
+    assert problem and words in problem
+    assert "sk-servers" not in problem       # the key itself is never shown
+
+
+@pytest.mark.parametrize("key", ["a" * 16, "sk-llamafleet-lab-gateway-key", "Zm9vYmFyYmF6cXV4cXV1eA==", "a.b_c~d+e/f=g-h1"])
+def test_api_keys_of_token68_characters_pass(key):
+    assert api_key_problem("llamafleet_gateway_key", key) is None
+
+
+def test_build_source_problems_name_the_field(tmp_path):
+    archive = tmp_path / "llama.tar.gz"
+    archive.write_bytes(b"")
+    assert build_source_problems({"type": "archive", "archive": str(archive), "ref": "0c1e570"}) == []
+    assert build_source_problems({"type": "git", "repo_url": "http://git-mirror.invalid/l.git", "ref": "b6700"}) == []
+    assert build_source_problems(None) == [build_source_problems({})[0]]
+    assert build_source_problems(None)[0].startswith("llamacpp_build_source is not set")
+    assert build_source_problems({"type": "git", "ref": "b1"}) == [
+        "llamacpp_build_source.repo_url is not set: the git repository the hosts clone llama.cpp from"]
+    [missing] = build_source_problems({"type": "archive", "archive": str(tmp_path / "gone.tar.gz"), "ref": "r"})
+    assert missing.startswith(f"llamacpp_build_source.archive {tmp_path}/gone.tar.gz does not exist on the controller")
+    assert [p.split(" ")[0] for p in build_source_problems({"type": "svn"})] == [
+        "llamacpp_build_source.type", "llamacpp_build_source.ref"]
+
+
+def test_deploy_inputs_carry_their_finding_codes():
+    problems = deploy_input_problems({"llama_server_api_key": "has a space in it!"})
+    assert [code for code, _ in problems] == ["build-source-invalid", "api-key-invalid"]

@@ -1015,3 +1015,13 @@ def test_one_slot_less_and_slots_on_top_keep_the_rest():
 def test_partially_offloaded_rows_show_their_layers():
     result = cuda_toy_plan([{"gpu": 0, "args": dict(TOY_ARGS, n_gpu_layers=3)}], gpu=dict(TOY_GPU, memory_mib=1000))
     assert result["servers"][0]["gpu_layers"] == "2/4+output"  # ngl 3: the output layer and layers 2-3
+
+
+def test_inputs_later_plays_read_are_errors_of_the_plan():
+    host = normalize_host("h", cuda_host())
+    problems = {"h": [("api-key-invalid", "llama_server_api_key must be 16 or more letters ...; it contains a space")]}
+    result = plan([host], {"h": MODELS}, input_problems=problems)
+    [f] = [f for f in result["findings"] if f["code"] == "api-key-invalid"]
+    assert (f["level"], f["host"], f["server"]) == ("error", "h", None)
+    assert f["message"].startswith("h: llama_server_api_key must be")
+    assert result["summary"]["errors"] == plan([host], {"h": MODELS})["summary"]["errors"] + 1

@@ -37,6 +37,9 @@ def test_render_is_sorted_and_typed():
     ({"Ctx-Size": 1}, "is not a flag name"),
     ({"alias": ["a"]}, "non-empty string"),
     ({"custom": [1]}, "must be a scalar"),
+    # llama-server: -np N, "number of server slots (default: -1 = auto)"; 0 slots serve nothing
+    ({"parallel": 0}, r"args.parallel cannot be 0: set -1 \(auto"),
+    ({"parallel": "0"}, "args.parallel cannot be 0"),
 ])
 def test_bad_args_name_the_knob(args, match):
     with pytest.raises(ArgsError, match=match):
