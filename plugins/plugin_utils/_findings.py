@@ -46,6 +46,7 @@ CODES: dict[str, frozenset[str]] = {
     # inputs that later plays read
     "api-key-invalid": frozenset({ERROR}),
     "build-source-invalid": frozenset({ERROR}),
+    "flag-unknown": frozenset({ERROR}),
 }
 
 

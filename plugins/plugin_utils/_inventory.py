@@ -14,7 +14,8 @@ import os
 import re
 
 from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import GPUError, describe_gpu
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import ArgsError, validate_args
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._llama_server_flags import PINNED_FLAGS
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import ArgsError, unknown_flags, validate_args
 
 ROLES = ("chat", "embed")
 BACKENDS = ("cpu", "cuda")
@@ -80,15 +81,22 @@ def build_source_problems(source, controller_root: str = ".") -> list[str]:
     return problems
 
 
-def deploy_input_problems(hv: dict, controller_root: str = ".") -> list[tuple[str, str]]:
+def deploy_input_problems(hv: dict, controller_root: str = ".", servers: list[dict] = ()) -> list[tuple[str, str]]:
     """(finding code, message) for the inputs that later plays read from a fleet host's variables:
-    the servers' API key and the llama.cpp source. The plan reports them as errors, so that nothing
-    is installed, built or started with an input a later play would refuse."""
-    out = [("build-source-invalid", problem)
-           for problem in build_source_problems(hv.get("llamacpp_build_source"), controller_root)]
+    the servers' API key, the llama.cpp source, and every server's flags against the llama-server of
+    that source's ref where its flags are recorded (_llama_server_flags; the role checks the built
+    binary's --help again). The plan reports them as errors, so that nothing is installed, built or
+    started with an input a later play would refuse."""
+    source = hv.get("llamacpp_build_source")
+    out = [("build-source-invalid", problem) for problem in build_source_problems(source, controller_root)]
     key = api_key_problem("llama_server_api_key", hv.get("llama_server_api_key"))
     if key:
         out.append(("api-key-invalid", key))
+    ref = source.get("ref") if isinstance(source, dict) else None
+    known = PINNED_FLAGS.get(ref)
+    for server in servers if known else ():
+        out.extend(("flag-unknown", f"server {server['name']}: llama-server {ref} does not know {u.flag} "
+                                    f"(args.{u.key}): {u.hint}") for u in unknown_flags(server["args"], known))
     return out
 
 
