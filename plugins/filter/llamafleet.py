@@ -134,8 +134,7 @@ def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str 
                     deployed[host] = json.load(handle)
             except (OSError, ValueError) as exc:
                 raise AnsibleFilterError(f"cannot read the deployment record {record}: {exc}; remove it to start afresh") from None
-    inputs = {spec["host"]: deploy_input_problems(hostvars[spec["host"]], controller_root, spec["servers"])
-              for spec in normalized}
+    inputs = {spec["host"]: deploy_input_problems(hostvars[spec["host"]], spec["servers"]) for spec in normalized}
     try:
         gateway = _gateway_config(hostvars, hosts, gateway_hosts or [])
         if rolling is None:

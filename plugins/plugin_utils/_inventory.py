@@ -45,16 +45,17 @@ def api_key_problem(variable: str, value) -> str | None:
     if value in (None, ""):
         return (f"{variable} is not set: every request must carry it. Keep it in a vault, e.g. "
                 f"`ansible-vault encrypt_string --name {variable} \"$(openssl rand -hex 24)\"`")
-    if not isinstance(value, str) or not API_KEY_RE.match(value):
-        text = str(value)
-        why = ("contains a space" if " " in text else
-               f"has {len(text)} characters" if len(text) < 16 else "contains other characters")
+    if not isinstance(value, str):
+        return f"{variable} must be a string (quote it in YAML), got a {type(value).__name__}"
+    if not API_KEY_RE.match(value):
+        why = ("contains a space" if " " in value else
+               f"has {len(value)} characters" if len(value) < 16 else "contains other characters")
         return (f"{variable} must be 16 or more letters, digits or ._~+/=- (it travels in an HTTP header); "
                 f"it {why}. Generate one with `openssl rand -hex 24`")
     return None
 
 
-def build_source_problems(source, controller_root: str = ".") -> list[str]:
+def build_source_problems(source) -> list[str]:
     """What is wrong with llamacpp_build_source (where llama.cpp comes from), with the fix."""
     example = ("e.g. {type: git, repo_url: <your llama.cpp mirror>, ref: b6700} or "
                "{type: archive, archive: <tarball on the controller>, subdir: <tree inside it>, ref: <its commit>}")
@@ -73,22 +74,23 @@ def build_source_problems(source, controller_root: str = ".") -> list[str]:
         archive = source.get("archive")
         if not archive:
             problems.append("llamacpp_build_source.archive is not set: a llama.cpp source tarball on the controller")
-        else:
-            path = archive if str(archive).startswith("/") else f"{controller_root}/{archive}"
-            if not os.path.isfile(path):
-                problems.append(f"llamacpp_build_source.archive {archive} does not exist on the controller "
-                                f"(the lab's is downloaded by scripts/bootstrap.sh)")
+        elif not str(archive).startswith("/"):
+            problems.append(f"llamacpp_build_source.archive must be an absolute path on the controller, got "
+                            f"{archive!r} (e.g. \"{{{{ inventory_dir }}}}/../sources/llama.cpp.tar.gz\")")
+        elif not os.path.isfile(archive):
+            problems.append(f"llamacpp_build_source.archive {archive} does not exist on the controller "
+                            f"(the lab's is downloaded by scripts/bootstrap.sh)")
     return problems
 
 
-def deploy_input_problems(hv: dict, controller_root: str = ".", servers: list[dict] = ()) -> list[tuple[str, str]]:
+def deploy_input_problems(hv: dict, servers: list[dict] = ()) -> list[tuple[str, str]]:
     """(finding code, message) for the inputs that later plays read from a fleet host's variables:
     the servers' API key, the llama.cpp source, and every server's flags against the llama-server of
     that source's ref where its flags are recorded (_llama_server_flags; the role checks the built
     binary's --help again). The plan reports them as errors, so that nothing is installed, built or
     started with an input a later play would refuse."""
     source = hv.get("llamacpp_build_source")
-    out = [("build-source-invalid", problem) for problem in build_source_problems(source, controller_root)]
+    out = [("build-source-invalid", problem) for problem in build_source_problems(source)]
     key = api_key_problem("llama_server_api_key", hv.get("llama_server_api_key"))
     if key:
         out.append(("api-key-invalid", key))

@@ -45,19 +45,25 @@ def recap(output: str, host: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """Remove every earlier sm_61 image and the builder's cache, then build through the role."""
-    old = [t for t in docker("images", REPO, "--format", "{{.Repository}}:{{.Tag}}").split() if "-cuda-sm61-" in t]
-    if old:
-        docker("image", "rm", "--force", *old)
-    docker("builder", "prune", "--all", "--force")
-    docker("image", "prune", "--force")
+    """Remove every earlier sm_61 image, dangling images and the build cache, then build through the role.
+
+    LLAMAFLEET_CUDA_BUILD_REUSE=1 keeps an image built earlier from the same inputs (the role reuses it),
+    to re-check it without hours of compiling; the run then says so instead of a build time.
+    """
+    reuse = os.environ.get("LLAMAFLEET_CUDA_BUILD_REUSE") == "1"
+    if not reuse:
+        old = [t for t in docker("images", REPO, "--format", "{{.Repository}}:{{.Tag}}").split() if "-cuda-sm61-" in t]
+        if old:
+            docker("image", "rm", "--force", *old)
+        docker("builder", "prune", "--all", "--force")
+        docker("image", "prune", "--force")
     report = str(tmp_path_factory.mktemp("plan"))
     result, seconds = build(report)
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-3000:]
     with open(os.path.join(BUILD_DIR, "current-image"), encoding="utf-8") as handle:
         image = handle.read().strip()
-    print(f"\nCUDA image {image} built from a clean cache in {seconds / 60:.1f} min (build play alone, "
-          f"{os.cpu_count()} cores)")
+    how = "reused (LLAMAFLEET_CUDA_BUILD_REUSE=1)" if reuse else f"built from a clean cache in {seconds / 60:.1f} min"
+    print(f"\nCUDA image {image} {how} (build play alone, {os.cpu_count()} cores)")
     return {"image": image, "output": result.stdout, "report": report, "seconds": seconds}
 
 

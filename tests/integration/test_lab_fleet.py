@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import urllib.error
 import urllib.request
 
 import pytest
 import yaml
 
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._llama_server_flags import PINNED_FLAGS
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import parse_help_flags
 from tests.conftest import ROOT
 from tests.integration.conftest import containers, playbook, recap_changed
 
@@ -145,14 +148,24 @@ def test_bad_input_is_refused_and_changes_nothing(deployed, override, message):
     assert after == before
 
 
-def test_unknown_flag_is_refused_before_any_container_changes(deployed):
-    """A flag the plan accepts but the built binary does not know stops the servers play."""
+def test_unknown_flag_is_refused_by_the_plan_before_anything_changes(deployed):
+    """A flag the pinned llama-server does not know stops the plan (its flags are recorded); the role's
+    check against the built binary's --help stays as a second line for refs without a record."""
     before = {n: c["Id"] for n, c in containers().items()}
     override = {"llamafleet_servers": [{"name": "chat-0", "args": {"no_such_flag": 3}}]}
     result = playbook("site.yml", "-e", json.dumps(override), check=False)
     assert result.returncode != 0
-    assert "--no-such-flag" in result.stdout and "No container was changed" in result.stdout
+    out = " ".join(result.stdout.split())
+    assert "ERROR [flag-unknown] lab: server chat-0: llama-server 0c1e570 does not know --no-such-flag" in out
+    assert "Nothing was changed on any host" in out
     assert {n: c["Id"] for n, c in containers().items()} == before
+
+
+def test_the_recorded_flags_of_the_pinned_ref_are_the_built_binarys(lab_image):
+    """The plan's record of 0c1e570's flags (_llama_server_flags) is exactly what the lab's binary lists."""
+    help_text = subprocess.run(["docker", "run", "--rm", "--network", "none", lab_image, "--help"],
+                               capture_output=True, text=True, check=True, timeout=120).stdout
+    assert PINNED_FLAGS["0c1e570"] == parse_help_flags(help_text)
 
 
 def test_sha256_mismatch_is_refused_and_changes_nothing(deployed, tmp_path):

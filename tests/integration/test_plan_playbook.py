@@ -108,6 +108,8 @@ BAD_INPUTS = {
                                     "llamacpp_build_source.repo_url is not set"),
     "parallel 0": ({"llamafleet_servers": [{"name": "chat-0", "args": {"parallel": 0}}]},
                    "server chat-0: args.parallel cannot be 0"),
+    "unknown argument": ({"llamafleet_servers": [{"name": "chat-0", "args": {"no_such_flag": 3}}]},
+                         "ERROR [flag-unknown] lab: server chat-0: llama-server 0c1e570 does not know --no-such-flag"),
 }
 
 

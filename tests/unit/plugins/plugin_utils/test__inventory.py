@@ -312,7 +312,7 @@ def test_every_bad_model_and_server_is_reported():
     ("sk-short", "it has 8 characters"),
     ("sk-servers key-01234", "it contains a space"),    # 20 characters, one of them a space
     ("sk-servers-key-0123\u00e9", "it contains other characters"),
-    (12345678901234567, "it contains other characters"),
+    (12345678901234567, "llama_server_api_key must be a string (quote it in YAML), got a int"),
 ])
 def test_api_keys_outside_the_header_alphabet_are_refused(key, words):
     problem = api_key_problem("llama_server_api_key", key)
@@ -338,8 +338,27 @@ def test_build_source_problems_name_the_field(tmp_path):
     assert missing.startswith(f"llamacpp_build_source.archive {tmp_path}/gone.tar.gz does not exist on the controller")
     assert [p.split(" ")[0] for p in build_source_problems({"type": "svn"})] == [
         "llamacpp_build_source.type", "llamacpp_build_source.ref"]
+    # relative to what? the plan and the role run from different directories: only absolute paths
+    [relative] = build_source_problems({"type": "archive", "archive": "sources/l.tar.gz", "ref": "r"})
+    assert relative.startswith("llamacpp_build_source.archive must be an absolute path on the controller")
 
 
 def test_deploy_inputs_carry_their_finding_codes():
     problems = deploy_input_problems({"llama_server_api_key": "has a space in it!"})
     assert [code for code, _ in problems] == ["build-source-invalid", "api-key-invalid"]
+
+
+def test_flags_are_checked_against_the_recorded_ref_only(monkeypatch):
+    from ansible_collections.llamafleet.fleet.plugins.plugin_utils import _inventory
+    monkeypatch.setattr(_inventory, "PINNED_FLAGS", {"abc1234": frozenset({"--ctx-size", "--load-mode"})})
+    servers = [{"name": "chat-0", "args": {"ctx_size": 4096, "mlock": True, "no_such_flag": 3}}]
+    good = {"llama_server_api_key": "k" * 20}
+    flagged = deploy_input_problems(dict(good, llamacpp_build_source={"type": "git", "repo_url": "u", "ref": "abc1234"}),
+                                    servers)
+    assert [(code, message.split(":")[0]) for code, message in flagged] == [("flag-unknown", "server chat-0")] * 2
+    # --mlock: the rename is the hint; --no-such-flag: nothing near it
+    assert "does not know --mlock (args.mlock): this llama.cpp replaced --mlock with --load-mode" in flagged[0][1]
+    assert "llama-server abc1234 does not know --no-such-flag (args.no_such_flag)" in flagged[1][1]
+    # a ref without a record is checked after its build only
+    assert deploy_input_problems(dict(good, llamacpp_build_source={"type": "git", "repo_url": "u", "ref": "b6700"}),
+                                 servers) == []
