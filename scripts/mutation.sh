@@ -62,7 +62,7 @@ cat > "$STAGE/pyproject.toml" <<EOF
 [tool.mutmut]
 source_paths = ["$PKG/plugins"]
 only_mutate = [${only%, }]
-also_copy = ["$PKG/tests"]
+also_copy = ["$PKG/tests", "$PKG/docs"]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-k", "not test_module_"]
 pytest_add_cli_args_test_selection = ["$PKG/tests/unit/plugins/plugin_utils", "$PKG/tests/unit/plugins/module_utils/test_llamafleet_gpus.py"]
 use_git_change_detection = false
