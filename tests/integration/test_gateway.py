@@ -59,10 +59,10 @@ def server_key() -> str:
         return handle.read().split()[0]
 
 
-def post(url: str, body: dict, key: str | None, timeout: float = 120) -> tuple[int, dict]:
+def post(url: str, body: dict, key: str | None, timeout: float = 120, headers: dict | None = None) -> tuple[int, dict]:
     req = urllib.request.Request(url, data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json",
-                                          **({"Authorization": f"Bearer {key}"} if key else {})})
+                                          **({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.load(resp)
@@ -253,6 +253,21 @@ def test_requests_without_the_gateway_key_are_refused_and_reach_no_server(gatewa
     assert post(f"{GATEWAY}/v1/embeddings", {"model": EMBED, "input": "x"}, key)[0] in refused
     # nor can a client skip the gateway and use a pool without the key
     assert post(f"http://127.0.0.1:{POOLS[CHAT]['port']}/v1/chat/completions", chat, key)[0] == 401
+    assert total_sessions() == before
+
+
+@pytest.mark.parametrize("host", ["evil/?", "127.0.0.1:4000/#@evil", "127.0.0.1:4000/health/liveliness?"])
+def test_a_forged_host_header_does_not_skip_the_key_check(gateway, host):
+    """CVE-2026-49468: LiteLLM up to 1.83.9 matched its public routes against a URL rebuilt from the
+    Host header, so a Host such as `localhost:4000/#@x` could make a path look like the public "/".
+    Measured on the lab's pinned 1.81.16 (2026-12-02): these Host values without a key get 401 on the
+    model routes (and on /key/generate); this test keeps it so across upgrades."""
+    before = total_sessions()
+    chat = {"model": CHAT, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    status, body = post(f"{GATEWAY}/v1/chat/completions", chat, None, headers={"Host": host})
+    assert status == 401 and "choices" not in body, (status, body)
+    status, body = post(f"{GATEWAY}/v1/embeddings", {"model": EMBED, "input": "x"}, None, headers={"Host": host})
+    assert status == 401 and "data" not in body, (status, body)
     assert total_sessions() == before
 
 
