@@ -76,8 +76,9 @@ options:
     description:
       - How much worse than O(baseline) the smoke may be, as a fraction (0.5 = TTFT up to 1.5 x, tokens/s down to
         1/1.5 of the baseline).
+      - Required with O(baseline). The rolling restart passes the plan's bound (C(llamafleet_rolling_max_regression),
+        1.0 unless set), so the module has no default of its own.
     type: float
-    default: 0.5
 attributes:
   check_mode:
     support: full
@@ -184,8 +185,11 @@ def main():
             "smoke_max_tokens": {"type": "int", "default": 24, "no_log": False},
             "smoke_runs": {"type": "int", "default": 3},
             "baseline": {"type": "dict"},
-            "max_regression": {"type": "float", "default": 0.5},
+            # no default of its own: the caller passes the plan's bound (_rolling.DEFAULT_MAX_REGRESSION
+            # unless the operator set llamafleet_rolling_max_regression), so the rule lives in one place
+            "max_regression": {"type": "float"},
         },
+        required_by={"baseline": ("max_regression",)},
         supports_check_mode=True,
     )
     p = module.params
@@ -193,7 +197,7 @@ def main():
     for key in ("health_timeout", "idle_timeout", "smoke_runs"):
         if p[key] < (1 if key == "smoke_runs" else 0):
             module.fail_json(msg=f"{key} must be {'1' if key == 'smoke_runs' else '0'} or more, got {p[key]}")
-    if p["max_regression"] < 0:
+    if p["max_regression"] is not None and p["max_regression"] < 0:
         module.fail_json(msg=f"max_regression must be a fraction of 0 or more (0.5 = 50 % worse), got {p['max_regression']}")
     result = {"changed": False, "health_waited_s": 0.0, "load_s": None, "idle_waited_s": 0.0, "smoke": {}, "regression": []}
     act = not module.check_mode
