@@ -535,12 +535,14 @@ def leaving_servers(deployed: dict, fleet: dict) -> list[dict]:
 def record_departures(deployed: dict, fleet: dict, pools_: dict | None) -> None:
     """Add to each host's fleet model the servers that leave it (`leaving`), with the gateway pool
     that still routes to them, so that the servers play drains them before removing them."""
-    alias = {p["model"]: p["alias"] for p in (pools_ or {}).get("pools", [])}
+    # a pool is one model group: one model in one role (a model may serve chat and embeddings)
+    alias = {(p["model"], p["role"]): p["alias"] for p in (pools_ or {}).get("pools", [])}
     for host in fleet:
         fleet[host]["leaving"] = []
     for host, server in departures(deployed, fleet):
         fleet[host]["leaving"].append({"name": server["name"], "container_name": server["container_name"],
-                                       "pool": alias.get(server.get("model")), "pool_server": f"{host}.{server['name']}"})
+                                       "pool": alias.get((server.get("model"), server.get("role"))),
+                                       "pool_server": f"{host}.{server['name']}"})
 
 
 def pool_load(pool: dict, hosts: list[dict]) -> dict:

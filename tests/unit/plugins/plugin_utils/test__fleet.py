@@ -84,14 +84,18 @@ def test_a_server_that_left_the_inventory_is_reported():
 def test_a_leaving_server_is_drained_in_the_pool_of_its_model_group():
     from ansible_collections.llamafleet.fleet.plugins.plugin_utils._plan import record_departures
     now = {"gpu1": fleet_host(normalize_host("gpu1", HOST)), "gpu2": {"servers": []}}
-    before = {"servers": [{"name": "old-0", "container_name": "llamafleet-old-0", "port": 8401, "model": "chat-model"},
-                          {"name": "old-1", "container_name": "llamafleet-old-1", "port": 8402, "model": "gone-model"}]}
-    pools_ = {"pools": [{"alias": "chat", "model": "chat-model"}]}
+    before = {"servers": [{"name": "old-0", "container_name": "llamafleet-old-0", "port": 8401, "model": "chat-model", "role": "chat"},
+                          {"name": "old-1", "container_name": "llamafleet-old-1", "port": 8402, "model": "gone-model", "role": "chat"},
+                          # the same model as old-0, serving embeddings: its own pool
+                          {"name": "old-2", "container_name": "llamafleet-old-2", "port": 8403, "model": "chat-model", "role": "embed"}]}
+    pools_ = {"pools": [{"alias": "chat", "model": "chat-model", "role": "chat"},
+                        {"alias": "chat-embed", "model": "chat-model", "role": "embed"}]}
     record_departures({"gpu1": before, "elsewhere": before}, now, pools_)
     assert now["gpu1"]["leaving"] == [
         {"name": "old-0", "container_name": "llamafleet-old-0", "pool": "chat", "pool_server": "gpu1.old-0"},
         # no pool serves its model any more: nothing to drain, the container is still removed
-        {"name": "old-1", "container_name": "llamafleet-old-1", "pool": None, "pool_server": "gpu1.old-1"}]
+        {"name": "old-1", "container_name": "llamafleet-old-1", "pool": None, "pool_server": "gpu1.old-1"},
+        {"name": "old-2", "container_name": "llamafleet-old-2", "pool": "chat-embed", "pool_server": "gpu1.old-2"}]
     assert now["gpu2"]["leaving"] == []
 
 
