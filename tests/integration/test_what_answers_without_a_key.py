@@ -15,13 +15,19 @@ import urllib.request
 
 import pytest
 
+# the lab's gateway, pools and aliases as its inventory declares them (read there once)
+from tests.integration.test_gateway import CHAT, EMBED, GATEWAY, LAB, POOLS
+
 # expected: OPEN (200), or the status of a refusal. KEY: 401, the key check of llama-server, HAProxy
 # and LiteLLM. Prometheus refuses its lifecycle API with 403 and its admin API with 500 ("admin APIs
 # disabled", its own wording); LiteLLM's documentation pages are switched off (404).
 OPEN, KEY, OFF = 200, 401, 404
 
-CHAT_BODY = {"model": "lab-chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
-EMBED_BODY = {"model": "lab-embed", "input": "x"}
+CHAT_BODY = {"model": CHAT, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+EMBED_BODY = {"model": EMBED, "input": "x"}
+CHAT_POOL = f"http://127.0.0.1:{POOLS[CHAT]['port']}"
+EMBED_POOL = f"http://127.0.0.1:{POOLS[EMBED]['port']}"
+STATS = f"http://127.0.0.1:{LAB['llamafleet_gateway_stats_port']}"
 # (what, method, url, body, expected)
 TABLE = [
     # a llama-server (llama-server's own rule: /health and /v1/health are public, the rest needs --api-key)
@@ -35,23 +41,23 @@ TABLE = [
     ("embedding server health", "GET", "http://127.0.0.1:8201/health", None, OPEN),
     ("embedding server embeddings", "POST", "http://127.0.0.1:8201/v1/embeddings", EMBED_BODY, KEY),
     # a pool (HAProxy): every path needs the gateway's client key
-    ("chat pool health", "GET", "http://127.0.0.1:4101/health", None, KEY),
-    ("chat pool completion", "POST", "http://127.0.0.1:4101/v1/chat/completions", CHAT_BODY, KEY),
-    ("embedding pool embeddings", "POST", "http://127.0.0.1:4102/v1/embeddings", EMBED_BODY, KEY),
+    ("chat pool health", "GET", f"{CHAT_POOL}/health", None, KEY),
+    ("chat pool completion", "POST", f"{CHAT_POOL}/v1/chat/completions", CHAT_BODY, KEY),
+    ("embedding pool embeddings", "POST", f"{EMBED_POOL}/v1/embeddings", EMBED_BODY, KEY),
     # the pools' stats port: HAProxy's metrics and status page
-    ("pools metrics", "GET", "http://127.0.0.1:8404/metrics", None, OPEN),
-    ("pools status page", "GET", "http://127.0.0.1:8404/stats", None, OPEN),
+    ("pools metrics", "GET", f"{STATS}/metrics", None, OPEN),
+    ("pools status page", "GET", f"{STATS}/stats", None, OPEN),
     # the gateway (LiteLLM): liveness is public, the API needs the gateway key
-    ("gateway liveness", "GET", "http://127.0.0.1:4000/health/liveliness", None, OPEN),
-    ("gateway models", "GET", "http://127.0.0.1:4000/v1/models", None, KEY),
-    ("gateway completion", "POST", "http://127.0.0.1:4000/v1/chat/completions", CHAT_BODY, KEY),
-    ("gateway embeddings", "POST", "http://127.0.0.1:4000/v1/embeddings", EMBED_BODY, KEY),
-    ("gateway health of every deployment", "GET", "http://127.0.0.1:4000/health", None, KEY),
-    ("gateway key generation", "POST", "http://127.0.0.1:4000/key/generate", {"models": ["*"]}, KEY),
-    ("gateway root (a liveness text)", "GET", "http://127.0.0.1:4000/", None, OPEN),
-    ("gateway API schema (static, no data)", "GET", "http://127.0.0.1:4000/openapi.json", None, OPEN),
-    ("gateway API documentation page", "GET", "http://127.0.0.1:4000/docs", None, OFF),
-    ("gateway ReDoc page", "GET", "http://127.0.0.1:4000/redoc", None, OFF),
+    ("gateway liveness", "GET", f"{GATEWAY}/health/liveliness", None, OPEN),
+    ("gateway models", "GET", f"{GATEWAY}/v1/models", None, KEY),
+    ("gateway completion", "POST", f"{GATEWAY}/v1/chat/completions", CHAT_BODY, KEY),
+    ("gateway embeddings", "POST", f"{GATEWAY}/v1/embeddings", EMBED_BODY, KEY),
+    ("gateway health of every deployment", "GET", f"{GATEWAY}/health", None, KEY),
+    ("gateway key generation", "POST", f"{GATEWAY}/key/generate", {"models": ["*"]}, KEY),
+    ("gateway root (a liveness text)", "GET", f"{GATEWAY}/", None, OPEN),
+    ("gateway API schema (static, no data)", "GET", f"{GATEWAY}/openapi.json", None, OPEN),
+    ("gateway API documentation page", "GET", f"{GATEWAY}/docs", None, OFF),
+    ("gateway ReDoc page", "GET", f"{GATEWAY}/redoc", None, OFF),
     # the watchdog: its health and metrics only
     ("watchdog health", "GET", "http://127.0.0.1:9391/healthz", None, OPEN),
     ("watchdog metrics", "GET", "http://127.0.0.1:9391/metrics", None, OPEN),
