@@ -19,7 +19,12 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._driver_packages 
     stale_driver_packages,
     supported,
 )
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gateway import DEFAULT_PORT, DEFAULT_STATS_PORT, GatewayError
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gateway import (
+    DEFAULT_INSTANCES,
+    DEFAULT_PORT,
+    DEFAULT_STATS_PORT,
+    GatewayError,
+)
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gpus import cuda_elf_missing, gpu_differences, gpu_stack
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import (
     InventoryError,
@@ -86,6 +91,7 @@ def _gateway_config(hostvars, hosts: list, gateway_hosts: list) -> dict | None:
         "models": first.get("llamafleet_gateway_models"), "key": first.get("llamafleet_gateway_key"),
         "port": first.get("llamafleet_gateway_port", DEFAULT_PORT),
         "stats_port": first.get("llamafleet_gateway_stats_port", DEFAULT_STATS_PORT),
+        "instances": first.get("llamafleet_gateway_instances", DEFAULT_INSTANCES),
         "server_key": first.get("llama_server_api_key"),
         "hosts": [where(h) for h in gateway_hosts], "fleet_hosts": {h: where(h) for h in hosts},
     }

@@ -41,6 +41,18 @@ ANY_ADDRESS = ("0.0.0.0", "::", "")
 HTTP_THREADS_SPARE = 2
 DEFAULT_PORT = 4000
 DEFAULT_STATS_PORT = 8404
+# LiteLLM processes behind the gateway's port (the pools' HAProxy fronts them and retries a request
+# that one of them dropped on another): with two, a crashed LiteLLM (8 s to start again) fails no request.
+DEFAULT_INSTANCES = 2
+MAX_INSTANCES = 8
+# Resident memory on the gateway host, counted in its host plan when it is also a fleet host. Measured
+# on the lab after 60 requests (2026-12-02, LiteLLM 1.81.16 with 2 aliases): one LiteLLM process
+# 274 MiB RSS (docker top; docker stats 264 MiB), rounded up; the pools' HAProxy 6.3 MiB (docker stats),
+# with room for the buffers of a few dozen requests in flight (2 x 16 KiB each).
+LITELLM_MIB = 280
+HAPROXY_MIB = 10
+# Names the pools' HAProxy gives the gateway's front; no alias may take them.
+RESERVED_ALIASES = ("stats", "llamafleet_gateway", "llamafleet_litellm")
 
 
 class GatewayError(ValueError):
@@ -124,6 +136,16 @@ def pools(gateway: dict, hosts: list[dict]) -> dict:
 
     claim(port, "llamafleet_gateway_port")
     claim(stats_port, "llamafleet_gateway_stats_port")
+    count = gateway.get("instances", DEFAULT_INSTANCES)
+    instances: list[dict] = []
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_INSTANCES:
+        problems.append(f"llamafleet_gateway_instances must be an integer in 1..{MAX_INSTANCES} (LiteLLM processes "
+                        f"behind the gateway's port; 2 lets one crash without failing a request), got {count!r}")
+    elif _is_port(port):
+        # the instances listen on the ports right after the gateway's, on loopback only
+        for i in range(count):
+            claim(port + 1 + i, f"LiteLLM instance {i} of llamafleet_gateway_instances (llamafleet_gateway_port + {i + 1})")
+            instances.append({"name": f"litellm-{i}", "address": "127.0.0.1", "port": port + 1 + i})
 
     key = gateway.get("key")
     key_problem = api_key_problem("llamafleet_gateway_key", key)
@@ -161,6 +183,10 @@ def pools(gateway: dict, hosts: list[dict]) -> dict:
             problems.append(f"{where}.alias must match {ALIAS_RE.pattern} (clients send it as 'model'), got {alias!r}")
             continue
         where = f"{where} (alias {alias})"
+        if alias in RESERVED_ALIASES:
+            problems.append(f"{where}: the pools' HAProxy names its own sections {', '.join(RESERVED_ALIASES)}; "
+                            f"give the alias another name")
+            continue
         if alias in aliases:
             problems.append(f"{where}: the alias is declared twice (entries {aliases[alias]} and {i}); "
                             f"each alias names one pool: rename or remove one")
@@ -237,4 +263,6 @@ def pools(gateway: dict, hosts: list[dict]) -> dict:
                 problems.append(f"llamafleet_gateway_models (alias {pool['alias']}).fallbacks names the alias itself")
     if problems:
         raise GatewayError(problems)
-    return {"port": port, "stats_port": stats_port, "pools": out_pools}
+    return {"port": port, "stats_port": stats_port, "pools": out_pools, "instances": instances,
+            "hosts": sorted(g["host"] for g in gateway.get("hosts", [])),
+            "memory_mib": len(instances) * LITELLM_MIB + HAPROXY_MIB}

@@ -99,12 +99,15 @@ def _memory(host: dict, server: dict, model: ModelInfo, args: dict) -> ServerMem
                          gpu=gpu, calibration=host.get("calibration"))
 
 
-def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] | None = None) -> dict:
+def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] | None = None,
+              gateway_mib: float = 0.0) -> dict:
     """Plan one normalized host: servers, devices, workloads and findings.
 
     pooled: model -> {prompt_tokens, reply_tokens} of the gateway pool its chat servers sit in; their
     queueing is planned per pool (all hosts together, see gateway_workloads), not per host, and their
     speed for the pool's request shape.
+    gateway_mib: host RAM of the gateway (its LiteLLM instances and the pools' HAProxy) when this
+    host is also a gateway host (_gateway.pools' memory_mib).
     """
     pooled = pooled or {}
     name = host["host"]
@@ -183,9 +186,9 @@ def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] 
         else:
             shared_weights[server["model"]] = max(shared_weights.get(server["model"], 0.0), weights)
             private += min(own + cache, max(limit - weights, 0.0))
-    host_planned = sum(shared_weights.values()) + private + reserved
+    host_planned = sum(shared_weights.values()) + private + gateway_mib + reserved
     limits = sum(s["container_memory_mib"] for s in host["servers"])
-    host_out = {"host": name, "memory_mib": host_mem, "reserved_mib": reserved,
+    host_out = {"host": name, "memory_mib": host_mem, "reserved_mib": reserved, "gateway_mib": gateway_mib,
                 "gpu_stack": _gpu_stack(host, findings) if backend == "cuda" else None,
                 "planned_mib": round(host_planned, 1), "container_limits_mib": limits}
     if backend == "cpu":
@@ -194,17 +197,19 @@ def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] 
                         "capacity_mib": host_mem, "planned_mib": round(host_planned, 1),
                         "free_mib": round(capacity - host_planned, 1) if host_mem else None,
                         "fits": host_planned <= capacity, "servers": [s["name"] for s in host["servers"]]})
+    gateway_part = f" + gateway {gateway_mib:,.0f}" if gateway_mib else ""
     if host_mem:
         if host_planned > host_mem:
             findings.append(finding(
                 "error", "host-memory-overcommitted", name, None,
                 f"{name}: planned host RAM {host_planned:,.0f} MiB (weights {sum(shared_weights.values()):,.0f} + "
-                f"per-server {private:,.0f} + reserved {reserved:,.0f}) exceeds {host_mem:,} MiB. "
-                f"Fixes: lower cache_ram on chat servers, fewer servers, or more RAM"))
-        elif limits + reserved > host_mem:
+                f"per-server {private:,.0f}{gateway_part} + reserved {reserved:,.0f}) exceeds {host_mem:,} MiB. "
+                f"Fixes: lower cache_ram on chat servers, fewer servers, "
+                f"{'fewer llamafleet_gateway_instances, ' if gateway_mib else ''}or more RAM"))
+        elif limits + gateway_mib + reserved > host_mem:
             findings.append(finding(
                 "warning", "host-memory-overcommitted", name, None,
-                f"{name}: container limits add up to {limits:,} MiB + {reserved:,.0f} MiB reserved > {host_mem:,} MiB "
+                f"{name}: container limits add up to {limits:,} MiB{gateway_part} + {reserved:,.0f} MiB reserved > {host_mem:,} MiB "
                 f"of RAM; if every container grows to its limit the kernel OOM killer picks a victim. Planned use "
                 f"is {host_planned:,.0f} MiB; lower container_memory to what the plan shows each server needs"))
 
@@ -657,8 +662,10 @@ def plan(hosts: list[dict], models: dict[str, dict[str, ModelInfo]], deployed: d
         reach = gateway.get("fleet_hosts", {})
         pools_ = pools(gateway, [dict(reach.get(h, {}), host=h, servers=f["servers"]) for h, f in fleet.items()])
     pooled = {p["model"]: pool_load(p, hosts) for p in (pools_ or {}).get("pools", []) if p["role"] == "chat"}
+    gateway_hosts = set((pools_ or {}).get("hosts", []))
     for host in hosts:
-        part = plan_host(host, models[host["host"]], pooled)
+        part = plan_host(host, models[host["host"]], pooled,
+                         pools_["memory_mib"] if host["host"] in gateway_hosts else 0.0)
         for key in result:
             result[key].extend(part[key])
     result["fleet"] = fleet

@@ -1,8 +1,8 @@
 """What every port of the lab fleet answers to a client that holds no key (docs/gateway.md, "What
 answers without a key").
 
-Health and metrics may answer anyone who can reach the port (and two static answers of LiteLLM: its
-root's liveness text and its API schema); everything else (completions, embeddings, the servers'
+Health and metrics may answer anyone who can reach the port (and, on the LiteLLM instances' loopback
+ports only, two static answers of LiteLLM: its root's liveness text and its API schema); everything else (completions, embeddings, the servers'
 slots and props, the pools' backends, the gateway's API) must refuse. The table below is the
 documented one, written down by hand from what each program's source and docs say, not read from
 llamafleet's code; a port that starts answering something new without a key fails this test.
@@ -28,6 +28,7 @@ EMBED_BODY = {"model": EMBED, "input": "x"}
 CHAT_POOL = f"http://127.0.0.1:{POOLS[CHAT]['port']}"
 EMBED_POOL = f"http://127.0.0.1:{POOLS[EMBED]['port']}"
 STATS = f"http://127.0.0.1:{LAB['llamafleet_gateway_stats_port']}"
+LITELLM_0 = "http://127.0.0.1:4001"  # the first LiteLLM instance: the gateway's port + 1 (docs/gateway.md)
 # (what, method, url, body, expected)
 TABLE = [
     # a llama-server (llama-server's own rule: /health and /v1/health are public, the rest needs --api-key)
@@ -47,17 +48,27 @@ TABLE = [
     # the pools' stats port: HAProxy's metrics and status page
     ("pools metrics", "GET", f"{STATS}/metrics", None, OPEN),
     ("pools status page", "GET", f"{STATS}/stats", None, OPEN),
-    # the gateway (LiteLLM): liveness is public, the API needs the gateway key
+    # the gateway's port (the pools' HAProxy in front of LiteLLM): LiteLLM's liveness and readiness
+    # are public, everything else needs the gateway key, LiteLLM's static pages too
     ("gateway liveness", "GET", f"{GATEWAY}/health/liveliness", None, OPEN),
+    ("gateway readiness", "GET", f"{GATEWAY}/health/readiness", None, OPEN),
     ("gateway models", "GET", f"{GATEWAY}/v1/models", None, KEY),
     ("gateway completion", "POST", f"{GATEWAY}/v1/chat/completions", CHAT_BODY, KEY),
     ("gateway embeddings", "POST", f"{GATEWAY}/v1/embeddings", EMBED_BODY, KEY),
     ("gateway health of every deployment", "GET", f"{GATEWAY}/health", None, KEY),
     ("gateway key generation", "POST", f"{GATEWAY}/key/generate", {"models": ["*"]}, KEY),
-    ("gateway root (a liveness text)", "GET", f"{GATEWAY}/", None, OPEN),
-    ("gateway API schema (static, no data)", "GET", f"{GATEWAY}/openapi.json", None, OPEN),
-    ("gateway API documentation page", "GET", f"{GATEWAY}/docs", None, OFF),
-    ("gateway ReDoc page", "GET", f"{GATEWAY}/redoc", None, OFF),
+    ("gateway root", "GET", f"{GATEWAY}/", None, KEY),
+    ("gateway API schema", "GET", f"{GATEWAY}/openapi.json", None, KEY),
+    ("gateway API documentation page", "GET", f"{GATEWAY}/docs", None, KEY),
+    # a LiteLLM instance on its loopback port (the gateway's port + 1): its own key check, and two
+    # static answers that need none (its root's liveness text, its API schema)
+    ("LiteLLM instance liveness", "GET", f"{LITELLM_0}/health/liveliness", None, OPEN),
+    ("LiteLLM instance completion", "POST", f"{LITELLM_0}/v1/chat/completions", CHAT_BODY, KEY),
+    ("LiteLLM instance key generation", "POST", f"{LITELLM_0}/key/generate", {"models": ["*"]}, KEY),
+    ("LiteLLM instance root (a liveness text)", "GET", f"{LITELLM_0}/", None, OPEN),
+    ("LiteLLM instance API schema (static, no data)", "GET", f"{LITELLM_0}/openapi.json", None, OPEN),
+    ("LiteLLM instance documentation page", "GET", f"{LITELLM_0}/docs", None, OFF),
+    ("LiteLLM instance ReDoc page", "GET", f"{LITELLM_0}/redoc", None, OFF),
     # the watchdog: its health and metrics only
     ("watchdog health", "GET", "http://127.0.0.1:9391/healthz", None, OPEN),
     ("watchdog metrics", "GET", "http://127.0.0.1:9391/metrics", None, OPEN),

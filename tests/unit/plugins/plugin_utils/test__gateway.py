@@ -84,6 +84,14 @@ BAD = [
     ({"models": [dict(MODELS[0], role="judge")]}, "role must be one of chat, embed"),
     ({"models": [dict(MODELS[0], fallbacks=["nowhere"])]}, "'nowhere' is not an alias"),
     ({"models": [dict(MODELS[0], weight=3)]}, "unknown keys ['weight']"),
+    ({"instances": 0}, "llamafleet_gateway_instances must be an integer in 1..8"),
+    ({"instances": "2"}, "llamafleet_gateway_instances must be an integer in 1..8"),
+    # LiteLLM's instances take the ports after the gateway's: 4100 + 1 is the chat pool's
+    ({"port": 4100}, "llamafleet_gateway_models[0] (alias lab-chat).port 4101 is already used by LiteLLM instance 0 "
+                     "of llamafleet_gateway_instances (llamafleet_gateway_port + 1)"),
+    ({"port": 8100}, "LiteLLM instance 0 of llamafleet_gateway_instances (llamafleet_gateway_port + 1) 8101 is already "
+                     "used by server chat-0 on lab"),
+    ({"models": [dict(MODELS[0], alias="llamafleet_litellm")]}, "the pools' HAProxy names its own sections"),
     ({"hosts": [{"host": "gw", "ansible_host": "10.0.0.5"}]}, "listens on 127.0.0.1, which gateway host(s) on another machine cannot reach"),
 ]
 
@@ -95,6 +103,13 @@ def test_bad_gateway_input_is_refused_with_the_variable_and_the_fix(changes, mes
         pools(config(**changes), hosts)
     assert message in str(exc.value)
     assert "nothing was changed" in str(exc.value)
+
+
+def test_the_gateway_runs_two_litellm_instances_on_the_ports_after_its_own_by_default():
+    hosts, _ = fleet()
+    assert pools(config(), hosts)["instances"] == [{"name": "litellm-0", "address": "127.0.0.1", "port": 4001},
+                                                   {"name": "litellm-1", "address": "127.0.0.1", "port": 4002}]
+    assert [i["port"] for i in pools(config(instances=1, port=5000), hosts)["instances"]] == [5001]
 
 
 def test_threads_http_too_low_for_the_pool_is_refused():
@@ -178,6 +193,22 @@ def test_plan_queues_per_pool_across_hosts_not_per_host():
         ("lab.chat-0", 1), ("lab.chat-1", 1), ("lab2.chat-0", 1)]
     assert "Gateway pools" in console(result) and "## Gateway pools" in markdown(result)
     assert "p95 if routed at random" in console(result)
+
+
+def test_the_gateway_host_plans_the_memory_of_its_litellm_instances_and_haproxy():
+    # lab is the gateway host: 2 LiteLLM instances of 280 MiB (274 MiB RSS measured) + HAProxy 10 MiB
+    # (6.3 measured) = 570 MiB more on its host RAM; lab2 runs no gateway
+    lab, lab2 = host_vars([8101, 8102]), host_vars([8301])
+    specs = [normalize_host("lab", lab), normalize_host("lab2", lab2)]
+    models = {"lab": {"gemma": GEMMA}, "lab2": {"gemma": GEMMA}}
+    gateway = config(models=[MODELS[0]], fleet_hosts={"lab": {"connection": "local"}, "lab2": {"connection": "local"}})
+    alone = {h["host"]: h for h in plan(specs, models)["hosts"]}
+    hosts = {h["host"]: h for h in plan(specs, models, None, gateway)["hosts"]}
+    assert (hosts["lab"]["gateway_mib"], hosts["lab2"]["gateway_mib"]) == (570, 0)
+    assert hosts["lab"]["planned_mib"] == pytest.approx(alone["lab"]["planned_mib"] + 570)
+    assert hosts["lab2"]["planned_mib"] == alone["lab2"]["planned_mib"]
+    hosts = {h["host"]: h for h in plan(specs, models, None, dict(gateway, instances=1))["hosts"]}
+    assert hosts["lab"]["gateway_mib"] == 290
 
 
 def test_plan_refuses_a_bad_gateway():

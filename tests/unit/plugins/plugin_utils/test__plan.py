@@ -259,8 +259,8 @@ def by_code(result, code):
 def test_host_ram_counts_shared_weights_once():
     result = toy_plan([{}, {}], llamafleet_host_memory_mib=3072)
     # weights 46 once + 2 x (85 own + 100 prompt cache) + 1024 reserved (the default) = 1,440 MiB
-    assert result["hosts"] == [{"host": "h", "memory_mib": 3072, "reserved_mib": 1024, "gpu_stack": None,
-                                "planned_mib": 1440, "container_limits_mib": 2048}]
+    assert result["hosts"] == [{"host": "h", "memory_mib": 3072, "reserved_mib": 1024, "gateway_mib": 0,
+                                "gpu_stack": None, "planned_mib": 1440, "container_limits_mib": 2048}]
     assert result["devices"] == [{"host": "h", "device": "cpu", "name": "host RAM", "capacity_mib": 3072,
                                   "planned_mib": 1440, "free_mib": 1632, "fits": True, "servers": ["s0", "s1"]}]
     assert by_code(result, "host-memory-overcommitted") == []  # limits 2048 + 1024 reserved = 3072: not above

@@ -1,0 +1,149 @@
+"""The gateway's port as a client library sees it, and a LiteLLM crash under load.
+
+The official `openai` Python client, pointed at the lab gateway, must raise the exception class an
+application branches on: AuthenticationError for a wrong or missing key, NotFoundError for a model
+the gateway does not serve, BadRequestError for a prompt over the slot's context. The expected
+classes and codes are OpenAI's own (its API reference: 401 invalid_api_key, 404 model_not_found).
+
+Then the gateway's two LiteLLM instances: one is killed with SIGKILL from the host (as the kernel's OOM
+killer does) while requests arrive, and no request may fail. Figures are printed, not asserted on time.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+
+import openai
+import pytest
+
+from tests.integration.test_gateway import (
+    CHAT,
+    EMBED,
+    GATEWAY,
+    KEY,
+    TEXT,
+    poisson_load,
+    pool_stats,
+    post,
+    report,
+    total_sessions,
+)
+
+LITELLM = {"llamafleet-litellm-0": 4001, "llamafleet-litellm-1": 4002}  # the lab's instances (docs/gateway.md)
+FRONT = "llamafleet_litellm"  # the front's backend in the pools' HAProxy (roles/gateway_pools)
+
+
+def client(key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{GATEWAY}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def chat(key: str = KEY, model: str = CHAT, content: str = "Name a colour.", max_tokens: int = 4):
+    return client(key).chat.completions.create(model=model, messages=[{"role": "user", "content": content}],
+                                               max_tokens=max_tokens)
+
+
+def test_the_openai_client_gets_an_answer_with_the_gateway_key(lab):
+    reply = chat()
+    assert reply.choices[0].message.content and reply.usage.completion_tokens >= 1
+    vector = client(KEY).embeddings.create(model=EMBED, input="a lamp").data[0].embedding
+    assert len(vector) == 640  # Gemma 3 270M: 640 dimensions
+
+
+@pytest.mark.parametrize("key", ["sk-wrong-key-0000000000", KEY.upper()],
+                         ids=["wrong key", "the key in capitals"])
+def test_a_wrong_or_missing_key_is_an_authentication_error_and_reaches_no_server(lab, key):
+    before = total_sessions()
+    with pytest.raises(openai.AuthenticationError) as exc:
+        chat(key)
+    assert exc.value.status_code == 401 and exc.value.code == "invalid_api_key", exc.value.body
+    with pytest.raises(openai.AuthenticationError):
+        client(key).embeddings.create(model=EMBED, input="x")
+    assert total_sessions() == before
+    # no Authorization header at all (a client that forgot it): the same OpenAI error body
+    status, body = post(f"{GATEWAY}/v1/chat/completions", {"model": CHAT, "messages": []}, None)
+    assert status == 401 and body["error"]["code"] == "invalid_api_key", body
+
+
+def test_an_unknown_model_is_not_found_with_its_name(lab):
+    with pytest.raises(openai.NotFoundError) as exc:
+        chat(model="gpt-4o")
+    assert exc.value.code == "model_not_found" and "gpt-4o" in exc.value.message, exc.value.body
+    with pytest.raises(openai.NotFoundError):
+        client(KEY).embeddings.create(model="text-embedding-3-small", input="x")
+    # a name that would break a hand-built JSON body comes back escaped, as valid JSON
+    with pytest.raises(openai.NotFoundError) as exc:
+        chat(model='a"b\\c')
+    assert exc.value.body["param"] == "model" and 'a"b\\c' in exc.value.message
+
+
+def test_a_prompt_over_the_slots_context_is_a_bad_request_with_llama_servers_reason(lab):
+    # the lab's chat servers: ctx_size 4096 over 2 slots = 2048 tokens a slot; this prompt is about 3,000
+    with pytest.raises(openai.BadRequestError) as exc:
+        chat(content="lamp " * 3000)
+    assert "exceeds the available context size" in exc.value.message, exc.value.body
+
+
+def container_state(name: str) -> tuple[int, int]:
+    """(host PID of the container's main process, Docker's restart count)."""
+    out = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}} {{.RestartCount}}", name],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+def answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/liveliness", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def both_up() -> bool:
+    stats = pool_stats()
+    return all(stats[(FRONT, name.removeprefix("llamafleet-"))]["status"] == "UP" for name in LITELLM)
+
+
+def test_a_litellm_crash_under_load_fails_no_request(lab, capsys):
+    deadline = time.monotonic() + 60
+    while not both_up():  # a restart of an earlier test may still be settling
+        assert time.monotonic() < deadline, "the gateway's instances are not both up"
+        time.sleep(1)
+    victim = "llamafleet-litellm-0"
+    pid, restarts = container_state(victim)
+    before = pool_stats()[(FRONT, "BACKEND")]
+    outcome: dict = {}
+
+    def crash_later() -> None:
+        time.sleep(6)  # while the load runs
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        while not answers(LITELLM[victim]) and time.monotonic() - killed < 90:
+            time.sleep(0.2)
+        outcome["back_s"] = time.monotonic() - killed
+
+    def one(i: int) -> float:
+        start = time.monotonic()
+        status, body = post(f"{GATEWAY}/v1/chat/completions",
+                            {"model": CHAT, "messages": [{"role": "user", "content": f"Request {i}. {TEXT[:300]}"}],
+                             "max_tokens": 8}, KEY, timeout=120)
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}: {str(body)[:200]}")
+        return time.monotonic() - start
+
+    helper = threading.Thread(target=crash_later)
+    helper.start()
+    latencies, errors = poisson_load(2.0, 24, one, seed=7)
+    helper.join(timeout=120)
+    after = pool_stats()[(FRONT, "BACKEND")]
+    _, restarts_after = container_state(victim)
+    retried = int(after["wretr"] or 0) - int(before["wretr"] or 0)
+    redispatched = int(after["wredis"] or 0) - int(before["wredis"] or 0)
+    report(capsys, f"LiteLLM crash (SIGKILL to {victim}'s main process) under 2 requests/s for 24 s: "
+                   f"{len(latencies)} answered, {len(errors)} failed; the front retried {retried} and redispatched "
+                   f"{redispatched}; {victim} answered again {outcome.get('back_s', float('nan')):.1f} s after the kill")
+    assert restarts_after == restarts + 1, "the instance was not killed and restarted: the test proved nothing"
+    assert not errors, errors[:3]
