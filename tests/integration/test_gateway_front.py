@@ -2,7 +2,8 @@
 
 The official `openai` Python client, pointed at the lab gateway, must raise the exception class an
 application branches on: AuthenticationError for a wrong or missing key, NotFoundError for a model
-the gateway does not serve, BadRequestError for a prompt over the slot's context. The expected
+the gateway does not serve, BadRequestError for a prompt over the slot's context or an embedding
+input over the server's batch. The expected
 classes and codes are OpenAI's own (its API reference: 401 invalid_api_key, 404 model_not_found).
 
 Then the gateway's two LiteLLM instances: one is killed with SIGKILL from the host (as the kernel's OOM
@@ -85,6 +86,15 @@ def test_a_prompt_over_the_slots_context_is_a_bad_request_with_llama_servers_rea
     with pytest.raises(openai.BadRequestError) as exc:
         chat(content="lamp " * 3000)
     assert "exceeds the available context size" in exc.value.message, exc.value.body
+
+
+def test_an_embedding_input_over_the_servers_batch_is_a_bad_request(lab):
+    # the lab's embedding servers: ubatch_size 512; this input is about 2,000 tokens. llama-server
+    # answers it 500, the embedding pool passes it on as 400: the client sent too much, no server broke
+    with pytest.raises(openai.BadRequestError) as exc:
+        client(KEY).embeddings.create(model=EMBED, input="lamp " * 2000)
+    assert "too large to process" in exc.value.message, exc.value.body
+    assert len(client(KEY).embeddings.create(model=EMBED, input="a lamp").data[0].embedding) == 640
 
 
 def container_state(name: str) -> tuple[int, int]:

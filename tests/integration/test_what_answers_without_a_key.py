@@ -51,6 +51,7 @@ TABLE = [
     # the gateway's port (the pools' HAProxy in front of LiteLLM): LiteLLM's liveness and readiness
     # are public, everything else needs the gateway key, LiteLLM's static pages too
     ("gateway liveness", "GET", f"{GATEWAY}/health/liveliness", None, OPEN),
+    ("gateway liveness (second spelling)", "GET", f"{GATEWAY}/health/liveness", None, OPEN),
     ("gateway readiness", "GET", f"{GATEWAY}/health/readiness", None, OPEN),
     ("gateway models", "GET", f"{GATEWAY}/v1/models", None, KEY),
     ("gateway completion", "POST", f"{GATEWAY}/v1/chat/completions", CHAT_BODY, KEY),
