@@ -157,3 +157,22 @@ def test_a_litellm_crash_under_load_fails_no_request(lab, capsys):
                    f"{redispatched}; {victim} answered again {outcome.get('back_s', float('nan')):.1f} s after the kill")
     assert restarts_after == restarts + 1, "the instance was not killed and restarted: the test proved nothing"
     assert not errors, errors[:3]
+
+
+def test_no_instance_up_is_a_503_with_retry_after_in_openais_format(lab):
+    subprocess.run(["docker", "stop", "-t", "2", *LITELLM], capture_output=True, check=True)
+    try:
+        deadline = time.monotonic() + 30
+        while any(pool_stats()[(FRONT, name.removeprefix("llamafleet-"))]["status"] == "UP" for name in LITELLM):
+            assert time.monotonic() < deadline, "the front still sees an instance up"
+            time.sleep(0.5)
+        with pytest.raises(openai.InternalServerError) as exc:
+            chat()
+        assert exc.value.status_code == 503 and exc.value.response.headers["Retry-After"] == "5", exc.value.body
+        assert exc.value.body["type"] == "server_error"
+    finally:
+        subprocess.run(["docker", "start", *LITELLM], capture_output=True, check=True)
+        deadline = time.monotonic() + 90
+        while not both_up():
+            assert time.monotonic() < deadline, "the gateway's instances did not come back"
+            time.sleep(1)
