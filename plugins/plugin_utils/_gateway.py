@@ -20,7 +20,11 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import
 
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 ENTRY_KEYS = {"alias", "model", "role", "port", "fallbacks", "requests_per_minute", "prompt_tokens", "reply_tokens",
-              "routing"}
+              "routing", "max_queue"}
+# Requests a pool queues per slot before it sheds more with 429 and Retry-After (graceful overload):
+# a bounded queue keeps every queued request's wait to a few replies' time, and the fleet serves
+# normally soon after a burst, instead of each extra request waiting out the queue timeout.
+QUEUE_PER_SLOT = 4
 # How a pool picks a server (docs/gateway.md, "Conversation-affine routing"):
 # leastconn: the least-loaded server with a free slot, else the pool's one queue.
 # affine: a request carrying the conversation header goes to the server its key hashes to while that
@@ -46,10 +50,10 @@ DEFAULT_STATS_PORT = 8404
 DEFAULT_INSTANCES = 2
 MAX_INSTANCES = 8
 # Resident memory on the gateway host, counted in its host plan when it is also a fleet host. Measured
-# on the lab after 60 requests (2026-12-02, LiteLLM 1.81.16 with 2 aliases): one LiteLLM process
-# 274 MiB RSS (docker top; docker stats 264 MiB), rounded up; the pools' HAProxy 6.3 MiB (docker stats),
-# with room for the buffers of a few dozen requests in flight (2 x 16 KiB each).
-LITELLM_MIB = 280
+# on the lab (2026-12-02, LiteLLM 1.81.16 with 2 aliases, docker stats): one LiteLLM process 264 MiB
+# after 60 requests (274 MiB RSS by docker top), 301 MiB at its peak under 7.5 requests/s
+# (test_overload), rounded up; the pools' HAProxy 6.3 MiB idle, 8 MiB at that peak.
+LITELLM_MIB = 310
 HAPROXY_MIB = 10
 # Names the pools' HAProxy gives the gateway's front; no alias may take them.
 RESERVED_ALIASES = ("stats", "llamafleet_gateway", "llamafleet_litellm")
@@ -222,6 +226,11 @@ def pools(gateway: dict, hosts: list[dict]) -> dict:
             value = entry.get(number)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
                 problems.append(f"{where}.{number} must be a positive number, got {value!r}")
+        max_queue = entry.get("max_queue")
+        if max_queue is not None and (isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1):
+            problems.append(f"{where}.max_queue must be an integer 1 or more (requests the pool queues for a slot "
+                            f"before it answers 429), got {max_queue!r}")
+            max_queue = None
         routing = entry.get("routing", DEFAULT_ROUTING)
         if routing not in ROUTINGS:
             problems.append(f"{where}.routing must be one of {', '.join(ROUTINGS)} (affine: a conversation's requests go to "
@@ -248,8 +257,10 @@ def pools(gateway: dict, hosts: list[dict]) -> dict:
             homes = affinity_buckets(servers)
             for server in servers:
                 server["buckets"] = homes[server["name"]]
+        slots = sum(s["slots"] for s in servers)
         out_pools.append({"alias": alias, "model": model, "role": role, "port": entry.get("port"),
-                          "slots": sum(s["slots"] for s in servers), "fallbacks": fallbacks, "routing": routing,
+                          "slots": slots, "max_queue": QUEUE_PER_SLOT * slots if max_queue is None else max_queue,
+                          "fallbacks": fallbacks, "routing": routing,
                           "affinity_buckets": AFFINITY_BUCKETS,
                           "workload": {k: entry[k] for k in ("requests_per_minute", "prompt_tokens", "reply_tokens")
                                        if k in entry},

@@ -624,6 +624,9 @@ def gateway_workloads(gateway: dict, hosts: list[dict], servers: list[dict]) -> 
                                     f"prompt_tokens (the mean over a conversation's turns), turns_per_conversation or "
                                     f"shared_prefix_tokens", model=pool["model"]))
         rows.append(dict(pooled.to_dict(), host="gateway", pool=pool["alias"], servers=len(group),
+                         # the last request a full queue admits waits for this many requests ahead of it to end
+                         max_queue=pool["max_queue"],
+                         queue_full_wait_s=round(pool["max_queue"] * pooled.service_s / max(pooled.slots, 1), 2),
                          random_routing={"ttft_p50_s": scattered.to_dict()["ttft_p50_s"],
                                          "ttft_p95_s": scattered.to_dict()["ttft_p95_s"],
                                          "utilisation_max": round(scattered.utilisation, 3),

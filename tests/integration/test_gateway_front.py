@@ -20,7 +20,9 @@ import urllib.request
 
 import openai
 import pytest
+import yaml
 
+from tests.conftest import ROOT
 from tests.integration.test_gateway import (
     CHAT,
     EMBED,
@@ -97,6 +99,15 @@ def test_an_embedding_input_over_the_servers_batch_is_a_bad_request(lab):
     assert len(client(KEY).embeddings.create(model=EMBED, input="a lamp").data[0].embedding) == 640
 
 
+def reload_like_the_role(container: str) -> None:
+    """Run roles/gateway_pools' reload handler's command, as Ansible would, and let the new worker start."""
+    with open(os.path.join(ROOT, "roles", "gateway_pools", "handlers", "main.yml"), encoding="utf-8") as handle:
+        [handler] = [h for h in yaml.safe_load(handle) if h["name"] == "Reload the pools"]
+    argv = [a.replace("{{ gateway_pools_container_name }}", container) for a in handler["ansible.builtin.command"]["argv"]]
+    subprocess.run(argv, capture_output=True, check=True)
+    time.sleep(2)
+
+
 def container_state(name: str) -> tuple[int, int]:
     """(host PID of the container's main process, Docker's restart count)."""
     out = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}} {{.RestartCount}}", name],
@@ -157,6 +168,56 @@ def test_a_litellm_crash_under_load_fails_no_request(lab, capsys):
                    f"{redispatched}; {victim} answered again {outcome.get('back_s', float('nan')):.1f} s after the kill")
     assert restarts_after == restarts + 1, "the instance was not killed and restarted: the test proved nothing"
     assert not errors, errors[:3]
+
+
+def test_a_crash_of_the_front_cuts_requests_in_flight_which_the_openai_clients_retries_recover(lab, capsys):
+    """The front is one HAProxy process (the pools'); SIGKILL to it cuts the requests in flight on it.
+    Half the load comes from a client that never retries, half from the `openai` client with its default
+    2 retries on a connection error: those must all be answered. Docker restarts HAProxy, also after the
+    pools were reloaded as the role's handler reloads them (a `docker kill --signal` there made Docker
+    leave the next crashed HAProxy down)."""
+    victim = "llamafleet-pools"
+    reload_like_the_role(victim)
+    pid, restarts = container_state(victim)
+    retrying = openai.OpenAI(base_url=f"{GATEWAY}/v1", api_key=KEY, timeout=120)  # the client's defaults
+    assert retrying.max_retries == 2
+    failed: dict[str, list[str]] = {"without retries": [], "openai client": []}
+
+    def one(i: int) -> float:
+        content = f"Request {i}. {TEXT[:300]}"
+        if i % 2:
+            try:
+                retrying.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": content}], max_tokens=8)
+            except openai.APIError as exc:
+                failed["openai client"].append(f"{type(exc).__name__}: {exc}")
+            return 0.0
+        try:
+            status, _ = post(f"{GATEWAY}/v1/chat/completions",
+                             {"model": CHAT, "messages": [{"role": "user", "content": content}], "max_tokens": 8}, KEY)
+            if status != 200:
+                failed["without retries"].append(f"HTTP {status}")
+        except OSError as exc:
+            failed["without retries"].append(f"{type(exc).__name__}: {exc}")
+        return 0.0
+
+    def crash_later() -> None:
+        time.sleep(6)
+        os.kill(pid, signal.SIGKILL)
+
+    helper = threading.Thread(target=crash_later)
+    helper.start()
+    sent, errors = poisson_load(2.0, 24, one, seed=7)
+    helper.join(timeout=60)
+    _, restarts_after = container_state(victim)
+    report(capsys, f"front crash (SIGKILL to {victim}'s HAProxy) under 2 requests/s for 24 s: {len(sent)} sent; failed "
+                   + ", ".join(f"{kind} {len(items)} of {len(sent) // 2 + (kind == 'openai client') * (len(sent) % 2)}"
+                               for kind, items in failed.items()))
+    assert restarts_after == restarts + 1, "HAProxy was not killed and restarted: the test proved nothing"
+    assert not errors and not failed["openai client"], (errors + failed["openai client"])[:3]
+    deadline = time.monotonic() + 60
+    while not both_up():
+        assert time.monotonic() < deadline, "the gateway's instances are not both up after the front's restart"
+        time.sleep(1)
 
 
 def test_no_instance_up_is_a_503_with_retry_after_in_openais_format(lab):

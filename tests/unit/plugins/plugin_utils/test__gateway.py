@@ -62,6 +62,14 @@ def test_a_pool_spans_every_host_of_its_model_group_with_slots_as_limits():
     assert [s["name"] for s in embed["servers"]] == ["lab.embed-0", "lab.embed-1"] and embed["slots"] == 2
 
 
+def test_a_pool_queues_four_requests_a_slot_before_it_sheds_unless_told_otherwise():
+    hosts, _ = fleet()
+    chat, embed = pools(config(), hosts)["pools"]
+    assert (chat["slots"], chat["max_queue"]) == (5, 20) and (embed["slots"], embed["max_queue"]) == (2, 8)
+    models = [dict(MODELS[0], max_queue=3), MODELS[1]]
+    assert pools(config(models=models), hosts)["pools"][0]["max_queue"] == 3
+
+
 def test_auto_parallel_counts_as_four_slots():
     hosts, _ = fleet(lab2=host_vars([8301], parallel=-1))
     assert pools(config(), hosts)["pools"][0]["servers"][2]["slots"] == 4  # llama-server's auto: 4 slots
@@ -91,6 +99,8 @@ BAD = [
                      "of llamafleet_gateway_instances (llamafleet_gateway_port + 1)"),
     ({"port": 8100}, "LiteLLM instance 0 of llamafleet_gateway_instances (llamafleet_gateway_port + 1) 8101 is already "
                      "used by server chat-0 on lab"),
+    ({"models": [dict(MODELS[0], max_queue=0)]}, "(alias lab-chat).max_queue must be an integer 1 or more"),
+    ({"models": [dict(MODELS[0], max_queue=True)]}, "(alias lab-chat).max_queue must be an integer 1 or more"),
     ({"models": [dict(MODELS[0], alias="llamafleet_litellm")]}, "the pools' HAProxy names its own sections"),
     ({"hosts": [{"host": "gw", "ansible_host": "10.0.0.5"}]}, "listens on 127.0.0.1, which gateway host(s) on another machine cannot reach"),
 ]
@@ -188,6 +198,8 @@ def test_plan_queues_per_pool_across_hosts_not_per_host():
     rows = result["workloads"]
     assert [(r["host"], r.get("pool"), r["slots"], r["requests_per_minute"]) for r in rows] == [("gateway", "lab-chat", 3, 12.0)]
     row = rows[0]
+    # a full queue of 4 x 3 slots = 12 requests: the last waits for 12 others, 3 at a time
+    assert row["max_queue"] == 12 and row["queue_full_wait_s"] == pytest.approx(12 * row["service_s"] / 3, abs=0.01)
     assert row["random_routing"]["ttft_p95_s"] >= row["ttft_p95_s"]
     assert [(m["name"], m["slots"]) for m in result["gateway"]["pools"][0]["servers"]] == [
         ("lab.chat-0", 1), ("lab.chat-1", 1), ("lab2.chat-0", 1)]
@@ -196,19 +208,19 @@ def test_plan_queues_per_pool_across_hosts_not_per_host():
 
 
 def test_the_gateway_host_plans_the_memory_of_its_litellm_instances_and_haproxy():
-    # lab is the gateway host: 2 LiteLLM instances of 280 MiB (274 MiB RSS measured) + HAProxy 10 MiB
-    # (6.3 measured) = 570 MiB more on its host RAM; lab2 runs no gateway
+    # lab is the gateway host: 2 LiteLLM instances of 310 MiB (301 MiB peak measured under overload) +
+    # HAProxy 10 MiB (8 MiB peak measured) = 630 MiB more on its host RAM; lab2 runs no gateway
     lab, lab2 = host_vars([8101, 8102]), host_vars([8301])
     specs = [normalize_host("lab", lab), normalize_host("lab2", lab2)]
     models = {"lab": {"gemma": GEMMA}, "lab2": {"gemma": GEMMA}}
     gateway = config(models=[MODELS[0]], fleet_hosts={"lab": {"connection": "local"}, "lab2": {"connection": "local"}})
     alone = {h["host"]: h for h in plan(specs, models)["hosts"]}
     hosts = {h["host"]: h for h in plan(specs, models, None, gateway)["hosts"]}
-    assert (hosts["lab"]["gateway_mib"], hosts["lab2"]["gateway_mib"]) == (570, 0)
-    assert hosts["lab"]["planned_mib"] == pytest.approx(alone["lab"]["planned_mib"] + 570)
+    assert (hosts["lab"]["gateway_mib"], hosts["lab2"]["gateway_mib"]) == (630, 0)
+    assert hosts["lab"]["planned_mib"] == pytest.approx(alone["lab"]["planned_mib"] + 630)
     assert hosts["lab2"]["planned_mib"] == alone["lab2"]["planned_mib"]
     hosts = {h["host"]: h for h in plan(specs, models, None, dict(gateway, instances=1))["hosts"]}
-    assert hosts["lab"]["gateway_mib"] == 290
+    assert hosts["lab"]["gateway_mib"] == 320
 
 
 def test_plan_refuses_a_bad_gateway():
