@@ -191,6 +191,10 @@ def report(capsys, line: str) -> None:
 
 
 TWO_HOSTS = ["-i", "inventory/lab", "-i", "inventory/lab2"]
+# Rounds of each routing measurement, each way (the second swaps the order against drift). One in the
+# suite: on the lab these figures are decided by the 2 shared cores, not by the routing (docs/gateway.md),
+# and a second round costs 80 s each; LLAMAFLEET_ROUTING_ROUNDS=2 measures both.
+ROUNDS = int(os.environ.get("LLAMAFLEET_ROUTING_ROUNDS", "1"))
 
 
 @pytest.fixture(scope="module")
@@ -348,8 +352,8 @@ def test_routing_slot_aware_pool_vs_random(gateway, capsys):
     """TTFT p95 under the same Poisson load at one slot per server: one queue vs clients picking a server at random.
 
     The pool is narrowed to lab2's two one-slot servers (the issue's "two chat servers at one slot
-    each"); the random clients call the same two directly. Two rounds, the order swapped in the
-    second, so that drift in the machine's load (2 cores shared with other work) hits both alike.
+    each"); the random clients call the same two directly. ROUNDS rounds (one in the suite); a second
+    swaps the order, so that drift in the machine's load (2 cores shared with other work) hits both alike.
     """
     key = server_key()
     ports = list(LAB2.values())
@@ -368,7 +372,7 @@ def test_routing_slot_aware_pool_vs_random(gateway, capsys):
     served: dict[str, list[float]] = {"pool": [], "random": []}
     rounds = []
     with pool_of(list(LAB2)):
-        for round_, order in enumerate((("pool", "random"), ("random", "pool"))):
+        for round_, order in enumerate((("pool", "random"), ("random", "pool"))[:ROUNDS]):
             for mode in order:
                 load = os.getloadavg()[0]
                 before = {n: server_metrics(p) for n, p in LAB2.items()}
@@ -388,7 +392,7 @@ def test_routing_slot_aware_pool_vs_random(gateway, capsys):
                 rounds.append(f"{mode} p95 {p95(ttfts):.2f} s p50 {statistics.median(ttfts):.2f} s n={len(ttfts)} "
                               f"server time {busy:.2f} s/request, load {load:.1f}")
     pooled, scattered = runs["pool"], runs["random"]
-    line = (f"routing (2 servers x 1 slot, service {service:.2f} s alone, {rate * 60:.1f} req/min, 2 rounds x {seconds} s "
+    line = (f"routing (2 servers x 1 slot, service {service:.2f} s alone, {rate * 60:.1f} req/min, {ROUNDS} round(s) x {seconds} s "
             f"each way): TTFT p95 slot-aware pool {p95(pooled):.2f} s (p50 {statistics.median(pooled):.2f}, n={len(pooled)}) "
             f"vs random {p95(scattered):.2f} s (p50 {statistics.median(scattered):.2f}, n={len(scattered)}); "
             f"ratio pool/random p95 {p95(pooled) / p95(scattered):.2f}, p50 {statistics.median(pooled) / statistics.median(scattered):.2f}; "
@@ -506,7 +510,7 @@ def test_conversation_affine_vs_slot_aware_only(gateway, capsys):
             after = total_sessions()
             used = [n for n in names if after[f"{CHAT}/{n}"] > before[f"{CHAT}/{n}"]]
             assert len(used) == spread, (header, used)
-        for order in (("slot-aware", "affine"), ("affine", "slot-aware")):
+        for order in (("slot-aware", "affine"), ("affine", "slot-aware"))[:ROUNDS]:
             for mode in order:
                 values = {"rate_per_min": 24, "duration_s": 40, "prompt_tokens": 250, "reply_tokens": 32,
                           "embed_rate_per_min": 0, "turns": 4, "users": users, "warmup_requests": 0,
@@ -543,7 +547,7 @@ def test_conversation_affine_vs_slot_aware_only(gateway, capsys):
                          "queued_at_a_server": sum(h["qmax"] for out in runs for h in out["haproxy"].values())}
     s_, a_ = figures["slot-aware"], figures["affine"]
     lines = [f"conversation-affine vs slot-aware only (2 servers x 1 slot, {users} conversations x 4 turns in random "
-             "order, homes 2 per server, 24 req/min, 2 rounds x 40 s each way, through the gateway):"]
+             f"order, homes 2 per server, 24 req/min, {ROUNDS} round(s) x 40 s each way, through the gateway):"]
     for mode, f in figures.items():
         lines.append(f"  {mode}: prompt tokens computed {f['computed']:.0f}/request (reused {f['cached']:.0f}), TTFT p50 "
                      f"{f['p50']:.2f} s p95 {f['p95']:.2f} s, n={f['n']}, 0 failed; requests queued at a busy server "
