@@ -39,7 +39,7 @@ from tests.integration.test_gateway import (
 LITELLM = {"llamafleet-litellm-0": 4001, "llamafleet-litellm-1": 4002}  # the lab's instances (docs/gateway.md)
 FRONT = "llamafleet_litellm"  # the front's backend in the pools' HAProxy (roles/gateway_pools)
 # The crash tests' load: twice the first user's 30 requests a minute. At 2 requests/s the lab's 2 cores,
-# busy with the killed instance's 8-s start, let 20 requests pile up at a 4-slot pool, which then sheds
+# busy with the killed instance's 8-s start, left 16 requests waiting at the 4-slot pool (4 busy), which then sheds
 # (429, by design): that measured the lab's cores, not the crash.
 RATE = 1.0
 
