@@ -44,5 +44,5 @@ for scenario in docker_engine llm_models llamacpp_build llama_server nvidia_driv
 done
 
 section "end-to-end on the lab: memory accuracy against llama.cpp, site.yml serving real requests"
-pytest -q tests/integration
+pytest -q --durations=20 tests/integration  # the 20 slowest printed: the 60-minute budget in view
 section "done"

@@ -2,7 +2,8 @@
 
 Real Docker, the real llama.cpp build, the real Gemma 3 270M model, real HTTP requests. The
 tests run in order: deploy, idempotence, requests, container contract, a one-server args change,
-then bad input that must be refused with every container left as it was.
+then bad input that must be refused with every container left as it was. (A server removed from the
+inventory is removed from the host under load in test_leaving.)
 """
 from __future__ import annotations
 
@@ -52,9 +53,11 @@ def deployed(lab):
 
 
 def test_second_run_changes_nothing(deployed):
-    # the lab is shared by the whole session: converge from what earlier tests left, then run again
-    playbook("site.yml")
+    # the lab is shared by the whole session and already converged (the lab fixture, then every test that
+    # changes it puts it back): a run that changes nothing proves it; one that did converge is run again
     result = playbook("site.yml")
+    if recap_changed(result.stdout):
+        result = playbook("site.yml")
     assert recap_changed(result.stdout) == 0, result.stdout[-3000:]
 
 
@@ -178,19 +181,3 @@ def test_sha256_mismatch_is_refused_and_changes_nothing(deployed, tmp_path):
     assert "sha256" in result.stdout and "Nothing was placed" in result.stdout
     assert not os.path.exists(target) and not os.path.exists(target + ".part")
     assert {n: c["Id"] for n, c in containers().items()} == before
-
-
-def test_a_server_removed_from_the_inventory_is_removed_from_the_host(deployed):
-    """Layout on GPU 0 only: chat-1 and embed-1 leave; the plan says so and their containers go."""
-    layout = LAB_LAYOUT
-    before = containers()
-    try:
-        result = playbook("site.yml", "-e", json.dumps({"llamafleet_server_layout": dict(layout, gpus=[0])}))
-        after = containers()
-        assert sorted(after) == ["chat-0", "embed-0"]
-        assert all(after[n]["Id"] == before[n]["Id"] for n in after), "a remaining server was restarted"
-        assert "[server-leaves] chat-1 is no longer in the inventory" in result.stdout
-        assert "[server-leaves] embed-1 is no longer in the inventory" in result.stdout
-    finally:
-        playbook("site.yml")  # back to the inventory as written
-    assert sorted(containers()) == sorted(SERVERS)

@@ -51,7 +51,8 @@ def chat(i: int) -> None:
 @pytest.fixture(scope="module")
 def one_gpu(lab):
     """GPU 1 taken out of the layout by site.yml under a chat load; afterwards the lab as declared again."""
-    assert {"chat-1", "embed-1"} <= set(containers())
+    before = containers()
+    assert {"chat-1", "embed-1"} <= set(before)
     # chat-1's own log, followed from now on: it outlives the container
     log = subprocess.Popen(["docker", "logs", "-f", "--since", "0s", "llamafleet-chat-1"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -80,7 +81,7 @@ def one_gpu(lab):
         for worker in workers:
             worker.join(timeout=180)
     log.wait(timeout=30) if result.returncode == 0 else log.kill()
-    yield {"result": result, "log": log.stdout.read().splitlines(), "done": done, "errors": errors}
+    yield {"result": result, "log": log.stdout.read().splitlines(), "done": done, "errors": errors, "before": before}
     # the lab as declared again, for the tests after these (chat-0 may run this module's override: recreated bare,
     # no load runs now)
     playbook("site.yml", "-e", json.dumps({"llama_server_recreate_whole_groups": True}))
@@ -97,7 +98,10 @@ def test_a_server_removed_from_the_inventory_is_drained_first_and_no_request_is_
         print(f"\n  leaving under load: {len(done)} requests through the gateway, {len(errors)} failed; chat-1 started "
               f"{launched} and finished {released} before it was removed")
     assert "Drain servers that leave the fleet" in result.stdout
-    assert "chat-1" not in left and "embed-1" not in left and {"chat-0", "embed-0"} <= left
+    assert "[server-leaves] chat-1 is no longer in the inventory" in result.stdout  # the plan says so first
+    assert "[server-leaves] embed-1 is no longer in the inventory" in result.stdout
+    assert sorted(left) == ["chat-0", "embed-0"]
+    assert all(containers()[n]["Id"] == one_gpu["before"][n]["Id"] for n in left), "a remaining server was restarted"
     assert launched > 0, "chat-1 took no request during the run: the load did not reach it"
     assert launched == released, f"chat-1 was removed with {launched - released} request(s) unfinished"
     assert not errors, errors[:3]

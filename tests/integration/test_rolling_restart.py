@@ -46,7 +46,7 @@ KEY = LAB["llamafleet_gateway_key"]
 ALIAS = {m["role"]: m["alias"] for m in LAB["llamafleet_gateway_models"]}   # chat -> lab-chat, embed -> lab-embed
 STATS = f"http://127.0.0.1:{LAB['llamafleet_gateway_stats_port']}/stats;csv"
 POLL_S = 0.2
-BEFORE_S = 20
+BEFORE_S = 10
 
 
 def pool_stats() -> list[dict]:
@@ -198,15 +198,22 @@ def args_of(cs: dict) -> dict:
 
 
 def back_to_inventory():
-    """Roll every running server back to what the inventory declares (one at a time: no outage), then
-    site.yml for anything not running (a test that failed half-way may leave one restarting)."""
-    playbook("playbooks/rolling_restart.yml", "-e", json.dumps({"llamafleet_rolling_max_regression": 100}), check=False)
-    playbook("site.yml")
+    """Roll every running server back to what the inventory declares (one at a time: no outage); site.yml
+    too when that did not end with every server running (a test that failed half-way may leave one restarting)."""
+    result = playbook("playbooks/rolling_restart.yml", "-e", json.dumps({"llamafleet_rolling_max_regression": 100}),
+                      check=False)
+    if result.returncode != 0 or not all(c["State"]["Running"] for c in containers().values()):
+        playbook("site.yml")
+
+
+@pytest.fixture(scope="module")
+def lab_rolled_back(lab):
+    """The lab as the inventory declares it, whatever the modules before left; each test below puts it back."""
+    back_to_inventory()
 
 
 @pytest.fixture
-def lab_as_declared(lab):
-    back_to_inventory()
+def lab_as_declared(lab_rolled_back):
     before = containers()
     yield before
     back_to_inventory()
