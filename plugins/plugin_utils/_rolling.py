@@ -233,7 +233,7 @@ def validate_flags(controls: dict) -> list[str]:
 
 
 def _flags(argv: list[str]) -> dict[str, str]:
-    """llama-server flags of an argv tail -> value ('' for a switch)."""
+    """llama-server flags of a command line -> value ('' for a switch)."""
     out: dict[str, str] = {}
     key = None
     for token in argv:
@@ -247,7 +247,9 @@ def _flags(argv: list[str]) -> dict[str, str]:
 
 
 def args_change(old: list[str], new: list[str]) -> str:
-    """What changed between two argv tails, flag by flag: '--ubatch-size 256 -> 128'."""
+    """What changed between two llama-server command lines, flag by flag: '--ubatch-size 256 -> 128'.
+
+    Whole command lines: the flags llamafleet owns (model, port, key file) show only when they changed."""
     before, after = _flags(old or []), _flags(new or [])
     parts = []
     for flag in list(before) + [f for f in after if f not in before]:

@@ -200,6 +200,15 @@ def test_args_change_names_each_changed_flag():
     assert args_change(old, old).startswith("no argument changed")
 
 
+def test_args_change_reads_whole_command_lines_and_shows_an_owned_flag_only_when_it_changed():
+    """The rolling summary passes the container's whole Cmd and the fleet model's whole argv (no count of
+    leading tokens to cut): equal model/port/key-file flags are left out, a new model file is shown."""
+    own = ["--model", "/models/a.gguf", "--host", "0.0.0.0", "--port", "8101", "--api-key-file", "/run/key"]
+    assert args_change(own + ["--ubatch-size", "256"], own + ["--ubatch-size", "128"]) == "--ubatch-size 256 -> 128"
+    moved = ["--model", "/models/b.gguf"] + own[2:]
+    assert args_change(own + ["--metrics"], moved + ["--metrics"]) == "--model /models/a.gguf -> /models/b.gguf"
+
+
 def test_summary_has_a_block_per_server_and_says_the_fleet_left_the_inventory():
     rows = [{"host": "a", "server": "chat-0", "outcome": "replaced", "old_args": ["--ubatch-size", "256"],
              "new_args": ["--ubatch-size", "128"], "drain_s": 0.5, "load_s": 2.25,
