@@ -1,0 +1,322 @@
+#!/usr/bin/env python3
+"""A simulated llama-server: llama-server's HTTP API and flags over llamasim_core's scheduler, no model.
+
+Started with the same command line as the real binary (the flags llamafleet renders); it refuses any
+flag the pinned llama-server does not know (`flags.json` beside it, from the plan's record of that ref's
+`--help`), exactly as the binary does: `error: invalid argument: --x` and exit status 1. The speed
+profile comes from the environment (LLAMASIM_PROFILE, JSON: decode_s, prefill_tps, load_s, n_embd),
+so no flag exists here that the real server lacks. Standard library only: it runs on the local base
+image's python3.
+
+What follows llama-server 0c1e570 (tools/server/), so that clients, pools and the watchdog cannot tell:
+/health and /v1/health answer without the key (503 "Loading model" until the profile's load time has
+passed, as every route does then); every other route wants the key (401 "Invalid API Key",
+authentication_error); a prompt of n_ctx tokens or more is 400 exceed_context_size_error; an embedding
+input above --ubatch-size is 500 "input (N tokens) is too large to process..."; /metrics with --metrics
+only (501 without); /props total_slots and n_ctx; /slots. Replies are deterministic words, tokenized
+with llamasim_core.tokenize, counted in usage and timings with the cached and processed prompt tokens.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import llamasim_core as core  # noqa: E402
+
+# a reply's words: one token each (four letters at most), so a reply of n tokens is n words
+WORDS = ("the", "lamp", "ship", "sea", "wave", "rock", "tide", "moon", "star", "gull", "mist", "bay")
+DEFAULT_REPLY_TOKENS = 32   # a reply's length when the request sets no max_tokens (the sim has no EOS of its own)
+
+
+class Refused(Exception):
+    """A command line llama-server would refuse: its message, exit status 1."""
+
+
+def parse_argv(argv: list[str], known: set[str]) -> dict[str, str]:
+    """--flag [value] pairs; a flag llama-server does not know is refused as common/arg.cpp refuses it."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        flag = argv[i]
+        if not flag.startswith("--") or flag not in known:
+            raise Refused(f"error: invalid argument: {flag}")
+        value = ""
+        if i + 1 < len(argv) and not (argv[i + 1].startswith("-") and not argv[i + 1].lstrip("-").replace(".", "").isdigit()):
+            value = argv[i + 1]
+            i += 1
+        out[flag] = value
+        i += 1
+    return out
+
+
+class Server:
+    def __init__(self, flags: dict[str, str], profile: dict, api_keys: list[str]):
+        def num(name: str, default: int) -> int:
+            return int(flags[name]) if flags.get(name) else default
+        self.slots_n = num("--parallel", 4) if num("--parallel", -1) > 0 else 4   # auto (-1) resolves to 4
+        ctx = num("--ctx-size", 4096)
+        self.unified = "--kv-unified" in flags
+        self.n_ctx_slot = ctx if self.unified else ctx // self.slots_n
+        self.n_batch = num("--batch-size", 2048)
+        self.n_ubatch = min(num("--ubatch-size", 512), self.n_batch)
+        self.embedding = "--embeddings" in flags or "--embedding" in flags
+        self.metrics_on = "--metrics" in flags
+        self.model = os.path.basename(flags.get("--model", "model.gguf"))
+        self.api_keys = api_keys
+        self.n_embd = int(profile.get("n_embd", 640))
+        cache_mib = num("--cache-ram", 8192)
+        # the host cache holds this many tokens: its MiB at the profile's KV bytes per token
+        kv_per_token = float(profile.get("kv_bytes_per_token", 36864))
+        cache_tokens = 0 if cache_mib == 0 or self.embedding else int(cache_mib * 2**20 / kv_per_token)
+        similarity = float(flags.get("--slot-prompt-similarity") or core.DEFAULT_SLOT_PROMPT_SIMILARITY)
+        self.scheduler = core.Scheduler(self.slots_n, core.Profile(list(profile.get("decode_s", [0.02])),
+                                                                   float(profile.get("prefill_tps", 1000.0))),
+                                        n_batch=self.n_batch, slot_prompt_similarity=similarity, cache_tokens=cache_tokens)
+        self.ready_at = time.monotonic() + float(profile.get("load_s", 0.0))
+        self.next_id = 0
+        self.listeners: dict[int, asyncio.Queue] = {}
+        self.wake = asyncio.Event()
+
+    # the engine: one batch at a time, sleeping what the profile says it takes
+    async def engine(self) -> None:
+        while True:
+            if self.scheduler.idle():
+                self.wake.clear()
+                await self.wake.wait()
+            seconds, touched = self.scheduler.step()
+            if seconds:
+                await asyncio.sleep(seconds)
+            elif not touched:
+                await asyncio.sleep(0.001)   # waiting tasks, no slot: the next step after a release
+            for task in touched:
+                queue = self.listeners.get(task.id)
+                if queue is not None:
+                    queue.put_nowait(task.n_generated)
+
+    def submit(self, tokens: list[int], n_predict: int, completion: bool, reply: list[int]) -> tuple[core.Task, asyncio.Queue]:
+        self.next_id += 1
+        task = core.Task(self.next_id, tokens, n_predict, completion=completion, reply=reply)
+        queue: asyncio.Queue = asyncio.Queue()
+        self.listeners[task.id] = queue
+        self.scheduler.submit(task)
+        self.wake.set()
+        return task, queue
+
+    # HTTP
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
+                body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
+                keep = headers.get("connection", "").lower() != "close"
+                await self.route(method, path.split("?", 1)[0], headers, body, writer)
+                if not keep:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def send(self, writer, status: int, payload, content_type: str = "application/json; charset=utf-8") -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 500: "Internal Server Error",
+                  501: "Not Implemented", 503: "Service Unavailable"}.get(status, "OK")
+        writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {len(data)}\r\n"
+                     f"Keep-Alive: timeout=5, max=100\r\n\r\n".encode() + data)
+        await writer.drain()
+
+    @staticmethod
+    def error(message: str, kind: str, code: int, **extra) -> dict:
+        return {"error": {"code": code, "message": message, "type": kind, **extra}}
+
+    async def route(self, method: str, path: str, headers: dict, raw: bytes, writer) -> None:
+        if time.monotonic() < self.ready_at:   # middleware_server_state comes before the key check
+            return await self.send(writer, 503, self.error("Loading model", "unavailable_error", 503))
+        if path not in ("/health", "/v1/health") and self.api_keys:
+            given = headers.get("authorization") or headers.get("x-api-key") or ""
+            if given.removeprefix("Bearer ") not in self.api_keys:
+                return await self.send(writer, 401, self.error("Invalid API Key", "authentication_error", 401))
+        try:
+            body = json.loads(raw or b"{}") if method == "POST" else {}
+        except ValueError:
+            return await self.send(writer, 400, self.error("Failed to parse JSON", "invalid_request_error", 400))
+        if path in ("/health", "/v1/health"):
+            return await self.send(writer, 200, {"status": "ok"})
+        if path == "/metrics":
+            return await self.metrics(writer)
+        if path == "/props":
+            return await self.send(writer, 200, {"default_generation_settings": {"n_ctx": self.n_ctx_slot},
+                                                 "total_slots": self.slots_n, "model_path": self.model})
+        if path == "/slots":
+            return await self.send(writer, 200, [{"id": s.id, "n_ctx": self.n_ctx_slot, "is_processing": s.processing}
+                                                 for s in self.scheduler.slots])
+        if path in ("/v1/models", "/models"):
+            return await self.send(writer, 200, {"object": "list", "data": [{"id": self.model, "object": "model"}]})
+        if path in ("/v1/embeddings", "/embeddings", "/embedding") and method == "POST":
+            return await self.embeddings(body, writer)
+        if path in ("/v1/chat/completions", "/chat/completions") and method == "POST":
+            return await self.complete(chat_prompt(body.get("messages") or []), body, writer, chat=True)
+        if path in ("/v1/completions", "/completions", "/completion") and method == "POST":
+            prompt = body.get("prompt", "")
+            return await self.complete(prompt, body, writer, chat=False)
+        return await self.send(writer, 404, self.error("File Not Found", "not_found_error", 404))
+
+    async def metrics(self, writer) -> None:
+        if not self.metrics_on:
+            return await self.send(writer, 501, self.error(
+                "This server does not support metrics endpoint. Start it with `--metrics`", "not_supported_error", 501))
+        m, s = self.scheduler.metrics, self.scheduler
+        counters = {k: m[k] for k in ("prompt_tokens_total", "prompt_tokens_cached_total", "prompt_seconds_total",
+                                      "tokens_predicted_total", "tokens_predicted_seconds_total", "n_decode_total")}
+        gauges = {"requests_processing": s.busy(), "requests_deferred": len(s.waiting),
+                  "n_busy_slots_per_decode": m["n_busy_slots_total"] / max(m["n_decode_total"], 1)}
+        text = "".join(f"# HELP llamacpp:{k} {k}\n# TYPE llamacpp:{k} {kind}\nllamacpp:{k} {v}\n"
+                       for kind, items in (("counter", counters), ("gauge", gauges)) for k, v in items.items())
+        await self.send(writer, 200, text.encode(), "text/plain; version=0.0.4")
+
+    async def embeddings(self, body: dict, writer) -> None:
+        if not self.embedding:
+            return await self.send(writer, 501, self.error(
+                "This server does not support embeddings. Start it with `--embeddings`", "not_supported_error", 501))
+        inputs = body.get("input", body.get("content", ""))
+        inputs = inputs if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int) else [inputs]
+        data, total = [], 0
+        for i, item in enumerate(inputs):
+            # token ids are taken as given; a text gets the model's BOS and EOS around it
+            tokens = (list(item) if isinstance(item, list)
+                      else [core.hash_piece("<bos>")] + core.tokenize(str(item)) + [core.hash_piece("<eos>")])
+            if len(tokens) > self.n_ubatch:
+                return await self.send(writer, 500, self.error(
+                    f"input ({len(tokens)} tokens) is too large to process. increase the physical batch size "
+                    f"(current batch size: {self.n_ubatch})", "server_error", 500))
+            task, queue = self.submit(tokens, 0, completion=False, reply=[])
+            await queue.get()
+            self.listeners.pop(task.id, None)
+            total += len(tokens)
+            seed = sum(tokens) % 1000 + 1
+            vector = [math.sin(seed * (k + 1)) for k in range(self.n_embd)]
+            norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+            data.append({"object": "embedding", "index": i, "embedding": [v / norm for v in vector]})
+        await self.send(writer, 200, {"object": "list", "model": self.model, "data": data,
+                                      "usage": {"prompt_tokens": total, "total_tokens": total}})
+
+    async def complete(self, prompt, body: dict, writer, chat: bool) -> None:
+        tokens = list(prompt) if isinstance(prompt, list) else core.tokenize(str(prompt))
+        if len(tokens) >= self.n_ctx_slot:
+            return await self.send(writer, 400, self.error(
+                f"request ({len(tokens)} tokens) exceeds the available context size ({self.n_ctx_slot} tokens), try "
+                f"increasing it", "exceed_context_size_error", 400, n_prompt_tokens=len(tokens), n_ctx=self.n_ctx_slot))
+        limit = body.get("max_tokens", body.get("n_predict", -1))
+        limit = DEFAULT_REPLY_TOKENS if limit is None or int(limit) < 0 else int(limit)
+        n_predict = max(min(limit, self.n_ctx_slot - len(tokens)), 1)
+        pieces = [(" " if k else "") + WORDS[(len(tokens) + k) % len(WORDS)] for k in range(n_predict)]
+        reply = [token for piece in pieces for token in core.tokenize(piece)]
+        started = time.monotonic()
+        task, queue = self.submit(tokens, n_predict, completion=True, reply=reply)
+        stream = bool(body.get("stream"))
+        ident, created = f"chatcmpl-sim{task.id}", int(time.time())
+        kind = "chat.completion" if chat else "text_completion"
+        first_at = None
+        if stream:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+                         b"Keep-Alive: timeout=5, max=100\r\n\r\n")
+        sent = 0
+        try:
+            while not task.done or sent < task.n_generated:
+                n = await queue.get()
+                first_at = first_at or time.monotonic()
+                if stream:
+                    text = "".join(pieces[sent:n])
+                    sent = n
+                    delta = {"content": text} if chat else None
+                    event = ({"choices": [{"index": 0, "delta": delta, "finish_reason": None}]} if chat
+                             else {"choices": [{"index": 0, "text": text, "finish_reason": None}]})
+                    await self.chunk(writer, dict(event, id=ident, created=created, model=self.model,
+                                                  object=f"{kind}.chunk" if chat else kind))
+                else:
+                    sent = n
+        finally:
+            self.listeners.pop(task.id, None)
+        done = time.monotonic()
+        timings = {"cache_n": task.n_cached, "prompt_n": task.n_processed,
+                   "prompt_ms": ((first_at or done) - started) * 1000, "predicted_n": task.n_generated,
+                   "predicted_ms": (done - (first_at or done)) * 1000}
+        usage = {"completion_tokens": task.n_generated, "prompt_tokens": len(tokens),
+                 "total_tokens": task.n_generated + len(tokens),
+                 "prompt_tokens_details": {"cached_tokens": task.n_cached}}
+        text = "".join(pieces[:task.n_generated])
+        choice = ({"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": text}} if chat
+                  else {"index": 0, "finish_reason": "length", "text": text})
+        if stream:
+            final = {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}] if chat
+                     else [{"index": 0, "text": "", "finish_reason": "length"}],
+                     "id": ident, "created": created, "model": self.model, "object": f"{kind}.chunk" if chat else kind,
+                     "usage": usage, "timings": timings}
+            await self.chunk(writer, final)
+            writer.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+            await writer.drain()
+            return
+        await self.send(writer, 200, {"choices": [choice], "created": created, "id": ident, "model": self.model,
+                                      "object": kind, "usage": usage, "timings": timings})
+
+    @staticmethod
+    async def chunk(writer, event: dict) -> None:
+        data = f"data: {json.dumps(event)}\n\n".encode()
+        writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        await writer.drain()
+
+
+def chat_prompt(messages: list[dict]) -> str:
+    """The conversation as one text, as a chat template lays it out (one header per message, the
+    assistant's turn opened last): a longer history is the shorter one's text plus more."""
+    parts = [f"<|{m.get('role', 'user')}|>\n{m.get('content') if isinstance(m.get('content'), str) else json.dumps(m.get('content'))}\n"
+             for m in messages]
+    return "".join(parts) + "<|assistant|>\n"
+
+
+def main(argv: list[str]) -> int:
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.environ.get("LLAMASIM_FLAGS", os.path.join(here, "flags.json")), encoding="utf-8") as handle:
+        known = set(json.load(handle))
+    try:
+        flags = parse_argv(argv, known)
+    except Refused as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    keys = []
+    if flags.get("--api-key"):
+        keys.append(flags["--api-key"])
+    if flags.get("--api-key-file"):
+        with open(flags["--api-key-file"], encoding="utf-8") as handle:
+            keys += [line.strip() for line in handle if line.strip()]
+    profile = json.loads(os.environ.get("LLAMASIM_PROFILE", "{}"))
+
+    async def serve() -> None:
+        server = Server(flags, profile, keys)
+        listener = await asyncio.start_server(server.handle, flags.get("--host", "127.0.0.1"), int(flags.get("--port", "8080")))
+        engine = asyncio.create_task(server.engine())
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"main: server is listening on http://{flags.get('--host', '127.0.0.1')}:{flags.get('--port', '8080')}"
+              f" (simulated llama-server, {server.slots_n} slots)", file=sys.stderr, flush=True)
+        await stop.wait()
+        listener.close()   # as llama-server on SIGTERM: stop listening and exit, in-flight requests cut
+        engine.cancel()
+
+    asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,173 @@
+"""The simulated llama-server as a process: its command line, HTTP answers and prompt reuse.
+
+The bodies and codes expected here are llama-server 0c1e570's (tools/server/server-http.cpp and
+server-common.cpp, quoted per test). Holding the simulator to a running llama-server, route by route,
+is the contract test's job (issue 18); this keeps the program itself honest and fast to check.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._llama_server_flags import PINNED_FLAGS
+from tests.conftest import ROOT
+
+PROGRAM = os.path.join(ROOT, "roles", "llamacpp_build", "files", "sim", "llamasim.py")
+KEY = "sim-test-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def flags_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sim") / "flags.json"
+    path.write_text(json.dumps(sorted(PINNED_FLAGS["0c1e570"])))
+    return str(path)
+
+
+def start(flags_file: str, tmp_path, *args: str, profile: dict | None = None) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY + "\n")
+    env = dict(os.environ, LLAMASIM_FLAGS=flags_file,
+               LLAMASIM_PROFILE=json.dumps(profile or {"decode_s": [0.001], "prefill_tps": 100000.0}))
+    proc = subprocess.Popen([sys.executable, PROGRAM, "--model", "/models/m.gguf", "--host", "127.0.0.1", "--port",
+                             str(port), "--api-key-file", str(key_file), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(proc.stderr.read())
+
+
+def call(port: int, method: str, path: str, body: dict | None = None, key: str | None = KEY) -> tuple[int, object]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    conn.request(method, path, json.dumps(body) if body is not None else None, headers)
+    resp = conn.getresponse()
+    raw = resp.read().decode()
+    conn.close()
+    try:
+        return resp.status, json.loads(raw)
+    except ValueError:
+        return resp.status, raw
+
+
+@pytest.fixture
+def chat_server(flags_file, tmp_path):
+    proc, port = start(flags_file, tmp_path, "--ctx-size", "512", "--parallel", "2", "--metrics", "--cache-ram", "0")
+    yield port
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_a_flag_the_pinned_llama_server_does_not_know_is_refused_as_it_refuses_it(flags_file, tmp_path):
+    """common/arg.cpp: `error: invalid argument: <flag>`, and the binary exits with status 1."""
+    result = subprocess.run([sys.executable, PROGRAM, "--port", "1", "--no-such-flag", "3"], capture_output=True,
+                            text=True, timeout=30, env=dict(os.environ, LLAMASIM_FLAGS=flags_file))
+    assert result.returncode == 1
+    assert "error: invalid argument: --no-such-flag" in result.stderr
+
+
+def test_health_is_public_and_the_rest_wants_the_key(chat_server):
+    """server-http.cpp: public endpoints /health and /v1/health; otherwise 401 Invalid API Key."""
+    assert call(chat_server, "GET", "/health", key=None) == (200, {"status": "ok"})
+    status, body = call(chat_server, "GET", "/props", key=None)
+    assert status == 401
+    assert body == {"error": {"code": 401, "message": "Invalid API Key", "type": "authentication_error"}}
+    status, body = call(chat_server, "GET", "/props")
+    assert status == 200 and body["total_slots"] == 2 and body["default_generation_settings"]["n_ctx"] == 256
+
+
+def test_while_the_model_loads_every_route_is_503(flags_file, tmp_path):
+    """middleware_server_state runs before the key check: 503 Loading model, unavailable_error."""
+    proc, port = start(flags_file, tmp_path, profile={"decode_s": [0.001], "prefill_tps": 1e5, "load_s": 30})
+    try:
+        assert call(port, "GET", "/health", key=None) == (503, {"error": {
+            "code": 503, "message": "Loading model", "type": "unavailable_error"}})
+        assert call(port, "GET", "/props", key=None)[0] == 503
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_a_chat_reply_counts_its_tokens_and_the_next_turn_reuses_the_slot(chat_server):
+    first = {"messages": [{"role": "user", "content": "Tell me about the lighthouse and its keeper."}], "max_tokens": 6}
+    status, body = call(chat_server, "POST", "/v1/chat/completions", first)
+    assert status == 200, body
+    assert body["usage"]["completion_tokens"] == 6 and body["timings"]["cache_n"] == 0
+    first_prompt = body["usage"]["prompt_tokens"]
+    reply = body["choices"][0]["message"]["content"]
+    assert reply
+    turn = {"messages": first["messages"] + [{"role": "assistant", "content": reply},
+                                             {"role": "user", "content": "And the ships?"}], "max_tokens": 4}
+    status, body = call(chat_server, "POST", "/v1/chat/completions", turn)
+    assert status == 200
+    # the slot with the first turn is chosen by similarity: its prompt and the reply but its last token
+    # (sampled, never decoded into the slot) are reused
+    assert body["timings"]["cache_n"] == first_prompt + 6 - 1
+    assert body["timings"]["prompt_n"] + body["timings"]["cache_n"] == body["usage"]["prompt_tokens"]
+
+
+def test_a_streamed_reply_comes_in_chunks_then_done(chat_server):
+    conn = http.client.HTTPConnection("127.0.0.1", chat_server, timeout=10)
+    conn.request("POST", "/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "Hi"}],
+                                                             "max_tokens": 5, "stream": True}),
+                 {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    events = [line[6:] for line in resp.read().decode().splitlines() if line.startswith("data: ")]
+    conn.close()
+    assert events[-1] == "[DONE]"
+    content = [json.loads(e)["choices"][0]["delta"].get("content") for e in events[:-1]]
+    assert sum(1 for c in content if c) == 5
+    assert json.loads(events[-2])["usage"]["completion_tokens"] == 5
+
+
+def test_a_prompt_of_the_slots_context_is_refused_with_llama_servers_error(chat_server):
+    """server-context.cpp: n_tokens >= n_ctx is 'request (N tokens) exceeds the available context size'."""
+    status, body = call(chat_server, "POST", "/completion", {"prompt": list(range(256)), "n_predict": 1})
+    assert status == 400
+    assert body["error"]["type"] == "exceed_context_size_error" and body["error"]["n_ctx"] == 256
+    assert body["error"]["message"].startswith("request (256 tokens) exceeds the available context size (256 tokens)")
+
+
+def test_metrics_count_what_the_requests_did(chat_server):
+    call(chat_server, "POST", "/completion", {"prompt": list(range(100)), "n_predict": 3})
+    status, text = call(chat_server, "GET", "/metrics")
+    assert status == 200
+    values = dict(line.split() for line in text.splitlines() if line.startswith("llamacpp:"))
+    assert float(values["llamacpp:prompt_tokens_total"]) == 100
+    assert float(values["llamacpp:tokens_predicted_total"]) == 3
+    assert float(values["llamacpp:n_decode_total"]) == 3
+    assert float(values["llamacpp:requests_processing"]) == 0
+
+
+def test_an_embedding_over_the_physical_batch_is_llama_servers_500(flags_file, tmp_path):
+    """server-context.cpp: a non-splittable input above n_ubatch: 'input (N tokens) is too large to process'."""
+    proc, port = start(flags_file, tmp_path, "--embeddings", "--ubatch-size", "64", "--batch-size", "64")
+    try:
+        status, body = call(port, "POST", "/v1/embeddings", {"input": "a lamp"})
+        assert status == 200 and len(body["data"][0]["embedding"]) == 640
+        status, body = call(port, "POST", "/v1/embeddings", {"input": [list(range(70))]})
+        assert status == 500
+        assert body["error"]["message"] == ("input (70 tokens) is too large to process. increase the physical batch "
+                                             "size (current batch size: 64)")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
