@@ -125,18 +125,28 @@ def test_a_chat_reply_counts_its_tokens_and_the_next_turn_reuses_the_slot(chat_s
     assert body["timings"]["prompt_n"] + body["timings"]["cache_n"] == body["usage"]["prompt_tokens"]
 
 
-def test_a_streamed_reply_comes_in_chunks_then_done(chat_server):
-    conn = http.client.HTTPConnection("127.0.0.1", chat_server, timeout=10)
-    conn.request("POST", "/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "Hi"}],
-                                                             "max_tokens": 5, "stream": True}),
+def stream_events(port: int, body: dict) -> list:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST", "/v1/chat/completions", json.dumps(dict(body, stream=True)),
                  {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
-    resp = conn.getresponse()
-    events = [line[6:] for line in resp.read().decode().splitlines() if line.startswith("data: ")]
+    events = [line[6:] for line in conn.getresponse().read().decode().splitlines() if line.startswith("data: ")]
     conn.close()
-    assert events[-1] == "[DONE]"
-    content = [json.loads(e)["choices"][0]["delta"].get("content") for e in events[:-1]]
-    assert sum(1 for c in content if c) == 5
-    assert json.loads(events[-2])["usage"]["completion_tokens"] == 5
+    return [e if e == "[DONE]" else json.loads(e) for e in events]
+
+
+def test_a_streamed_reply_comes_as_llama_servers_chunks(chat_server):
+    """As the lab's llama-server sent them (2026-12-03): a role chunk when the slot starts, a chunk a token, the
+    finishing chunk with the timings, [DONE]; with stream_options.include_usage the usage comes in one more
+    chunk with no choices, and the timings with it."""
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5}
+    events = stream_events(chat_server, body)
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": None}
+    assert [bool(e["choices"][0]["delta"].get("content")) for e in events[1:-2]] == [True] * 5
+    assert events[-2]["choices"][0]["finish_reason"] == "length" and events[-2]["timings"]["predicted_n"] == 5
+    assert "usage" not in events[-2] and events[-1] == "[DONE]"
+    events = stream_events(chat_server, dict(body, stream_options={"include_usage": True}))
+    assert events[-3]["choices"][0]["finish_reason"] == "length" and "timings" not in events[-3]
+    assert events[-2]["choices"] == [] and events[-2]["usage"]["completion_tokens"] == 5 and "timings" in events[-2]
 
 
 def test_a_prompt_of_the_slots_context_is_refused_with_llama_servers_error(chat_server):

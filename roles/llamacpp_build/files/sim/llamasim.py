@@ -31,6 +31,7 @@ import llamasim_core as core  # noqa: E402
 
 # a reply's words: one token each (four letters at most), so a reply of n tokens is n words
 WORDS = ("the", "lamp", "ship", "sea", "wave", "rock", "tide", "moon", "star", "gull", "mist", "bay")
+STARTED = -1                # a listener's event: the task found a slot
 DEFAULT_REPLY_TOKENS = 32   # a reply's length when the request sets no max_tokens (the sim has no EOS of its own)
 
 
@@ -90,14 +91,19 @@ class Server:
                 self.wake.clear()
                 await self.wake.wait()
             seconds, touched = self.scheduler.step()
+            for task in self.scheduler.started:   # before the batch, as llama-server tells a stream it started
+                self.notify(task, STARTED)
             if seconds:
                 await asyncio.sleep(seconds)
             elif not touched:
                 await asyncio.sleep(0.001)   # waiting tasks, no slot: the next step after a release
             for task in touched:
-                queue = self.listeners.get(task.id)
-                if queue is not None:
-                    queue.put_nowait(task.n_generated)
+                self.notify(task, task.n_generated)
+
+    def notify(self, task: core.Task, event: int) -> None:
+        queue = self.listeners.get(task.id)
+        if queue is not None:
+            queue.put_nowait(event)
 
     def submit(self, tokens: list[int], n_predict: int, completion: bool, reply: list[int]) -> tuple[core.Task, asyncio.Queue]:
         self.next_id += 1
@@ -164,10 +170,11 @@ class Server:
         if path in ("/v1/embeddings", "/embeddings", "/embedding") and method == "POST":
             return await self.embeddings(body, writer)
         if path in ("/v1/chat/completions", "/chat/completions") and method == "POST":
-            return await self.complete(chat_prompt(body.get("messages") or []), body, writer, chat=True)
-        if path in ("/v1/completions", "/completions", "/completion") and method == "POST":
-            prompt = body.get("prompt", "")
-            return await self.complete(prompt, body, writer, chat=False)
+            return await self.complete(chat_prompt(body.get("messages") or []), body, writer, "chat")
+        if path == "/v1/completions" and method == "POST":
+            return await self.complete(body.get("prompt", ""), body, writer, "oai")
+        if path in ("/completion", "/completions") and method == "POST":   # llama-server's own format
+            return await self.complete(body.get("prompt", ""), body, writer, "legacy")
         return await self.send(writer, 404, self.error("File Not Found", "not_found_error", 404))
 
     async def metrics(self, writer) -> None:
@@ -199,7 +206,8 @@ class Server:
                     f"input ({len(tokens)} tokens) is too large to process. increase the physical batch size "
                     f"(current batch size: {self.n_ubatch})", "server_error", 500))
             task, queue = self.submit(tokens, 0, completion=False, reply=[])
-            await queue.get()
+            while not task.done:
+                await queue.get()
             self.listeners.pop(task.id, None)
             total += len(tokens)
             seed = sum(tokens) % 1000 + 1
@@ -209,7 +217,9 @@ class Server:
         await self.send(writer, 200, {"object": "list", "model": self.model, "data": data,
                                       "usage": {"prompt_tokens": total, "total_tokens": total}})
 
-    async def complete(self, prompt, body: dict, writer, chat: bool) -> None:
+    async def complete(self, prompt, body: dict, writer, mode: str) -> None:
+        """A completion in one of llama-server's three formats: `chat` (/v1/chat/completions), `oai`
+        (/v1/completions) and `legacy` (/completion: content, stop, tokens_predicted, no [DONE])."""
         tokens = list(prompt) if isinstance(prompt, list) else core.tokenize(str(prompt))
         if len(tokens) >= self.n_ctx_slot:
             return await self.send(writer, 400, self.error(
@@ -223,54 +233,85 @@ class Server:
         started = time.monotonic()
         task, queue = self.submit(tokens, n_predict, completion=True, reply=reply)
         stream = bool(body.get("stream"))
-        ident, created = f"chatcmpl-sim{task.id}", int(time.time())
-        kind = "chat.completion" if chat else "text_completion"
-        first_at = None
+        usage_chunk = bool((body.get("stream_options") or {}).get("include_usage"))
+        head = {"created": int(time.time()), "id": f"chatcmpl-sim{task.id}", "model": self.model,
+                "system_fingerprint": "b0-unknown"}
+        kind = {"chat": "chat.completion.chunk", "oai": "text_completion"}.get(mode)
         if stream:
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
                          b"Keep-Alive: timeout=5, max=100\r\n\r\n")
-        sent = 0
+        first_at, sent = None, 0
         try:
-            while not task.done or sent < task.n_generated:
+            while True:
                 n = await queue.get()
+                if n == STARTED:
+                    if stream and mode == "chat":
+                        await self.chunk(writer, dict(head, object=kind, choices=[
+                            {"finish_reason": None, "index": 0, "delta": {"role": "assistant", "content": None}}]))
+                    continue
                 first_at = first_at or time.monotonic()
-                if stream:
+                if stream and n > sent:
                     text = "".join(pieces[sent:n])
-                    sent = n
-                    delta = {"content": text} if chat else None
-                    event = ({"choices": [{"index": 0, "delta": delta, "finish_reason": None}]} if chat
-                             else {"choices": [{"index": 0, "text": text, "finish_reason": None}]})
-                    await self.chunk(writer, dict(event, id=ident, created=created, model=self.model,
-                                                  object=f"{kind}.chunk" if chat else kind))
-                else:
-                    sent = n
+                    if mode == "chat":
+                        await self.chunk(writer, dict(head, object=kind, choices=[
+                            {"finish_reason": None, "index": 0, "delta": {"content": text}}]))
+                    elif mode == "oai":
+                        await self.chunk(writer, dict(head, object=kind, choices=[
+                            {"text": text, "index": 0, "logprobs": None, "finish_reason": None}]))
+                    else:
+                        await self.chunk(writer, {"index": 0, "content": text, "tokens": reply[sent:n], "stop": False,
+                                                  "id_slot": -1, "tokens_predicted": n, "tokens_evaluated": len(tokens)})
+                sent = n
+                if task.done and sent >= task.n_generated:
+                    break
         finally:
             self.listeners.pop(task.id, None)
         done = time.monotonic()
-        timings = {"cache_n": task.n_cached, "prompt_n": task.n_processed,
-                   "prompt_ms": ((first_at or done) - started) * 1000, "predicted_n": task.n_generated,
-                   "predicted_ms": (done - (first_at or done)) * 1000}
+        timings = self.timings(task, (first_at or done) - started, done - (first_at or done))
         usage = {"completion_tokens": task.n_generated, "prompt_tokens": len(tokens),
-                 "total_tokens": task.n_generated + len(tokens),
-                 "prompt_tokens_details": {"cached_tokens": task.n_cached}}
+                 "total_tokens": task.n_generated + len(tokens), "prompt_tokens_details": {"cached_tokens": task.n_cached}}
         text = "".join(pieces[:task.n_generated])
-        choice = ({"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": text}} if chat
-                  else {"index": 0, "finish_reason": "length", "text": text})
-        if stream:
-            final = {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}] if chat
-                     else [{"index": 0, "text": "", "finish_reason": "length"}],
-                     "id": ident, "created": created, "model": self.model, "object": f"{kind}.chunk" if chat else kind,
-                     "usage": usage, "timings": timings}
-            await self.chunk(writer, final)
-            writer.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
-            await writer.drain()
-            return
-        await self.send(writer, 200, {"choices": [choice], "created": created, "id": ident, "model": self.model,
-                                      "object": kind, "usage": usage, "timings": timings})
+        legacy = {"index": 0, "content": "" if stream else text, "tokens": [], "id_slot": task.slot, "stop": True,
+                  "model": self.model, "tokens_predicted": task.n_generated, "tokens_evaluated": len(tokens),
+                  "prompt": "", "has_new_line": False, "truncated": False, "stop_type": "limit", "stopping_word": "",
+                  "tokens_cached": len(tokens) + task.n_generated - 1, "timings": timings}
+        if not stream:
+            if mode == "legacy":
+                return await self.send(writer, 200, legacy)
+            choice = ({"finish_reason": "length", "index": 0, "message": {"role": "assistant", "content": text}}
+                      if mode == "chat" else {"text": text, "index": 0, "logprobs": None, "finish_reason": "length"})
+            return await self.send(writer, 200, dict(head, object="chat.completion" if mode == "chat" else kind,
+                                                     choices=[choice], usage=usage, timings=timings))
+        if mode == "legacy":
+            await self.chunk(writer, legacy)
+        else:
+            last = ({"finish_reason": "length", "index": 0, "delta": {}} if mode == "chat"
+                    else {"text": "", "index": 0, "logprobs": None, "finish_reason": "length"})
+            if usage_chunk:   # the finishing chunk, then one with the usage (and the timings), as llama-server
+                await self.chunk(writer, dict(head, object=kind, choices=[last]))
+                await self.chunk(writer, dict(head, object=kind, choices=[], usage=usage, timings=timings))
+            else:
+                await self.chunk(writer, dict(head, object=kind, choices=[last], timings=timings))
+            await self.chunk_raw(writer, b"data: [DONE]\n\n")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
 
     @staticmethod
-    async def chunk(writer, event: dict) -> None:
-        data = f"data: {json.dumps(event)}\n\n".encode()
+    def timings(task: core.Task, prompt_s: float, predicted_s: float) -> dict:
+        prompt_ms, predicted_ms = prompt_s * 1000, predicted_s * 1000
+        return {"cache_n": task.n_cached, "prompt_n": task.n_processed, "prompt_ms": prompt_ms,
+                "prompt_per_token_ms": prompt_ms / max(task.n_processed, 1),
+                "prompt_per_second": task.n_processed / prompt_s if prompt_s else 0.0,
+                "predicted_n": task.n_generated, "predicted_ms": predicted_ms,
+                "predicted_per_token_ms": predicted_ms / max(task.n_generated, 1),
+                "predicted_per_second": task.n_generated / predicted_s if predicted_s else 0.0}
+
+    @classmethod
+    async def chunk(cls, writer, event: dict) -> None:
+        await cls.chunk_raw(writer, f"data: {json.dumps(event)}\n\n".encode())
+
+    @staticmethod
+    async def chunk_raw(writer, data: bytes) -> None:
         writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         await writer.drain()
 

@@ -161,6 +161,7 @@ class Scheduler:
         self.similarity = slot_prompt_similarity
         self.cache = PromptCache(cache_tokens) if cache_tokens > 0 else None
         self.waiting: deque[Task] = deque()
+        self.started: list[Task] = []
         self.clock = 0                  # steps taken: the order of t_last_used
         self.metrics = {"prompt_tokens_total": 0, "prompt_tokens_cached_total": 0, "tokens_predicted_total": 0,
                         "prompt_seconds_total": 0.0, "tokens_predicted_seconds_total": 0.0, "n_decode_total": 0,
@@ -213,10 +214,12 @@ class Scheduler:
     def step(self) -> tuple[float, list[Task]]:
         """One batch: tasks that found a slot start, generating slots decode one token each, prompts fill
         the rest of the batch. Returns the step's seconds and the tasks that got a token (or finished)."""
+        self.started = []   # the tasks that found a slot in this step (llama-server tells a streaming client then)
         while self.waiting:
             slot = self.select_slot(self.waiting[0])
             if slot is None:
                 break
+            self.started.append(self.waiting[0])
             self._start(slot, self.waiting.popleft())
         self.clock += 1
         generating = [s for s in self.slots if s.processing and s.n_prompt_done >= len(s.task.tokens)]

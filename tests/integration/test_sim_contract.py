@@ -1,0 +1,260 @@
+"""The simulated llama-server held to the real one: the lab's chat-0 and a simulated server started with
+chat-0's own command line, asked the same things side by side.
+
+Same routes, the same status codes and error bodies, the same response fields, the metric names the
+bench and the dashboards read, and the prompt cache: one sequence of multi-turn requests from two
+conversations that share a character card, sent to each, must reuse the same share of each prompt from
+the slots' caches (within 5 percentage points: the simulator counts tokens with its own approximation,
+so counts differ, shares may not). Nothing here is timed.
+"""
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._llama_server_flags import PINNED_FLAGS
+from tests.conftest import ROOT
+from tests.integration.conftest import containers
+
+PROGRAM = os.path.join(ROOT, "roles", "llamacpp_build", "files", "sim", "llamasim.py")
+KEY_FILE = "/etc/llamafleet/api_key"   # the lab servers' key on the host (mounted into each container)
+CARD = ("You are Mira, the keeper of the North Point lighthouse. You speak warmly and briefly, you know every "
+        "ship that passes and every storm of the last forty years, and you never break character. ") * 3
+
+
+def server_key() -> str:
+    with open(os.path.join(ROOT, ".cache", "lab-api-key"), encoding="utf-8") as handle:
+        return handle.read().split()[0]
+
+
+def call(port: int, method: str, path: str, body: dict | None = None, key: str | None = None) -> tuple[int, object]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    conn.request(method, path, json.dumps(body) if body is not None else None, headers)
+    resp = conn.getresponse()
+    raw = resp.read().decode()
+    conn.close()
+    try:
+        return resp.status, json.loads(raw)
+    except ValueError:
+        return resp.status, raw
+
+
+def streamed(port: int, body: dict, key: str) -> list[dict | str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    conn.request("POST", "/v1/chat/completions", json.dumps(dict(body, stream=True)),
+                 {"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    events = [line[6:] for line in resp.read().decode().splitlines() if line.startswith("data: ")]
+    conn.close()
+    return [e if e == "[DONE]" else json.loads(e) for e in events]
+
+
+@contextlib.contextmanager
+def simulated_chat0(flags_dir, profile: dict | None = None):
+    """The simulator on a free port with chat-0's own command line (its key file as the host has it)."""
+    argv = list(containers()["chat-0"]["Args"])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv[argv.index("--port") + 1] = str(port)
+    argv[argv.index("--api-key-file") + 1] = KEY_FILE
+    flags = flags_dir / "flags.json"
+    flags.write_text(json.dumps(sorted(PINNED_FLAGS["0c1e570"])))
+    env = dict(os.environ, LLAMASIM_FLAGS=str(flags), **({"LLAMASIM_PROFILE": json.dumps(profile)} if profile else {}))
+    proc = subprocess.Popen([sys.executable, PROGRAM, *argv], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not call_ok(port):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else ""
+            time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def pair(lab, tmp_path_factory):
+    """(real port, simulated port): chat-0 as the lab runs it, and the simulator with chat-0's argv."""
+    argv = containers()["chat-0"]["Args"]
+    with simulated_chat0(tmp_path_factory.mktemp("sim")) as port:
+        yield int(argv[argv.index("--port") + 1]), port
+
+
+def call_ok(port: int) -> bool:
+    try:
+        return call(port, "GET", "/health")[0] == 200
+    except OSError:
+        return False
+
+
+def both(pair, method: str, path: str, body: dict | None = None, key: str | None = None):
+    real, sim = pair
+    return call(real, method, path, body, key), call(sim, method, path, body, key)
+
+
+def test_health_is_public_on_both(pair):
+    (rs, rb), (ss, sb) = both(pair, "GET", "/health")
+    assert (rs, rb) == (ss, sb) == (200, {"status": "ok"})
+
+
+@pytest.mark.parametrize("path", ["/props", "/slots", "/metrics", "/v1/models"])
+def test_without_the_key_both_answer_the_same_401(pair, path):
+    real, sim = both(pair, "GET", path)
+    assert real == sim and real[0] == 401, (real, sim)
+
+
+def test_props_and_slots_agree(pair):
+    key = server_key()
+    (_, real), (_, sim) = both(pair, "GET", "/props", key=key)
+    assert sim["total_slots"] == real["total_slots"]
+    assert sim["default_generation_settings"]["n_ctx"] == real["default_generation_settings"]["n_ctx"]
+    (_, real), (_, sim) = both(pair, "GET", "/slots", key=key)
+    assert [(s["id"], s["n_ctx"], s["is_processing"]) for s in sim] == [(s["id"], s["n_ctx"], s["is_processing"]) for s in real]
+
+
+def test_a_chat_completion_has_the_real_ones_fields(pair):
+    body = {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 5, "ignore_eos": True}
+    (rs, real), (ss, sim) = both(pair, "POST", "/v1/chat/completions", body, server_key())
+    assert rs == ss == 200
+    assert set(sim) <= set(real), set(sim) - set(real)
+    assert set(sim["usage"]) <= set(real["usage"]) and set(sim["timings"]) <= set(real["timings"])
+    assert sim["usage"]["completion_tokens"] == real["usage"]["completion_tokens"] == 5
+    assert sim["choices"][0]["finish_reason"] == real["choices"][0]["finish_reason"]
+    assert sim["choices"][0]["message"]["role"] == real["choices"][0]["message"]["role"] == "assistant"
+    assert sim["object"] == real["object"]
+
+
+@pytest.mark.parametrize("options", [None, {"include_usage": True}], ids=["plain", "include_usage"])
+def test_a_streamed_completion_comes_in_the_real_ones_chunks(pair, options):
+    body = {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 5, "ignore_eos": True,
+            **({"stream_options": options} if options else {})}
+    real, sim = (streamed(port, body, server_key()) for port in pair)
+    assert real[-1] == sim[-1] == "[DONE]" and len(sim) == len(real)
+    assert sim[0]["choices"][0]["delta"] == real[0]["choices"][0]["delta"]   # the role chunk when the slot starts
+    for mine, theirs in zip(sim[:-1], real[:-1], strict=True):   # the same fields, chunk by chunk
+        assert set(mine) == set(theirs), (mine, theirs)
+    tail = 3 if options else 2
+    assert [e["choices"][0]["finish_reason"] if e["choices"] else None for e in sim[-tail:-1]] == \
+        [e["choices"][0]["finish_reason"] if e["choices"] else None for e in real[-tail:-1]]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_llama_servers_own_completion_format_has_the_real_ones_fields(pair, stream):
+    """/completion: content, stop, tokens_predicted, timings; streamed without [DONE]."""
+    body = {"prompt": [1000 + i for i in range(20)], "n_predict": 4, "stream": stream}
+    key = server_key()
+    if not stream:
+        (rs, real), (ss, sim) = both(pair, "POST", "/completion", body, key)
+        assert rs == ss == 200
+        assert set(sim) <= set(real), set(sim) - set(real)
+        assert sim["tokens_predicted"] == real["tokens_predicted"] == 4 and sim["stop"] is real["stop"] is True
+        return
+    for port in pair:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("POST", "/completion", json.dumps(body), {"Authorization": f"Bearer {key}"})
+        events = [line[6:] for line in conn.getresponse().read().decode().splitlines() if line.startswith("data: ")]
+        conn.close()
+        assert "[DONE]" not in events
+        parsed = [json.loads(e) for e in events]
+        assert [e["stop"] for e in parsed] == [False] * 4 + [True], (port, parsed)
+
+
+def test_a_prompt_over_the_slots_context_is_the_same_error(pair):
+    key = server_key()
+    n_ctx = call(pair[0], "GET", "/props", key=key)[1]["default_generation_settings"]["n_ctx"]
+    body = {"prompt": [1000 + i % 500 for i in range(n_ctx)], "n_predict": 1}
+    (rs, real), (ss, sim) = both(pair, "POST", "/completion", body, key)
+    assert rs == ss == 400
+    assert sim["error"]["type"] == real["error"]["type"] == "exceed_context_size_error"
+    assert sim["error"]["message"] == real["error"]["message"]
+
+
+def test_the_metrics_the_fleet_reads_exist_on_both(pair):
+    key = server_key()
+    (_, real), (_, sim) = both(pair, "GET", "/metrics", key=key)
+    names = {label: {line.split()[0] for line in text.splitlines() if line.startswith("llamacpp:")}
+             for label, text in (("real", real), ("sim", sim))}
+    assert names["sim"] <= names["real"], names["sim"] - names["real"]
+    assert {"llamacpp:prompt_tokens_total", "llamacpp:tokens_predicted_total", "llamacpp:requests_processing",
+            "llamacpp:n_busy_slots_per_decode"} <= names["sim"]
+
+
+def test_the_same_conversations_reuse_the_same_share_of_each_prompt(pair, capsys):
+    """Two conversations with one character card, three turns each, in turn: which slot each turn finds
+    and how much of its prompt is cached follow llama-server's slot selection on both servers."""
+    key = server_key()
+    # each server's conversations go on with its own replies, as a client's do
+    history = {(label, name): [{"role": "system", "content": CARD}] for label in ("real", "sim") for name in ("a", "b")}
+    questions = ["Good evening, Mira.", "Which ship passed last night?", "Was the sea rough?"]
+    shares: dict[str, list[float]] = {"real": [], "sim": []}
+    for question in questions:
+        for name in ("a", "b"):
+            for label, port in zip(("real", "sim"), pair, strict=True):
+                messages = history[(label, name)]
+                messages.append({"role": "user", "content": f"({name}) {question}"})
+                status, body = call(port, "POST", "/v1/chat/completions",
+                                    {"messages": messages, "max_tokens": 8, "ignore_eos": True, "temperature": 0}, key)
+                assert status == 200, body
+                timings = body["timings"]
+                shares[label].append(timings["cache_n"] / (timings["cache_n"] + timings["prompt_n"]))
+                messages.append({"role": "assistant", "content": body["choices"][0]["message"]["content"]})
+    with capsys.disabled():
+        print("\n  prompt share reused from the cache, real vs simulated: " + ", ".join(
+            f"{r:.2f}/{s:.2f}" for r, s in zip(shares["real"], shares["sim"], strict=True)))
+    for r, s in zip(shares["real"], shares["sim"], strict=True):
+        assert abs(r - s) <= 0.05, shares
+
+
+def alone(port: int, key: str, first_token: int) -> dict:
+    """One /completion alone, streamed: 200 prompt tokens (none cached: a new first token), 32 generated.
+    TTFT and tokens/s after the first as the client sees them, and the server's own prompt timing."""
+    body = {"prompt": [first_token] + [1000 + (i * 7) % 4000 for i in range(199)], "n_predict": 32, "stream": True,
+            "cache_prompt": True}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    start = time.monotonic()
+    conn.request("POST", "/completion", json.dumps(body), {"Authorization": f"Bearer {key}"})
+    resp = conn.getresponse()
+    arrivals, last = [], None
+    for raw in resp:
+        line = raw.decode().strip()
+        if line.startswith("data: "):
+            event = json.loads(line[6:])
+            if event.get("stop"):
+                last = event
+            elif event.get("tokens"):
+                arrivals.append(time.monotonic())
+    conn.close()
+    return {"ttft": arrivals[0] - start, "tps": (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]),
+            "prompt_tps": last["timings"]["prompt_n"] / (last["timings"]["prompt_ms"] / 1000)}
+
+
+def test_given_the_real_servers_speeds_alone_the_simulator_matches_its_ttft_and_tokens_per_second(lab, tmp_path, capsys):
+    """chat-0 measured alone (median of 3), its prefill rate and step time given to a simulator as its
+    profile; the simulator's TTFT and tokens/s alone, as the client sees them, within 15% of chat-0's."""
+    key = server_key()
+    argv = containers()["chat-0"]["Args"]
+    real_port = int(argv[argv.index("--port") + 1])
+    runs = [alone(real_port, key, 50 + i) for i in range(3)]
+    real = {k: statistics.median(r[k] for r in runs) for k in ("ttft", "tps", "prompt_tps")}
+    profile = {"prefill_tps": real["prompt_tps"], "decode_s": [1 / real["tps"]]}
+    with simulated_chat0(tmp_path, profile) as port:
+        sims = [alone(port, key, 50 + i) for i in range(3)]
+    sim = {k: statistics.median(r[k] for r in sims) for k in ("ttft", "tps")}
+    with capsys.disabled():
+        print(f"\n  alone, chat-0 vs simulated (its speeds as the profile): TTFT {real['ttft']:.3f} vs {sim['ttft']:.3f} s, "
+              f"tokens/s {real['tps']:.1f} vs {sim['tps']:.1f} (200 prompt tokens, 32 generated, median of 3)")
+    assert sim["ttft"] == pytest.approx(real["ttft"], rel=0.15)
+    assert sim["tps"] == pytest.approx(real["tps"], rel=0.15)
