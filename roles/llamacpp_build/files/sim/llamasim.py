@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A simulated llama-server: llama-server's HTTP API and flags over llamasim_core's scheduler, no model.
 
 Started with the same command line as the real binary (the flags llamafleet renders); it refuses any
@@ -120,7 +119,7 @@ class Server:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 lines = head.decode("latin-1").split("\r\n")
-                method, path, _ = lines[0].split(" ", 2)
+                method, path = lines[0].split(" ", 2)[:2]
                 headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
                 body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
                 keep = headers.get("connection", "").lower() != "close"

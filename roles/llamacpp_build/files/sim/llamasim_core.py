@@ -236,7 +236,7 @@ class Scheduler:
             room -= take
         if not generating and not prefill:
             return 0.0, []
-        prompt_tokens = sum(n for _, n in prefill)
+        prompt_tokens = sum(take for _slot, take in prefill)
         seconds = self.profile.step_s(len(generating), prompt_tokens)
         # metrics_post_decode: every decode counts, with every slot that is processing (prefill or not)
         self.metrics["n_decode_total"] += 1
