@@ -24,6 +24,7 @@ import pytest
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._llama_server_flags import PINNED_FLAGS
 from tests.conftest import ROOT
 from tests.integration.conftest import containers
+from tests.support.json_http import call
 
 PROGRAM = os.path.join(ROOT, "roles", "llamacpp_build", "files", "sim", "llamasim.py")
 KEY_FILE = "/etc/llamafleet/api_key"   # the lab servers' key on the host (mounted into each container)
@@ -34,19 +35,6 @@ CARD = ("You are Mira, the keeper of the North Point lighthouse. You speak warml
 def server_key() -> str:
     with open(os.path.join(ROOT, ".cache", "lab-api-key"), encoding="utf-8") as handle:
         return handle.read().split()[0]
-
-
-def call(port: int, method: str, path: str, body: dict | None = None, key: str | None = None) -> tuple[int, object]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
-    conn.request(method, path, json.dumps(body) if body is not None else None, headers)
-    resp = conn.getresponse()
-    raw = resp.read().decode()
-    conn.close()
-    try:
-        return resp.status, json.loads(raw)
-    except ValueError:
-        return resp.status, raw
 
 
 def streamed(port: int, body: dict, key: str) -> list[dict | str]:

@@ -146,24 +146,13 @@ def test_an_embedding_that_does_not_fit_the_rest_of_the_batch_waits_whole():
     assert embed.n_processed == 64 and embed.done
 
 
-def test_the_host_prompt_cache_brings_back_an_earlier_conversation():
-    """One slot, --cache-ram: conversation 1, then an unrelated prompt (the slot's tokens saved by the LRU
-    pick), then conversation 1's next turn: the cache entry (f_keep 1.0) is loaded and all of it reused:
-    the 50 prompt tokens and the reply's first token (its last was sampled, never decoded into the slot)."""
-    s = sim.Scheduler(1, PROFILE, cache_tokens=1000)
-    first = sim.Task(1, tokens(0, 50), n_predict=2, reply=[7001, 7002])
-    other = sim.Task(2, tokens(5000, 40), n_predict=2, reply=[8001, 8002])
-    for task in (first, other):
-        s.submit(task)
-        run_until_done(s, [task])
-    again = sim.Task(3, tokens(0, 50) + [7001, 7002] + tokens(9000, 10), n_predict=1)
-    s.submit(again)
-    s.step()
-    assert (again.n_cached, again.n_processed) == (51, 11)
-
-
-def test_without_the_host_cache_the_earlier_conversation_is_computed_again():
-    s = sim.Scheduler(1, PROFILE)
+@pytest.mark.parametrize("cache_tokens, reused", [(1000, (51, 11)), (0, (0, 62))], ids=["cache-ram", "no cache"])
+def test_the_host_prompt_cache_brings_back_an_earlier_conversation(cache_tokens, reused):
+    """One slot: conversation 1, then an unrelated prompt (the slot's tokens saved by the LRU pick), then
+    conversation 1's next turn. With --cache-ram the cache entry (f_keep 1.0) is loaded and all of it
+    reused: the 50 prompt tokens and the reply's first token (its last was sampled, never decoded into
+    the slot), 11 tokens computed; without it all 62 are computed again."""
+    s = sim.Scheduler(1, PROFILE, cache_tokens=cache_tokens)
     for task in (sim.Task(1, tokens(0, 50), n_predict=2, reply=[7001, 7002]),
                  sim.Task(2, tokens(5000, 40), n_predict=2, reply=[8001, 8002])):
         s.submit(task)
@@ -171,7 +160,7 @@ def test_without_the_host_cache_the_earlier_conversation_is_computed_again():
     again = sim.Task(3, tokens(0, 50) + [7001, 7002] + tokens(9000, 10), n_predict=1)
     s.submit(again)
     s.step()
-    assert (again.n_cached, again.n_processed) == (0, 62)
+    assert (again.n_cached, again.n_processed) == reused
 
 
 def test_the_cache_keeps_one_entry_per_prefix_and_drops_the_oldest_past_its_limit():

@@ -18,6 +18,7 @@ import pytest
 
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._llama_server_flags import PINNED_FLAGS
 from tests.conftest import ROOT
+from tests.support.json_http import call
 
 PROGRAM = os.path.join(ROOT, "roles", "llamacpp_build", "files", "sim", "llamasim.py")
 KEY = "sim-test-key-0123456789"
@@ -56,19 +57,6 @@ def start(flags_file: str, tmp_path, *args: str, profile: dict | None = None) ->
     raise AssertionError(proc.stderr.read())
 
 
-def call(port: int, method: str, path: str, body: dict | None = None, key: str | None = KEY) -> tuple[int, object]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
-    conn.request(method, path, json.dumps(body) if body is not None else None, headers)
-    resp = conn.getresponse()
-    raw = resp.read().decode()
-    conn.close()
-    try:
-        return resp.status, json.loads(raw)
-    except ValueError:
-        return resp.status, raw
-
-
 @pytest.fixture
 def chat_server(flags_file, tmp_path):
     proc, port = start(flags_file, tmp_path, "--ctx-size", "512", "--parallel", "2", "--metrics", "--cache-ram", "0")
@@ -91,7 +79,7 @@ def test_health_is_public_and_the_rest_wants_the_key(chat_server):
     status, body = call(chat_server, "GET", "/props", key=None)
     assert status == 401
     assert body == {"error": {"code": 401, "message": "Invalid API Key", "type": "authentication_error"}}
-    status, body = call(chat_server, "GET", "/props")
+    status, body = call(chat_server, "GET", "/props", key=KEY)
     assert status == 200 and body["total_slots"] == 2 and body["default_generation_settings"]["n_ctx"] == 256
 
 
@@ -109,7 +97,7 @@ def test_while_the_model_loads_every_route_is_503(flags_file, tmp_path):
 
 def test_a_chat_reply_counts_its_tokens_and_the_next_turn_reuses_the_slot(chat_server):
     first = {"messages": [{"role": "user", "content": "Tell me about the lighthouse and its keeper."}], "max_tokens": 6}
-    status, body = call(chat_server, "POST", "/v1/chat/completions", first)
+    status, body = call(chat_server, "POST", "/v1/chat/completions", first, key=KEY)
     assert status == 200, body
     assert body["usage"]["completion_tokens"] == 6 and body["timings"]["cache_n"] == 0
     first_prompt = body["usage"]["prompt_tokens"]
@@ -117,7 +105,7 @@ def test_a_chat_reply_counts_its_tokens_and_the_next_turn_reuses_the_slot(chat_s
     assert reply
     turn = {"messages": first["messages"] + [{"role": "assistant", "content": reply},
                                              {"role": "user", "content": "And the ships?"}], "max_tokens": 4}
-    status, body = call(chat_server, "POST", "/v1/chat/completions", turn)
+    status, body = call(chat_server, "POST", "/v1/chat/completions", turn, key=KEY)
     assert status == 200
     # the slot with the first turn is chosen by similarity: its prompt and the reply but its last token
     # (sampled, never decoded into the slot) are reused
@@ -151,15 +139,15 @@ def test_a_streamed_reply_comes_as_llama_servers_chunks(chat_server):
 
 def test_a_prompt_of_the_slots_context_is_refused_with_llama_servers_error(chat_server):
     """server-context.cpp: n_tokens >= n_ctx is 'request (N tokens) exceeds the available context size'."""
-    status, body = call(chat_server, "POST", "/completion", {"prompt": list(range(256)), "n_predict": 1})
+    status, body = call(chat_server, "POST", "/completion", {"prompt": list(range(256)), "n_predict": 1}, key=KEY)
     assert status == 400
     assert body["error"]["type"] == "exceed_context_size_error" and body["error"]["n_ctx"] == 256
     assert body["error"]["message"].startswith("request (256 tokens) exceeds the available context size (256 tokens)")
 
 
 def test_metrics_count_what_the_requests_did(chat_server):
-    call(chat_server, "POST", "/completion", {"prompt": list(range(100)), "n_predict": 3})
-    status, text = call(chat_server, "GET", "/metrics")
+    call(chat_server, "POST", "/completion", {"prompt": list(range(100)), "n_predict": 3}, key=KEY)
+    status, text = call(chat_server, "GET", "/metrics", key=KEY)
     assert status == 200
     values = dict(line.split() for line in text.splitlines() if line.startswith("llamacpp:"))
     assert float(values["llamacpp:prompt_tokens_total"]) == 100
@@ -172,9 +160,9 @@ def test_an_embedding_over_the_physical_batch_is_llama_servers_500(flags_file, t
     """server-context.cpp: a non-splittable input above n_ubatch: 'input (N tokens) is too large to process'."""
     proc, port = start(flags_file, tmp_path, "--embeddings", "--ubatch-size", "64", "--batch-size", "64")
     try:
-        status, body = call(port, "POST", "/v1/embeddings", {"input": "a lamp"})
+        status, body = call(port, "POST", "/v1/embeddings", {"input": "a lamp"}, key=KEY)
         assert status == 200 and len(body["data"][0]["embedding"]) == 640
-        status, body = call(port, "POST", "/v1/embeddings", {"input": [list(range(70))]})
+        status, body = call(port, "POST", "/v1/embeddings", {"input": [list(range(70))]}, key=KEY)
         assert status == 500
         assert body["error"]["message"] == ("input (70 tokens) is too large to process. increase the physical batch "
                                              "size (current batch size: 64)")
