@@ -83,6 +83,18 @@ def test_health_is_public_and_the_rest_wants_the_key(chat_server):
     assert status == 200 and body["total_slots"] == 2 and body["default_generation_settings"]["n_ctx"] == 256
 
 
+def test_parallel_left_to_llama_server_is_four_slots_sharing_the_whole_context(flags_file, tmp_path):
+    """llama-server's auto (--parallel unset, -1): 4 slots with a unified KV cache, so each may use all
+    of --ctx-size (2000, padded to 2048 cells)."""
+    proc, port = start(flags_file, tmp_path, "--ctx-size", "2000")
+    try:
+        status, body = call(port, "GET", "/props", key=KEY)
+        assert (body["total_slots"], body["default_generation_settings"]["n_ctx"]) == (4, 2048)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def test_while_the_model_loads_every_route_is_503(flags_file, tmp_path):
     """middleware_server_state runs before the key check: 503 Loading model, unavailable_error."""
     proc, port = start(flags_file, tmp_path, profile={"decode_s": [0.001], "prefill_tps": 1e5, "load_s": 30})

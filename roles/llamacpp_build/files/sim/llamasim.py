@@ -59,9 +59,11 @@ class Server:
     def __init__(self, flags: dict[str, str], profile: dict, api_keys: list[str]):
         def num(name: str, default: int) -> int:
             return int(flags[name]) if flags.get(name) else default
-        self.slots_n = num("--parallel", 4) if num("--parallel", -1) > 0 else 4   # auto (-1) resolves to 4
-        ctx = num("--ctx-size", 4096)
-        self.unified = "--kv-unified" in flags
+        parallel = num("--parallel", -1)
+        # auto (-1): 4 slots sharing one unified cache, as llama-server resolves it (_memory.resolve_parallel)
+        self.slots_n = parallel if parallel > 0 else 4
+        self.unified = "--kv-unified" in flags or parallel <= 0
+        ctx = -(-num("--ctx-size", 4096) // 256) * 256   # llama.cpp pads the context to 256 cells
         self.n_ctx_slot = ctx if self.unified else ctx // self.slots_n
         self.n_batch = num("--batch-size", 2048)
         self.n_ubatch = min(num("--ubatch-size", 512), self.n_batch)
@@ -71,8 +73,9 @@ class Server:
         self.api_keys = api_keys
         self.n_embd = int(profile.get("n_embd", 640))
         cache_mib = num("--cache-ram", 8192)
-        # the host cache holds this many tokens: its MiB at the profile's KV bytes per token
-        kv_per_token = float(profile.get("kv_bytes_per_token", 36864))
+        # the host cache holds this many tokens: its MiB at the profile's KV bytes per token; by default
+        # Llama-3.1-8B's f16 cache, 32 layers x 8 KV heads x 128 x 2 (K and V) x 2 bytes = 128 KiB a token
+        kv_per_token = float(profile.get("kv_bytes_per_token", 32 * 8 * 128 * 2 * 2))
         cache_tokens = 0 if cache_mib == 0 or self.embedding else int(cache_mib * 2**20 / kv_per_token)
         similarity = float(flags.get("--slot-prompt-similarity") or core.DEFAULT_SLOT_PROMPT_SIMILARITY)
         self.scheduler = core.Scheduler(self.slots_n, core.Profile(list(profile.get("decode_s", [0.02])),
