@@ -13,6 +13,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -28,7 +29,10 @@ from tests.support.json_http import call
 
 PROGRAM = os.path.join(ROOT, "roles", "llamacpp_build", "files", "sim", "llamasim.py")
 KEY_FILE = "/etc/llamafleet/api_key"   # the lab servers' key on the host (mounted into each container)
-CARD = ("You are Mira, the keeper of the North Point lighthouse. You speak warmly and briefly, you know every "
+# new to the lab's chat-0 in every run (a server that answered an earlier run keeps its prompts cached):
+# the start of the card and of the timed prompts
+RUN = random.SystemRandom().randrange(10_000, 40_000)
+CARD = (f"[{RUN}] You are Mira, the keeper of the North Point lighthouse. You speak warmly and briefly, you know every "
         "ship that passes and every storm of the last forty years, and you never break character. ") * 3
 
 
@@ -207,7 +211,7 @@ def test_the_same_conversations_reuse_the_same_share_of_each_prompt(pair, capsys
 
 
 def alone(port: int, key: str, first_token: int) -> dict:
-    """One /completion alone, streamed: 200 prompt tokens (none cached: a new first token), 32 generated.
+    """One /completion alone, streamed: 200 prompt tokens (none cached: a first token new to the server), 32 generated.
     TTFT and tokens/s after the first as the client sees them, and the server's own prompt timing."""
     body = {"prompt": [first_token] + [1000 + (i * 7) % 4000 for i in range(199)], "n_predict": 32, "stream": True,
             "cache_prompt": True}
@@ -235,11 +239,11 @@ def test_given_the_real_servers_speeds_alone_the_simulator_matches_its_ttft_and_
     key = server_key()
     argv = containers()["chat-0"]["Args"]
     real_port = int(argv[argv.index("--port") + 1])
-    runs = [alone(real_port, key, 50 + i) for i in range(3)]
+    runs = [alone(real_port, key, RUN + i) for i in range(3)]
     real = {k: statistics.median(r[k] for r in runs) for k in ("ttft", "tps", "prompt_tps")}
     profile = {"prefill_tps": real["prompt_tps"], "decode_s": [1 / real["tps"]]}
     with simulated_chat0(tmp_path, profile) as port:
-        sims = [alone(port, key, 50 + i) for i in range(3)]
+        sims = [alone(port, key, RUN + i) for i in range(3)]
     sim = {k: statistics.median(r[k] for r in sims) for k in ("ttft", "tps")}
     with capsys.disabled():
         print(f"\n  alone, chat-0 vs simulated (its speeds as the profile): TTFT {real['ttft']:.3f} vs {sim['ttft']:.3f} s, "
