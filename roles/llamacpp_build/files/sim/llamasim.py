@@ -3,9 +3,9 @@
 Started with the same command line as the real binary (the flags llamafleet renders); it refuses any
 flag the pinned llama-server does not know (`flags.json` beside it, from the plan's record of that ref's
 `--help`), exactly as the binary does: `error: invalid argument: --x` and exit status 1. The speed
-profile comes from the environment (LLAMASIM_PROFILE, JSON: decode_s, prefill_tps, load_s, n_embd),
-so no flag exists here that the real server lacks. Standard library only: it runs on the local base
-image's python3.
+profile comes from the environment (LLAMASIM_PROFILE, JSON: decode_s, prefill_tps, load_s, n_embd,
+kv_bytes_per_token), so no flag exists here that the real server lacks. Standard library only: it runs
+on the local base image's python3.
 
 What follows llama-server 0c1e570 (tools/server/), so that clients, pools and the watchdog cannot tell:
 /health and /v1/health answer without the key (503 "Loading model" until the profile's load time has

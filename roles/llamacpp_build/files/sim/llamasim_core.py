@@ -66,7 +66,6 @@ class Profile:
     difference beyond the list), and prompt tokens at prefill_tps."""
     decode_s: list[float]
     prefill_tps: float
-    load_s: float = 0.0
 
     def step_s(self, generating: int, prompt_tokens: int) -> float:
         t = prompt_tokens / self.prefill_tps
@@ -241,6 +240,8 @@ class Scheduler:
         # metrics_post_decode: every decode counts, with every slot that is processing (prefill or not)
         self.metrics["n_decode_total"] += 1
         self.metrics["n_busy_slots_total"] += self.busy()
+        # the step's time split over its tokens, prompt and generated alike (llama-server times each slot's
+        # prompt and generation itself; one batch serves both, so a split is what a simulation can give)
         share = seconds / max(len(generating) + prompt_tokens, 1)
         self.metrics["prompt_seconds_total"] += share * prompt_tokens
         self.metrics["tokens_predicted_seconds_total"] += share * len(generating)
