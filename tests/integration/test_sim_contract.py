@@ -102,10 +102,16 @@ def test_health_is_public_on_both(pair):
     assert (rs, rb) == (ss, sb) == (200, {"status": "ok"})
 
 
-@pytest.mark.parametrize("path", ["/props", "/slots", "/metrics", "/v1/models"])
+@pytest.mark.parametrize("path", ["/props", "/slots", "/metrics", "/v1/models", "/nothing-here"])
 def test_without_the_key_both_answer_the_same_401(pair, path):
     real, sim = both(pair, "GET", path)
     assert real == sim and real[0] == 401, (real, sim)
+
+
+def test_the_web_uis_path_is_public_and_not_found_on_both(pair):
+    """"/" skips the key check (server-http.cpp's frontend paths); the lab's build serves no UI there."""
+    real, sim = both(pair, "GET", "/")
+    assert real == sim and real[0] == 404, (real, sim)
 
 
 def test_props_and_slots_agree(pair):

@@ -189,3 +189,28 @@ def test_the_tokenizer_keeps_a_shared_text_prefix_a_shared_token_prefix():
     assert b[:len(a)] == a and len(b) > len(a)
     # at most four letters a token, the space joined to the word: " ligh" "thou" "se"
     assert len(sim.tokenize(" lighthouse")) == 3
+
+
+@pytest.mark.parametrize("unified, idle_saving, emptied", [(True, True, True), (False, True, False), (True, False, False)],
+                         ids=["unified", "per-slot cache", "--no-cache-idle-slots"])
+def test_a_launch_saves_the_idle_slots_and_empties_them_when_the_cache_is_unified(unified, idle_saving, emptied):
+    """server-context.cpp after launch_slot_with_task: with cache_idle_slots (on by default, needs --cache-ram)
+    every idle slot is saved to the host cache, and cleared when kv_unified (TAG_IDLE_SLOT_CLEAR).
+    A (50 tokens + a 2-token reply) runs on slot 1 (the LRU tie goes to the later slot); B then starts
+    on slot 0 (LRU: never used): slot 1, idle, keeps its 51 tokens (50 + the reply's first) or not."""
+    s = sim.Scheduler(2, PROFILE, cache_tokens=1000, unified=unified, cache_idle_slots=idle_saving)
+    a = sim.Task(1, tokens(0, 50), n_predict=2, reply=[7001, 7002])
+    s.submit(a)
+    run_until_done(s, [a])
+    b = sim.Task(2, tokens(5000, 40), n_predict=2)
+    s.submit(b)
+    s.step()
+    assert (a.slot, b.slot) == (1, 0)
+    assert len(s.slots[1].tokens) == (0 if emptied else 51)
+    assert [len(t) for t in s.cache.states] == ([51] if idle_saving else [])
+    run_until_done(s, [b])
+    # A's next turn finds its 51 tokens either way: in its slot, or loaded back from the host cache
+    again = sim.Task(3, tokens(0, 50) + [7001, 7002] + tokens(9000, 10), n_predict=1)
+    s.submit(again)
+    s.step()
+    assert (again.slot, again.n_cached, again.n_processed) == (1, 51, 11)

@@ -181,3 +181,15 @@ def test_an_embedding_over_the_physical_batch_is_llama_servers_500(flags_file, t
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_an_embedding_server_batches_one_ubatch_and_minus_one_cache_ram_is_no_limit():
+    """server.cpp: with --embeddings and n_batch > n_ubatch, n_batch = n_ubatch; common/arg.cpp: --cache-ram
+    -1 means no limit (0 disables it)."""
+    sys.path.insert(0, os.path.dirname(PROGRAM))
+    import llamasim  # noqa: PLC0415 (the program, imported as the image runs it)
+    server = llamasim.Server({"--embeddings": "", "--batch-size": "2048", "--ubatch-size": "64", "--cache-ram": "-1"},
+                             {}, [])
+    assert server.scheduler.n_batch == 64
+    assert server.scheduler.cache is not None and server.scheduler.cache.limit_tokens >= 2**40
+    assert llamasim.Server({"--cache-ram": "0"}, {}, []).scheduler.cache is None

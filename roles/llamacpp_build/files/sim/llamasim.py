@@ -68,6 +68,8 @@ class Server:
         self.n_batch = num("--batch-size", 2048)
         self.n_ubatch = min(num("--ubatch-size", 512), self.n_batch)
         self.embedding = "--embeddings" in flags or "--embedding" in flags
+        if self.embedding:   # server.cpp: embeddings are processed in one ubatch, n_batch = n_ubatch
+            self.n_batch = self.n_ubatch
         self.metrics_on = "--metrics" in flags
         self.model = os.path.basename(flags.get("--model", "model.gguf"))
         self.api_keys = api_keys
@@ -76,11 +78,13 @@ class Server:
         # the host cache holds this many tokens: its MiB at the profile's KV bytes per token; by default
         # Llama-3.1-8B's f16 cache, 32 layers x 8 KV heads x 128 x 2 (K and V) x 2 bytes = 128 KiB a token
         kv_per_token = float(profile.get("kv_bytes_per_token", 32 * 8 * 128 * 2 * 2))
-        cache_tokens = 0 if cache_mib == 0 or self.embedding else int(cache_mib * 2**20 / kv_per_token)
+        # --cache-ram -1 is no limit (common/arg.cpp), 0 no cache
+        cache_tokens = 0 if cache_mib == 0 else 2**62 if cache_mib < 0 else int(cache_mib * 2**20 / kv_per_token)
         similarity = float(flags.get("--slot-prompt-similarity") or core.DEFAULT_SLOT_PROMPT_SIMILARITY)
         self.scheduler = core.Scheduler(self.slots_n, core.Profile(list(profile.get("decode_s", [0.02])),
                                                                    float(profile.get("prefill_tps", 1000.0))),
-                                        n_batch=self.n_batch, slot_prompt_similarity=similarity, cache_tokens=cache_tokens)
+                                        n_batch=self.n_batch, slot_prompt_similarity=similarity, cache_tokens=cache_tokens,
+                                        unified=self.unified, cache_idle_slots="--no-cache-idle-slots" not in flags)
         self.ready_at = time.monotonic() + float(profile.get("load_s", 0.0))
         self.next_id = 0
         self.listeners: dict[int, asyncio.Queue] = {}
@@ -147,9 +151,11 @@ class Server:
         return {"error": {"code": code, "message": message, "type": kind, **extra}}
 
     async def route(self, method: str, path: str, headers: dict, raw: bytes, writer) -> None:
-        if time.monotonic() < self.ready_at:   # middleware_server_state comes before the key check
+        # "/" is the web UI's path: public, even while loading; this build has no UI, so it is 404 (the lab's
+        # llama-server answers the same)
+        if time.monotonic() < self.ready_at and path != "/":   # middleware_server_state comes before the key check
             return await self.send(writer, 503, self.error("Loading model", "unavailable_error", 503))
-        if path not in ("/health", "/v1/health") and self.api_keys:
+        if path not in ("/", "/health", "/v1/health") and self.api_keys:
             given = headers.get("authorization") or headers.get("x-api-key") or ""
             if given.removeprefix("Bearer ") not in self.api_keys:
                 return await self.send(writer, 401, self.error("Invalid API Key", "authentication_error", 401))
@@ -242,11 +248,12 @@ class Server:
         if stream:
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
                          b"Keep-Alive: timeout=5, max=100\r\n\r\n")
-        first_at, sent = None, 0
+        first_at, slot_at, sent = None, started, 0
         try:
             while True:
                 n = await queue.get()
                 if n == STARTED:
+                    slot_at = time.monotonic()   # the prompt's clock starts with its slot (update_prompt_start)
                     if stream and mode == "chat":
                         await self.chunk(writer, dict(head, object=kind, choices=[
                             {"finish_reason": None, "index": 0, "delta": {"role": "assistant", "content": None}}]))
@@ -269,7 +276,7 @@ class Server:
         finally:
             self.listeners.pop(task.id, None)
         done = time.monotonic()
-        timings = self.timings(task, (first_at or done) - started, done - (first_at or done))
+        timings = self.timings(task, (first_at or done) - slot_at, done - (first_at or done))
         usage = {"completion_tokens": task.n_generated, "prompt_tokens": len(tokens),
                  "total_tokens": task.n_generated + len(tokens), "prompt_tokens_details": {"cached_tokens": task.n_cached}}
         text = "".join(pieces[:task.n_generated])
@@ -304,9 +311,10 @@ class Server:
         return {"cache_n": task.n_cached, "prompt_n": task.n_processed, "prompt_ms": prompt_ms,
                 "prompt_per_token_ms": prompt_ms / max(task.n_processed, 1),
                 "prompt_per_second": task.n_processed / prompt_s if prompt_s else 0.0,
+                # per generation step: the first token came with the prompt (server_slot_stats::n_gen_steps)
                 "predicted_n": task.n_generated, "predicted_ms": predicted_ms,
-                "predicted_per_token_ms": predicted_ms / max(task.n_generated, 1),
-                "predicted_per_second": task.n_generated / predicted_s if predicted_s else 0.0}
+                "predicted_per_token_ms": predicted_ms / max(task.n_generated - 1, 1),
+                "predicted_per_second": (task.n_generated - 1) / predicted_s if predicted_s else 0.0}
 
     @classmethod
     async def chunk(cls, writer, event: dict) -> None:

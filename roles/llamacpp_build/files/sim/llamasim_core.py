@@ -153,15 +153,20 @@ class Scheduler:
     sleeps `step()`'s seconds)."""
 
     def __init__(self, slots: int, profile: Profile, n_batch: int = DEFAULT_N_BATCH,
-                 slot_prompt_similarity: float = DEFAULT_SLOT_PROMPT_SIMILARITY, cache_tokens: int = 0):
+                 slot_prompt_similarity: float = DEFAULT_SLOT_PROMPT_SIMILARITY, cache_tokens: int = 0,
+                 unified: bool = False, cache_idle_slots: bool = True):
         self.slots = [Slot(i) for i in range(slots)]
         self.profile = profile
         self.n_batch = n_batch
         self.similarity = slot_prompt_similarity
         self.cache = PromptCache(cache_tokens) if cache_tokens > 0 else None
+        self.unified = unified
+        # --cache-idle-slots (common.h: on; off without a host cache, server-context.cpp)
+        self.cache_idle_slots = cache_idle_slots and self.cache is not None
         self.waiting: deque[Task] = deque()
         self.started: list[Task] = []
-        self.clock = 0                  # steps taken: the order of t_last_used
+        self.clock = 0                  # steps taken
+        self.releases = 0               # slots released so far: the order of t_last_used (release() stamps the time)
         self.metrics = {"prompt_tokens_total": 0, "prompt_tokens_cached_total": 0, "tokens_predicted_total": 0,
                         "prompt_seconds_total": 0.0, "tokens_predicted_seconds_total": 0.0, "n_decode_total": 0,
                         "n_busy_slots_total": 0}
@@ -220,6 +225,14 @@ class Scheduler:
                 break
             self.started.append(self.waiting[0])
             self._start(slot, self.waiting.popleft())
+            if self.cache_idle_slots:
+                # after a launch, every idle slot is saved to the host cache, and emptied when the KV cache is
+                # unified (server-context.cpp, TAG_IDLE_SLOT_CLEAR)
+                for idle in self.slots:
+                    if not idle.processing:
+                        self.cache.save(idle.tokens)
+                        if self.unified:
+                            idle.tokens = []
         self.clock += 1
         generating = [s for s in self.slots if s.processing and s.n_prompt_done >= len(s.task.tokens)]
         room = max(self.n_batch - len(generating), 0)
@@ -268,7 +281,8 @@ class Scheduler:
         if not task.completion or task.n_generated >= task.n_predict:
             task.done = True
             slot.task = None
-            slot.t_last_used = self.clock
+            self.releases += 1
+            slot.t_last_used = self.releases
         else:
             # a sampled token enters the slot's tokens when the next batch decodes it
             # (server_slot::handle_last_sampled_token), so the last one of a reply never does; the reply's own tokens, which the
