@@ -25,7 +25,7 @@ import pytest
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._llama_server_flags import PINNED_FLAGS
 from tests.conftest import ROOT
 from tests.integration.conftest import containers
-from tests.support.json_http import call
+from tests.support.json_http import call, events
 
 PROGRAM = os.path.join(ROOT, "roles", "llamacpp_build", "files", "sim", "llamasim.py")
 KEY_FILE = "/etc/llamafleet/api_key"   # the lab servers' key on the host (mounted into each container)
@@ -42,14 +42,7 @@ def server_key() -> str:
 
 
 def streamed(port: int, body: dict, key: str) -> list[dict | str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    conn.request("POST", "/v1/chat/completions", json.dumps(dict(body, stream=True)),
-                 {"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
-    resp = conn.getresponse()
-    assert resp.status == 200
-    events = [line[6:] for line in resp.read().decode().splitlines() if line.startswith("data: ")]
-    conn.close()
-    return [e if e == "[DONE]" else json.loads(e) for e in events]
+    return events(port, "/v1/chat/completions", body, key)
 
 
 @contextlib.contextmanager
@@ -161,12 +154,8 @@ def test_llama_servers_own_completion_format_has_the_real_ones_fields(pair, stre
         assert sim["tokens_predicted"] == real["tokens_predicted"] == 4 and sim["stop"] is real["stop"] is True
         return
     for port in pair:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        conn.request("POST", "/completion", json.dumps(body), {"Authorization": f"Bearer {key}"})
-        events = [line[6:] for line in conn.getresponse().read().decode().splitlines() if line.startswith("data: ")]
-        conn.close()
-        assert "[DONE]" not in events
-        parsed = [json.loads(e) for e in events]
+        parsed = events(port, "/completion", body, key)
+        assert "[DONE]" not in parsed
         assert [e["stop"] for e in parsed] == [False] * 4 + [True], (port, parsed)
 
 

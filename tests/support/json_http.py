@@ -18,3 +18,16 @@ def call(port: int, method: str, path: str, body: dict | None = None, key: str |
         return resp.status, json.loads(raw)
     except ValueError:
         return resp.status, raw
+
+
+def events(port: int, path: str, body: dict, key: str | None = None, timeout: float = 120) -> list:
+    """The `data:` events of one streamed answer (status 200 asserted), parsed; "[DONE]" kept as that string."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    conn.request("POST", path, json.dumps(dict(body, stream=True)), headers)
+    resp = conn.getresponse()
+    raw = resp.read().decode()
+    conn.close()
+    assert resp.status == 200, (resp.status, raw[:300])
+    found = [line[6:] for line in raw.splitlines() if line.startswith("data: ")]
+    return [e if e == "[DONE]" else json.loads(e) for e in found]

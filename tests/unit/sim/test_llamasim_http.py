@@ -6,7 +6,6 @@ is the contract test's job (issue 18); this keeps the program itself honest and 
 """
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -18,7 +17,7 @@ import pytest
 
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._llama_server_flags import PINNED_FLAGS
 from tests.conftest import ROOT
-from tests.support.json_http import call
+from tests.support.json_http import call, events
 
 PROGRAM = os.path.join(ROOT, "roles", "llamacpp_build", "files", "sim", "llamasim.py")
 KEY = "sim-test-key-0123456789"
@@ -126,12 +125,7 @@ def test_a_chat_reply_counts_its_tokens_and_the_next_turn_reuses_the_slot(chat_s
 
 
 def stream_events(port: int, body: dict) -> list:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("POST", "/v1/chat/completions", json.dumps(dict(body, stream=True)),
-                 {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
-    events = [line[6:] for line in conn.getresponse().read().decode().splitlines() if line.startswith("data: ")]
-    conn.close()
-    return [e if e == "[DONE]" else json.loads(e) for e in events]
+    return events(port, "/v1/chat/completions", body, KEY, timeout=10)
 
 
 def test_a_streamed_reply_comes_as_llama_servers_chunks(chat_server):

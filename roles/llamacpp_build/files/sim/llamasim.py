@@ -261,15 +261,11 @@ class Server:
                 first_at = first_at or time.monotonic()
                 if stream and n > sent:
                     text = "".join(pieces[sent:n])
-                    if mode == "chat":
-                        await self.chunk(writer, dict(head, object=kind, choices=[
-                            {"finish_reason": None, "index": 0, "delta": {"content": text}}]))
-                    elif mode == "oai":
-                        await self.chunk(writer, dict(head, object=kind, choices=[
-                            {"text": text, "index": 0, "logprobs": None, "finish_reason": None}]))
-                    else:
+                    if mode == "legacy":
                         await self.chunk(writer, {"index": 0, "content": text, "tokens": reply[sent:n], "stop": False,
                                                   "id_slot": -1, "tokens_predicted": n, "tokens_evaluated": len(tokens)})
+                    else:
+                        await self.chunk(writer, dict(head, object=kind, choices=[choice(mode, text, None, stream)]))
                 sent = n
                 if task.done and sent >= task.n_generated:
                     break
@@ -287,15 +283,13 @@ class Server:
         if not stream:
             if mode == "legacy":
                 return await self.send(writer, 200, legacy)
-            choice = ({"finish_reason": "length", "index": 0, "message": {"role": "assistant", "content": text}}
-                      if mode == "chat" else {"text": text, "index": 0, "logprobs": None, "finish_reason": "length"})
             return await self.send(writer, 200, dict(head, object="chat.completion" if mode == "chat" else kind,
-                                                     choices=[choice], usage=usage, timings=timings))
+                                                     choices=[choice(mode, text, "length", stream)], usage=usage,
+                                                     timings=timings))
         if mode == "legacy":
             await self.chunk(writer, legacy)
         else:
-            last = ({"finish_reason": "length", "index": 0, "delta": {}} if mode == "chat"
-                    else {"text": "", "index": 0, "logprobs": None, "finish_reason": "length"})
+            last = choice(mode, "", "length", stream)
             if usage_chunk:   # the finishing chunk, then one with the usage (and the timings), as llama-server
                 await self.chunk(writer, dict(head, object=kind, choices=[last]))
                 await self.chunk(writer, dict(head, object=kind, choices=[], usage=usage, timings=timings))
@@ -324,6 +318,16 @@ class Server:
     async def chunk_raw(writer, data: bytes) -> None:
         writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         await writer.drain()
+
+
+def choice(mode: str, text: str, finish_reason: str | None, streamed: bool) -> dict:
+    """One choice of an OpenAI-format answer: a chat message (a delta when streamed, empty on the finishing
+    chunk) or a completion's text."""
+    if mode != "chat":
+        return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}
+    if streamed:
+        return {"finish_reason": finish_reason, "index": 0, "delta": {"content": text} if text else {}}
+    return {"finish_reason": finish_reason, "index": 0, "message": {"role": "assistant", "content": text}}
 
 
 def chat_prompt(messages: list[dict]) -> str:
