@@ -106,6 +106,11 @@ class Slot:
     def processing(self) -> bool:
         return self.task is not None
 
+    @property
+    def generating(self) -> bool:
+        """Its task's prompt is all in the KV cache: each batch decodes one token of it."""
+        return self.task is not None and self.n_prompt_done >= len(self.task.tokens)
+
 
 class PromptCache:
     """llama-server's host prompt cache (server_prompt_cache), sized in tokens."""
@@ -165,7 +170,6 @@ class Scheduler:
         self.cache_idle_slots = cache_idle_slots and self.cache is not None
         self.waiting: deque[Task] = deque()
         self.started: list[Task] = []
-        self.clock = 0                  # steps taken
         self.releases = 0               # slots released so far: the order of t_last_used (release() stamps the time)
         self.metrics = {"prompt_tokens_total": 0, "prompt_tokens_cached_total": 0, "tokens_predicted_total": 0,
                         "prompt_seconds_total": 0.0, "tokens_predicted_seconds_total": 0.0, "n_decode_total": 0,
@@ -233,12 +237,11 @@ class Scheduler:
                         self.cache.save(idle.tokens)
                         if self.unified:
                             idle.tokens = []
-        self.clock += 1
-        generating = [s for s in self.slots if s.processing and s.n_prompt_done >= len(s.task.tokens)]
+        generating = [s for s in self.slots if s.generating]
         room = max(self.n_batch - len(generating), 0)
         prefill: list[tuple[Slot, int]] = []
         for slot in self.slots:
-            if not slot.processing or slot.n_prompt_done >= len(slot.task.tokens) or room <= 0:
+            if not slot.processing or slot.generating or room <= 0:
                 continue
             left = len(slot.task.tokens) - slot.n_prompt_done
             if not slot.task.completion and left > room:
