@@ -25,6 +25,7 @@ import pytest
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._llama_server_flags import PINNED_FLAGS
 from tests.conftest import ROOT
 from tests.integration.conftest import containers
+from tests.integration.test_gateway import server_key
 from tests.support.json_http import call, events
 
 PROGRAM = os.path.join(ROOT, "roles", "llamacpp_build", "files", "sim", "llamasim.py")
@@ -34,11 +35,6 @@ KEY_FILE = "/etc/llamafleet/api_key"   # the lab servers' key on the host (mount
 RUN = random.SystemRandom().randrange(10_000, 40_000)
 CARD = (f"[{RUN}] You are Mira, the keeper of the North Point lighthouse. You speak warmly and briefly, you know every "
         "ship that passes and every storm of the last forty years, and you never break character. ") * 3
-
-
-def server_key() -> str:
-    with open(os.path.join(ROOT, ".cache", "lab-api-key"), encoding="utf-8") as handle:
-        return handle.read().split()[0]
 
 
 def streamed(port: int, body: dict, key: str) -> list[dict | str]:
