@@ -27,12 +27,14 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gateway import (
 )
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gpus import cuda_elf_missing, gpu_differences, gpu_stack
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import (
+    REAL_ONLY_PREFIXES,
     InventoryError,
     api_key_problem,
     build_source_problems,
     deploy_input_problems,
     normalize_host,
 )
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._llama_server_flags import PINNED_FLAGS
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._plan import PlanError, describe_model, plan
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._report import console, markdown
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._rolling import (
@@ -61,16 +63,16 @@ HOST_KEYS = (
     "llamafleet_host_reserved_mib", "llamafleet_host_cpu", "llamafleet_workload",
     "llamafleet_cuda_overhead_mib", "llamafleet_bind_address", "llamafleet_container_prefix",
     "llamacpp_build_cuda_architectures", "llamacpp_build_cuda_version", "llamacpp_build_cuda_source",
-    "llamacpp_build_cuda_debian_suite", "nvidia_driver_branch",
+    "llamacpp_build_cuda_debian_suite", "nvidia_driver_branch", "llamacpp_build_source",
 )
 
 
 def _host_vars(hostvars, host: str, server_args: dict | None = None) -> dict:
     hv = hostvars[host]
     out = {}
-    for key in HOST_KEYS:
-        if key in hv:
-            out[key] = hv[key]
+    # the settings only a real GPU host has come along too: a simulated host refuses them (_inventory)
+    for key in [k for k in hv if k in HOST_KEYS or k.startswith(REAL_ONLY_PREFIXES)]:
+        out[key] = hv[key]
     if server_args:
         out = with_server_args(out, server_args["role"], server_args["args"])
     return out
@@ -266,6 +268,12 @@ def llamafleet_plan_errors(plan_result: dict) -> list:
     return plan_errors(plan_result)
 
 
+def llamafleet_pinned_flags(ref: str) -> list:
+    """The long flags recorded for a llama.cpp ref (plugin_utils/_llama_server_flags.py), sorted; empty when
+    the ref is not recorded."""
+    return sorted(PINNED_FLAGS.get(ref, ()))
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -287,4 +295,5 @@ class FilterModule:
             "stale_driver_packages": llamafleet_stale_driver_packages,
             "nvidia_repo_dist": llamafleet_nvidia_repo_dist,
             "cuda_elf_missing": llamafleet_cuda_elf_missing,
+            "pinned_flags": llamafleet_pinned_flags,
         }

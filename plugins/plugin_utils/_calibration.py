@@ -62,10 +62,10 @@ def check(cal: dict, host: str, spec: dict, llama_cpp_ref: str | None, path: str
         return None, [_finding("error", "calibration-stale", host,
                                f"{path} was measured with llama.cpp {cal.get('llama_cpp')}, the inventory builds "
                                f"{llama_cpp_ref}; its figures no longer apply. Run playbooks/calibrate.yml --limit {host}")]
-    if cal.get("backend") != spec["backend"]:
+    if cal.get("backend") != spec["planned_as"]:
         return None, [_finding("error", "calibration-stale", host,
                                f"{path} was measured on the {cal.get('backend')} backend, the host now uses "
-                               f"{spec['backend']}. Run playbooks/calibrate.yml --limit {host}")]
+                               f"{spec['planned_as']}. Run playbooks/calibrate.yml --limit {host}")]
     findings = []
     declared = {g["name"] for g in spec["gpus"]}
     gpus = {}

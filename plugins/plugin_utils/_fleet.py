@@ -9,6 +9,7 @@ mount and the exact llama-server argv. The plan publishes the result per host as
 """
 from __future__ import annotations
 
+import json
 import os
 
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._memory import resolve_parallel
@@ -18,6 +19,9 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args impo
 # API key file are mounted inside every container.
 MODEL_DIR = "/models"
 API_KEY_FILE = "/run/llamafleet/api_key"
+# The contract between the simulated llama-server (roles/llamacpp_build/files/sim/llamasim.py) and
+# the fleet model: the speed profile it sleeps by, as JSON in its environment.
+SIM_PROFILE_ENV = "LLAMASIM_PROFILE"
 
 
 def server_argv(server: dict, model_target: str, address: str) -> list[str]:
@@ -60,5 +64,17 @@ def fleet_host(spec: dict) -> dict:
     used = sorted({server["model"] for server in spec["servers"]})
     models = {name: {key: spec["models"][name][key] for key in ("path", "sha256", "src", "url") if key in spec["models"][name]}
               for name in used}
+    if spec["backend"] == "sim":
+        # a simulated server reads no weights: a small stand-in file takes the model's place (llm_models)
+        models = {name: {"path": model["path"], "stand_in": True} for name, model in models.items()}
     return {"host": spec["host"], "backend": spec["backend"], "container_prefix": spec["container_prefix"],
             "models": models, "servers": servers}
+
+
+def simulate(host: dict, profiles: dict[str, dict]) -> None:
+    """Give the servers of a simulated host (llamafleet_backend: sim) their speed profiles
+    (_speed.sim_profile), as the environment of their containers. Real servers get no `env`, so their
+    containers' configuration is what it was."""
+    for server in host["servers"]:
+        if server["name"] in profiles:
+            server["env"] = {SIM_PROFILE_ENV: json.dumps(profiles[server["name"]], sort_keys=True)}

@@ -18,7 +18,14 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._llama_server_fla
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import ArgsError, unknown_flags, validate_args
 
 ROLES = ("chat", "embed")
-BACKENDS = ("cpu", "cuda")
+BACKENDS = ("cpu", "cuda", "sim")
+# What the plan computes a backend's memory and speed for. `sim` is planned as the declared cards
+# would run it (CUDA), so a simulated fleet is refused where the real one would not fit, and its
+# simulated servers take their speeds from that plan (docs/sim.md).
+PLANNED_AS = {"cpu": "cpu", "cuda": "cuda", "sim": "cuda"}
+# Settings only a real GPU host has: a simulated host installs no driver and builds no CUDA.
+REAL_ONLY_PREFIXES = ("nvidia_driver_", "nvidia_container_toolkit_", "llamacpp_build_cuda_",
+                      "llamacpp_build_debian_cuda_")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 MEMORY_RE = re.compile(r"^([0-9]+)([kmg])$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -90,7 +97,9 @@ def deploy_input_problems(hv: dict, servers: list[dict] = ()) -> list[tuple[str,
     binary's --help again). The plan reports them as errors, so that nothing is installed, built or
     started with an input a later play would refuse."""
     source = hv.get("llamacpp_build_source")
-    out = [("build-source-invalid", problem) for problem in build_source_problems(source)]
+    # a simulated host builds nothing from the source: its ref alone is checked (_sim_problems)
+    simulated = hv.get("llamafleet_backend") == "sim"
+    out = [] if simulated else [("build-source-invalid", problem) for problem in build_source_problems(source)]
     key = api_key_problem("llama_server_api_key", hv.get("llama_server_api_key"))
     if key:
         out.append(("api-key-invalid", key))
@@ -191,6 +200,22 @@ def _conversation_problems(where: str, spec: dict) -> list[str]:
     return problems
 
 
+def _sim_problems(hv: dict) -> list[str]:
+    """What a simulated host (llamafleet_backend: sim) cannot have: settings of a real GPU host, and a
+    llama.cpp ref whose flags are not recorded (the simulator refuses exactly the flags that ref's
+    llama-server refuses, so it must know them)."""
+    problems = [f"{key} is set, but llamafleet_backend sim installs no NVIDIA software and builds no CUDA: "
+                f"remove {key} from this host's variables (or set llamafleet_backend: cuda)"
+                for key in sorted(hv) if key.startswith(REAL_ONLY_PREFIXES)]
+    source = hv.get("llamacpp_build_source")
+    ref = source.get("ref") if isinstance(source, dict) else None
+    if ref not in PINNED_FLAGS:
+        problems.append(f"llamacpp_build_source.ref {ref!r}: llamafleet_backend sim simulates the llama-server of a ref "
+                        f"whose flags are recorded ({', '.join(sorted(PINNED_FLAGS))}); set that ref, or record "
+                        f"this one in plugins/plugin_utils/_llama_server_flags.py")
+    return problems
+
+
 def normalize_host(host: str, hv: dict) -> dict:
     """Validate one host's llamafleet_* variables and return the normalized description."""
     problems: list[str] = []
@@ -211,9 +236,11 @@ def normalize_host(host: str, hv: dict) -> dict:
     indexes = [g["index"] for g in gpus]
     if len(set(indexes)) != len(indexes):
         problems.append(f"llamafleet_gpus has duplicate indexes {indexes}")
-    if backend == "cuda" and not raw_gpus:
-        problems.append("llamafleet_backend is cuda but llamafleet_gpus is empty: declare the GPUs "
+    if backend in ("cuda", "sim") and not raw_gpus:
+        problems.append(f"llamafleet_backend is {backend} but llamafleet_gpus is empty: declare the GPUs "
                         "(index, name; memory_mib etc. when the name is not in the catalogue)")
+    if backend == "sim":
+        problems.extend(_sim_problems(hv))
 
     models = hv.get("llamafleet_models", {})
     if not isinstance(models, dict) or not models:
@@ -278,7 +305,7 @@ def normalize_host(host: str, hv: dict) -> dict:
         else:
             seen_ports[port] = name
         gpu = server.get("gpu")
-        if backend == "cuda":
+        if backend in ("cuda", "sim"):
             if isinstance(gpu, bool) or not isinstance(gpu, int):
                 problems.append(f"{where}.gpu must be the index of one of llamafleet_gpus ({indexes}), got {gpu!r}")
             elif gpu not in indexes:
@@ -302,7 +329,7 @@ def normalize_host(host: str, hv: dict) -> dict:
         if not isinstance(ulimits, list) or not all(isinstance(u, str) and u.count(":") == 2 for u in ulimits):
             problems.append(f"{where}.ulimits must be a list like ['memlock:-1:-1'], got {ulimits!r}")
             ulimits = []
-        clean_servers.append({"name": name, "role": role, "model": model, "gpu": gpu if backend == "cuda" else None,
+        clean_servers.append({"name": name, "role": role, "model": model, "gpu": gpu if backend in ("cuda", "sim") else None,
                               "port": port, "container_memory": cm, "container_memory_mib": cm_mib,
                               "args": args, "ulimits": ulimits})
 
@@ -340,7 +367,7 @@ def normalize_host(host: str, hv: dict) -> dict:
     if problems:
         raise InventoryError(host, problems)
     return {
-        "host": host, "backend": backend, "gpus": gpus, "models": models, "servers": clean_servers,
+        "host": host, "backend": backend, "planned_as": PLANNED_AS.get(backend, "cpu"), "gpus": gpus, "models": models, "servers": clean_servers,
         "bind_address": bind_address, "container_prefix": prefix,
         "host_memory_mib": hv.get("llamafleet_host_memory_mib"),
         "host_cpu_cores": hv.get("llamafleet_host_cpu_cores"),

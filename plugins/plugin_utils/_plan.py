@@ -21,7 +21,7 @@ from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gguf i
 )
 from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import cc_int
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._findings import finding
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._fleet import fleet_host
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._fleet import fleet_host, simulate
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gateway import pools
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gpus import gpu_stack
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._memory import ServerMemory, server_memory
@@ -34,6 +34,7 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import (
     conversation_cache,
     random_routing,
     server_speed,
+    sim_profile,
     with_prompt,
     workload,
 )
@@ -93,9 +94,9 @@ def _device_for(spec: dict, host: dict) -> Device:
 
 def _memory(host: dict, server: dict, model: ModelInfo, args: dict) -> ServerMemory:
     """The memory of one server on its host's backend and device, with the host's CUDA overhead."""
-    device = f"cuda:{server['gpu']}" if host["backend"] == "cuda" else "cpu"
+    device = f"cuda:{server['gpu']}" if host["planned_as"] == "cuda" else "cpu"
     gpu = next((g for g in host["gpus"] if g["index"] == server["gpu"]), None)
-    return server_memory(model, args, host["backend"], device, cuda_overhead_mib=host.get("cuda_overhead_mib"),
+    return server_memory(model, args, host["planned_as"], device, cuda_overhead_mib=host.get("cuda_overhead_mib"),
                          gpu=gpu, calibration=host.get("calibration"))
 
 
@@ -111,7 +112,7 @@ def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] 
     """
     pooled = pooled or {}
     name = host["host"]
-    backend = host["backend"]
+    backend = host["planned_as"]  # a simulated host is planned as its declared cards (_inventory.PLANNED_AS)
     gpus = {g["index"]: g for g in host["gpus"]}
     findings: list[dict] = []
     servers_out: list[dict] = []
@@ -189,7 +190,7 @@ def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] 
     host_planned = sum(shared_weights.values()) + private + gateway_mib + reserved
     limits = sum(s["container_memory_mib"] for s in host["servers"])
     host_out = {"host": name, "memory_mib": host_mem, "reserved_mib": reserved, "gateway_mib": gateway_mib,
-                "gpu_stack": _gpu_stack(host, findings) if backend == "cuda" else None,
+                "gpu_stack": _gpu_stack(host, findings) if host["backend"] == "cuda" else None,
                 "planned_mib": round(host_planned, 1), "container_limits_mib": limits}
     if backend == "cpu":
         capacity = float(host_mem) if host_mem else math.inf
@@ -229,6 +230,9 @@ def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] 
         if measured:
             speeds[server["name"]] = calibrated_speed(speeds[server["name"]], measured,
                                                       int(wl.get("prompt_tokens", DEFAULT_PROMPT)))
+    # a simulated host's servers sleep what the plan (or the calibration) says the declared cards take
+    sim_profiles = {s["name"]: sim_profile(speeds[s["name"]], models[s["model"]], mems[s["name"]])
+                    for s in host["servers"]} if host["backend"] == "sim" else {}
     for model_name, wl in sorted(host["workload"].items()):
         chat = [s for s in host["servers"] if s["model"] == model_name and s["role"] == "chat"]
         if not chat or model_name in pooled:
@@ -273,7 +277,7 @@ def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] 
             "findings": [f for f in findings if f["server"] == server["name"]],
         })
     return {"servers": servers_out, "devices": devices, "hosts": [host_out], "workloads": workloads,
-            "findings": findings}
+            "findings": findings, "sim_profiles": sim_profiles}
 
 
 def _gpu_stack(host: dict, findings: list[dict]) -> dict:
@@ -377,7 +381,7 @@ def server_findings(host: dict, server: dict, model: ModelInfo, mem: ServerMemor
             f"{name}: continuous batching (on by default) mixes new prompts into other slots' decoding; "
             f"with parallel: 1 there is no other slot, so it does nothing. Use parallel >= 2 for it to help")
     limit = float(server["container_memory_mib"])
-    if host["backend"] == "cuda":
+    if host["planned_as"] == "cuda":
         need = mem.host_total_without_cache
         parts = (f"CPU weights {mem.host_model:,.0f} + CPU compute {mem.host_compute:,.0f} + "
                  f"output buffer {mem.host_output:,.0f} + process {mem.host_overhead:,.0f}")
@@ -402,7 +406,7 @@ def server_findings(host: dict, server: dict, model: ModelInfo, mem: ServerMemor
         add("warning", "mlock-without-memlock-limit",
             f"{name}: load_mode {load_mode} asks to lock memory, but Docker's default RLIMIT_MEMLOCK is 64 KiB-8 MiB; "
             f"llama.cpp warns 'failed to mlock' and goes on unlocked. Add ulimits: ['memlock:-1:-1'] or drop mlock")
-    if host["backend"] == "cuda" and gpu is not None:
+    if host["planned_as"] == "cuda" and gpu is not None:
         cc = cc_int(gpu["compute_capability"])
         if cc < 70:
             add("info", "cuda-graphs-inactive",
@@ -671,6 +675,7 @@ def plan(hosts: list[dict], models: dict[str, dict[str, ModelInfo]], deployed: d
                          pools_["memory_mib"] if host["host"] in gateway_hosts else 0.0)
         for key in result:
             result[key].extend(part[key])
+        simulate(fleet[host["host"]], part["sim_profiles"])
     result["fleet"] = fleet
     result["findings"].extend(leaving_servers(deployed or {}, fleet))
     record_departures(deployed or {}, fleet, pools_)

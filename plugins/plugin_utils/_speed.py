@@ -397,3 +397,33 @@ def with_prompt(speed: Speed, prompt_tokens: float, computed_tokens: float) -> S
     """The speed of a server whose requests prefill only computed_tokens of their prompt_tokens."""
     saved = (prompt_tokens - computed_tokens) / max(speed.prefill_tps, 1e-9)
     return Speed(speed.decode_tps, speed.prefill_tps, max(speed.ttft_s - saved, 0.0), speed.batch_decode_tps, speed.slots)
+
+
+# -- the speed profile of a simulated server (llamafleet_backend: sim, docs/sim.md) ------------------
+# How fast a model file is read into memory when its server starts. Not measured on the first user's
+# host: a SATA SSD reads about 0.5 GB/s, NVMe 2-3 GB/s, the page cache more; it only sets how long a
+# simulated server answers 503 "Loading model" after a (re)start.
+MODEL_LOAD_GBS = 1.0
+
+
+def sim_profile(speed: Speed, model: ModelInfo, mem: ServerMemory) -> dict:
+    """What a simulated server sleeps, from the plan's speed of the server it stands in for.
+
+    decode_s[n-1] is one decode step with n slots generating: the plan's step alone (1 / decode_tps)
+    and with every slot busy (slots / batch_decode_tps); the plan's step time is linear in n
+    (server_speed), so the steps between lie on that line. prefill_tps is the plan's; the simulator
+    adds a step's prompt tokens at that rate to the step. kv_bytes_per_token sizes the host prompt
+    cache (cache_ram) in tokens; n_embd is the embedding's length.
+    """
+    slots = max(speed.slots, 1)
+    alone = 1.0 / speed.decode_tps
+    full = slots / speed.batch_decode_tps
+    decode_s = [alone + (full - alone) * (n - 1) / (slots - 1) if slots > 1 else alone for n in range(1, slots + 1)]
+    kv_per_token = (mem.context * MIB / max(mem.kv.cells_base * mem.kv.streams, 1)) if mem.kv and mem.context else 0.0
+    return {
+        "decode_s": [round(t, 6) for t in decode_s],
+        "prefill_tps": round(speed.prefill_tps, 1),
+        "load_s": round(model.weights_bytes / (MODEL_LOAD_GBS * 1e9), 2),
+        "n_embd": model.n_embd,
+        "kv_bytes_per_token": round(kv_per_token) or 1,
+    }

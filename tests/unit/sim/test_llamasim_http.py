@@ -187,3 +187,30 @@ def test_an_embedding_server_batches_one_ubatch_and_minus_one_cache_ram_is_no_li
     assert server.scheduler.n_batch == 64
     assert server.scheduler.cache is not None and server.scheduler.cache.limit_tokens >= 2**40
     assert llamasim.Server({"--cache-ram": "0"}, {}, []).scheduler.cache is None
+
+
+def test_version_and_help_answer_as_the_binary_does_and_exit(flags_file):
+    """common/arg.cpp: --version prints `version: N (commit)` to stderr and --help the usage to stdout,
+    each exiting 0; the role's flag check reads the flags from --help."""
+    env = dict(os.environ, LLAMASIM_FLAGS=flags_file, LLAMASIM_REF="0c1e570")
+    version = subprocess.run([sys.executable, PROGRAM, "--version"], capture_output=True, text=True, timeout=30, env=env)
+    assert version.returncode == 0
+    assert version.stderr.startswith("version: 0 (0c1e570)")
+    usage = subprocess.run([sys.executable, PROGRAM, "--help"], capture_output=True, text=True, timeout=30, env=env)
+    assert usage.returncode == 0
+    assert "\n--cache-reuse\n" in usage.stdout and "\n--slot-prompt-similarity\n" in usage.stdout
+    assert "--no-such-flag" not in usage.stdout
+
+
+@pytest.mark.parametrize("profile,message", [
+    ("{decode_s: 1}", "LLAMASIM_PROFILE is not JSON"),
+    ('{"decode_s": []}', "decode_s must be a non-empty list of positive seconds, got []"),
+    ('{"prefill_tps": 0, "speed": 3}', "unknown key 'speed'; prefill_tps must be a positive number, got 0"),
+    ('{"load_s": -1}', "load_s must be zero or more seconds, got -1"),
+])
+def test_a_malformed_profile_stops_the_server_before_it_listens(flags_file, profile, message):
+    port = free_port()
+    result = subprocess.run([sys.executable, PROGRAM, "--port", str(port)], capture_output=True, text=True, timeout=30,
+                            env=dict(os.environ, LLAMASIM_FLAGS=flags_file, LLAMASIM_PROFILE=profile))
+    assert result.returncode == 1
+    assert message in result.stderr

@@ -55,6 +55,33 @@ def parse_argv(argv: list[str], known: set[str]) -> dict[str, str]:
     return out
 
 
+PROFILE_KEYS = {"decode_s", "prefill_tps", "load_s", "n_embd", "kv_bytes_per_token"}
+
+
+def parse_profile(text: str) -> dict:
+    """The speed profile (LLAMASIM_PROFILE), checked: a malformed one stops the server before it listens."""
+    try:
+        profile = json.loads(text)
+    except ValueError as exc:
+        raise Refused(f"error: LLAMASIM_PROFILE is not JSON: {exc}") from None
+    if not isinstance(profile, dict):
+        raise Refused(f"error: LLAMASIM_PROFILE must be a JSON object with {sorted(PROFILE_KEYS)}, got {text[:80]!r}")
+    problems = [f"unknown key {key!r}" for key in sorted(set(profile) - PROFILE_KEYS)]
+    steps = profile.get("decode_s", [0.02])
+    if not isinstance(steps, list) or not steps or not all(isinstance(t, (int, float)) and t > 0 for t in steps):
+        problems.append(f"decode_s must be a non-empty list of positive seconds, got {steps!r}")
+    for key in ("prefill_tps", "kv_bytes_per_token", "n_embd"):
+        value = profile.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            problems.append(f"{key} must be a positive number, got {value!r}")
+    load = profile.get("load_s", 0)
+    if isinstance(load, bool) or not isinstance(load, (int, float)) or load < 0:
+        problems.append(f"load_s must be zero or more seconds, got {load!r}")
+    if problems:
+        raise Refused("error: LLAMASIM_PROFILE: " + "; ".join(problems))
+    return profile
+
+
 class Server:
     def __init__(self, flags: dict[str, str], profile: dict, api_keys: list[str]):
         def num(name: str, default: int) -> int:
@@ -344,16 +371,25 @@ def main(argv: list[str]) -> int:
         known = set(json.load(handle))
     try:
         flags = parse_argv(argv, known)
+        profile = parse_profile(os.environ.get("LLAMASIM_PROFILE", "{}"))
     except Refused as exc:
         print(exc, file=sys.stderr)
         return 1
+    # common/arg.cpp: --version prints the build to stderr, --help the usage to stdout; both exit 0
+    if "--version" in flags:
+        print(f"version: 0 ({os.environ.get('LLAMASIM_REF', 'unknown')})\nbuilt as a simulated llama-server (llamafleet)",
+              file=sys.stderr)
+        return 0
+    if "--help" in flags:
+        print("usage: llama-server [options] (simulated: the options of llama-server "
+              f"{os.environ.get('LLAMASIM_REF', 'unknown')})\n" + "\n".join(sorted(known)))
+        return 0
     keys = []
     if flags.get("--api-key"):
         keys.append(flags["--api-key"])
     if flags.get("--api-key-file"):
         with open(flags["--api-key-file"], encoding="utf-8") as handle:
             keys += [line.strip() for line in handle if line.strip()]
-    profile = json.loads(os.environ.get("LLAMASIM_PROFILE", "{}"))
 
     async def serve() -> None:
         server = Server(flags, profile, keys)

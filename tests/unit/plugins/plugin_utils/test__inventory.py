@@ -97,7 +97,7 @@ def test_normalized_host_in_full():
         "llamafleet_cuda_overhead_mib": 300, "llamacpp_build_cuda_architectures": "61-real",
         "llamacpp_build_cuda_version": "12.9.1"})
     assert out == {
-        "host": "h", "backend": "cuda", "bind_address": "127.0.0.1", "container_prefix": "llamafleet-",
+        "host": "h", "backend": "cuda", "planned_as": "cuda", "bind_address": "127.0.0.1", "container_prefix": "llamafleet-",
         # completed from the catalogue: P106-100 per facts.md #1; 10 SMs (1,280 CUDA cores / 128 per Pascal SM)
         "gpus": [{"index": 0, "name": "P106-100", "memory_mib": 6063, "bandwidth_gbs": 192.2, "fp32_tflops": 4.375,
                   "int8_tops": 17.5, "compute_capability": "6.1", "sms": 10}],
