@@ -128,7 +128,8 @@ def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str 
         models[host] = {}
         for name, model in spec["models"].items():
             try:
-                models[host][name] = describe_model(name, model, cache_dir, controller_root)
+                models[host][name] = describe_model(name, model, cache_dir, controller_root,
+                                                    stand_in=spec["backend"] == "sim")
             except PlanError as exc:
                 problems.append(f"{host}: {exc}")
     if problems:

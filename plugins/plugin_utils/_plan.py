@@ -48,17 +48,18 @@ class PlanError(ValueError):
 
 
 # -- models ------------------------------------------------------------------------------------------
-def describe_model(name: str, spec: dict, cache_dir: str, controller_root: str = ".") -> ModelInfo:
+def describe_model(name: str, spec: dict, cache_dir: str, controller_root: str = ".", stand_in: bool = False) -> ModelInfo:
     """The best description available without touching a host.
 
     Order: a file on the controller (src, or path when the controller is the host) -> the
     declared shape and quantization -> the header behind url (HTTP range requests, cached).
+    stand_in: the host is simulated, its path holds a stand-in (llm_models), never the model.
     """
     src = spec.get("src")
     if src:
         src = src if os.path.isabs(src) else os.path.join(controller_root, src)
     try:
-        for candidate in (src, spec.get("path")):
+        for candidate in (src, None if stand_in else spec.get("path")):
             if candidate and os.path.isfile(candidate):
                 return read_model_info(candidate, f"llamafleet_models.{name} ({candidate})", cache_dir)
         if src:
