@@ -79,7 +79,8 @@ class ActionModule(ActionBase):
         result.update(
             changed=False, report_dir=report_dir, summary=report["summary"], server_side=report["server_side"],
             comparison=report["comparison"], errors=everything["errors"], config=report["config"],
-            msg=(f"{everything['completed']} of {everything['requests']} measured requests answered "
+            msg=(("On simulated servers (llamafleet_backend: sim): " if report["simulated_hosts"] else "")
+                 + f"{everything['completed']} of {everything['requests']} measured requests answered "
                  f"({everything['errors']} errors) in {everything['window_s']:.0f} s; TTFT p50 "
                  f"{everything['ttft']['p50'] or 0:.2f} s, p95 {everything['ttft']['p95'] or 0:.2f} s; "
                  f"{everything['output_throughput']:.1f} output tok/s; report: {report_dir}/report.md"

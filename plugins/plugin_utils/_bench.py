@@ -541,6 +541,11 @@ def render_markdown(result: dict) -> str:
              + (f" Controller load average {load['load_average'][0]} at the start, {load['load_average'][1]} at the end "
                 f"(on a machine that also runs the servers, anything else running slows them)." if load.get("load_average") else ""),
              ""]
+    if result.get("simulated_hosts"):
+        lines += [f"**Measured on simulated servers** (llamafleet_backend: sim on {', '.join(result['simulated_hosts'])}): "
+                  "they sleep what the plan predicts for the declared cards, so these figures measure the fleet "
+                  "between the client and the servers (gateway, pools, routing, queueing, prompt cache), not the "
+                  "cards. See docs/sim.md.", ""]
     if result.get("warnings"):
         lines += ["## Warnings", ""] + [f"- {w}" for w in result["warnings"]] + [""]
     lines += ["## Figures", "", "Per model group and per server (the server that answered, see docs/bench.md). "
@@ -679,6 +684,8 @@ def assemble(cfg: BenchConfig, target: str, mode: str, started: str, group_list:
                  "tokens_per_word": run.get("tokens_per_word"), "arrival_span_s": span,
                  "load_average": run.get("load_average")},
         "groups": group_list, "servers": servers,
+        # hosts whose servers are simulated (llamafleet_backend: sim): every figure of the report says so
+        "simulated_hosts": sorted({sv["host"] for sv in servers if sv.get("backend") == "sim"}),
         "plan_servers": [{"name": p["name"], "speed": p["speed"]} for p in (plan_result or {}).get("servers", [])],
         "summary": summary, "server_side": server_side,
         "predictions": predicted, "comparison": compared, "alone": run.get("alone") or {}, "errors": error_counts(measured),

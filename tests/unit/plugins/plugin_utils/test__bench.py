@@ -288,6 +288,19 @@ def test_report_renders_every_section():
         assert part in text
     # chat-0's counters: 800 - 300 = 500 prefilled and 250 - 50 = 200 reused, over the 2 answered requests
     assert "Prompt tokens per answered request: 250 prefilled, 100 reused from the prompt cache (29% of" in text
+    assert "simulated" not in text
+
+
+def test_a_report_on_simulated_servers_says_so_first():
+    cfg = config({"rate_per_min": 12, "duration_s": 10})
+    run = {"records": records(), "window": [0.0, 10.0], "metrics_before": {}, "metrics_after": {}}
+    servers = [dict(s, host="box", backend="sim") for s in SERVERS[:2]]
+    result = assemble(cfg, "the servers directly", "per-server", "2026-01-01 00:00:00",
+                      [{"name": "g", "role": "chat", "model": "m", "servers": ["chat-0", "chat-1"]}], servers, run, PLAN)
+    assert result["simulated_hosts"] == ["box"]
+    text = render_markdown(result)
+    assert "**Measured on simulated servers** (llamafleet_backend: sim on box)" in text
+    assert text.index("Measured on simulated servers") < text.index("## Figures")
 
 
 def stream(server: str, gaps: list[float]) -> dict:

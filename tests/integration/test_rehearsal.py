@@ -1,0 +1,112 @@
+"""The first user's host, simulated (inventory/rehearsal, docs/sim.md): eight P106-100 declared, sixteen
+simulated llama-servers deployed by the same site.yml as the lab (containers, key file, health checks,
+pools, LiteLLM, watchdog, Prometheus, smoke play), then a bench through the gateway at the first user's
+30 requests/min. The servers sleep what the plan says the cards take, so the figures printed here are
+those of the fleet between the client and the servers, and the bench's report says so.
+
+One bring-up per module; the rehearsal's containers are removed at its end, so the lab's tests after it
+have the machine's 2 cores to themselves again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.integration.conftest import playbook
+from tests.support.json_http import call, events
+
+INVENTORY = "inventory/rehearsal"
+HOST = "first-user-sim"
+GATEWAY_PORT, GATEWAY_KEY = 4500, "sk-llamafleet-rehearsal-gateway-key"
+# every container the rehearsal runs besides its servers (inventory/rehearsal/group_vars)
+OTHERS = ["llamafleet-rehearsal-litellm-0", "llamafleet-rehearsal-litellm-1", "llamafleet-rehearsal-pools",
+          "llamafleet-rehearsal-watchdog", "llamafleet-rehearsal-prometheus"]
+
+
+def sim_containers() -> dict[str, dict]:
+    ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=llamafleet.host={HOST}"], capture_output=True,
+                         text=True, check=True).stdout.split()
+    out = json.loads(subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, check=True).stdout) if ids else []
+    return {c["Config"]["Labels"]["llamafleet.server"]: c for c in out}
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory):
+    plan_dir = str(tmp_path_factory.mktemp("rehearsal-plan"))
+    result = playbook("site.yml", "-i", INVENTORY, "-e", json.dumps({"llamafleet_report_dir": plan_dir}))
+    with open(os.path.join(plan_dir, "plan.json"), encoding="utf-8") as handle:
+        planned = json.load(handle)
+    yield {"containers": sim_containers(), "plan": planned, "stdout": result.stdout}
+    names = [c["Name"].lstrip("/") for c in sim_containers().values()] + OTHERS
+    subprocess.run(["docker", "rm", "-f", *names], capture_output=True, text=True, check=False)
+
+
+def test_every_declared_server_runs_simulated_where_a_real_one_would(rehearsal):
+    found = rehearsal["containers"]
+    fleet = rehearsal["plan"]["fleet"][HOST]
+    assert sorted(found) == sorted([f"chat-{i}" for i in range(8)] + [f"embed-{i}" for i in range(8)])
+    for server in fleet["servers"]:
+        c = found[server["name"]]
+        assert c["State"]["Health"]["Status"] == "healthy", (server["name"], c["State"])
+        assert c["Config"]["Image"].startswith("llamafleet/llama-server:0c1e570-sim-")
+        assert c["Config"]["Cmd"] == server["argv"]
+        assert c["HostConfig"]["DeviceRequests"] in (None, [])      # no GPU asked for: there is none
+        assert c["HostConfig"]["ReadonlyRootfs"] and c["Config"]["User"] == "10001:10001"
+        profile = json.loads(dict(e.split("=", 1) for e in c["Config"]["Env"])["LLAMASIM_PROFILE"])
+        assert profile == json.loads(server["env"]["LLAMASIM_PROFILE"])
+        key = open(".cache/rehearsal-api-key", encoding="utf-8").read().strip()
+        status, props = call(server["port"], "GET", "/props", key=key)
+        assert status == 200
+        # the plan's slots: parallel 3 on the chat servers, llama-server's auto 4 on the embedding ones
+        assert props["total_slots"] == (3 if server["role"] == "chat" else 4)
+    # planned as the cards: Q4_K_M and the embedding model fit each P106-100 with room to spare
+    devices = [d for d in rehearsal["plan"]["devices"] if d["host"] == HOST]
+    assert [d["device"] for d in devices] == [f"cuda:{i}" for i in range(8)] and all(d["fits"] for d in devices)
+    print("\nrehearsal: " + "; ".join(f"{d['device']} {d['planned_mib']:,.0f}/{d['capacity_mib']:,} MiB" for d in devices[:1])
+          + f" (x8); chat profile {fleet['servers'][0]['env']['LLAMASIM_PROFILE']}")
+
+
+def test_the_gateway_answers_for_every_model_of_the_first_user(rehearsal):
+    for alias in ("stheno", "lumimaid"):
+        chunks = events(GATEWAY_PORT, "/v1/chat/completions",
+                        {"model": alias, "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 16},
+                        key=GATEWAY_KEY)
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c != "[DONE]" and c["choices"])
+        assert chunks[-1] == "[DONE]" and len(text.split()) == 16, (alias, text)
+    status, body = call(GATEWAY_PORT, "POST", "/v1/embeddings", {"model": "embed", "input": "a short text"}, key=GATEWAY_KEY)
+    assert status == 200 and len(body["data"][0]["embedding"]) == 768     # nomic-embed-text-v1.5's n_embd
+    status, body = call(GATEWAY_PORT, "GET", "/v1/models", key="sk-not-the-key")
+    assert status == 401, body
+
+
+def test_a_bench_at_the_first_users_load_says_it_ran_on_simulated_servers(rehearsal, tmp_path):
+    settings = {"llamafleet_bench_rate_per_min": 30, "llamafleet_bench_duration_s": 60,
+                "llamafleet_bench_prompt_tokens": 500, "llamafleet_bench_reply_tokens": 256,
+                "llamafleet_bench_embed_rate_per_min": 30, "llamafleet_bench_probe": False,
+                "llamafleet_bench_warmup_requests": 0, "llamafleet_report_dir": str(tmp_path)}
+    result = playbook("playbooks/bench.yml", "-i", INVENTORY, "-e", json.dumps(settings))
+    with open(tmp_path / "results.json", encoding="utf-8") as handle:
+        run = json.load(handle)
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
+    everything = run["summary"]["all"]
+    print(f"\nbench on the simulated first user's host (30 chat + 30 embedding requests/min through the gateway): "
+          f"{everything['completed']}/{everything['requests']} answered, {everything['errors']} errors, "
+          f"TTFT p50 {everything['ttft']['p50']:.2f} s p95 {everything['ttft']['p95']:.2f} s, "
+          f"ITL p50 {everything['itl']['p50'] * 1000:.0f} ms")
+    for group, rows in run["comparison"].items():
+        for row in rows:
+            print(f"  {group}: {row['figure']} plan {row['predicted']} bench {row['measured']}")
+    assert "On simulated servers (llamafleet_backend: sim): " in result.stdout
+    assert f"**Measured on simulated servers** (llamafleet_backend: sim on {HOST})" in report
+    assert everything["errors"] == 0, run["errors"]
+    assert everything["requests"] >= 40          # 30 chat + 30 embedding a minute, for a minute (Poisson)
+
+
+def test_settings_of_a_real_gpu_host_are_refused_before_anything_changes(rehearsal):
+    result = playbook("site.yml", "-i", INVENTORY, "-e", '{"nvidia_driver_branch": 580}', check=False)
+    assert result.returncode != 0
+    assert "nvidia_driver_branch is set, but llamafleet_backend sim installs no NVIDIA software" in result.stdout
+    assert {n: c["Id"] for n, c in sim_containers().items()} == {n: c["Id"] for n, c in rehearsal["containers"].items()}
