@@ -28,7 +28,9 @@ options:
     type: dict
     default: {}
   servers:
-    description: The fleet's servers (llamafleet_fleet.servers of every host, each with C(host) and its C(backend) added; a report on servers of backend C(sim) says it was measured on simulated servers).
+    description:
+      - The fleet's servers (llamafleet_fleet.servers of every host, each with C(host) and its C(backend) added).
+      - A report on servers of backend C(sim) says that it was measured on simulated servers.
     type: list
     elements: dict
     required: true

@@ -36,7 +36,9 @@ def sim_containers() -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory):
     plan_dir = str(tmp_path_factory.mktemp("rehearsal-plan"))
-    result = playbook("site.yml", "-i", INVENTORY, "-e", json.dumps({"llamafleet_report_dir": plan_dir}))
+    # from whatever state the machine was left in (another checkout's key included), as the lab fixture does
+    result = playbook("site.yml", "-i", INVENTORY, "-e", json.dumps({"llamafleet_report_dir": plan_dir,
+                                                                      "llama_server_recreate_whole_groups": True}))
     with open(os.path.join(plan_dir, "plan.json"), encoding="utf-8") as handle:
         planned = json.load(handle)
     yield {"containers": sim_containers(), "plan": planned, "stdout": result.stdout}

@@ -101,3 +101,19 @@ def test_cpu_image_has_no_cuda_and_its_tag_follows_its_inputs(tmp_path):
     assert "GGML_CUDA" not in cpu["cmake"] and cpu["image"].split(":")[1].startswith("b6700-cpu-")
     _, portable = inputs(tmp_path, llamacpp_build_cpu_variants="portable")
     assert portable["image"] != cpu["image"]  # another input, another image; the old one stays
+
+
+def test_a_simulated_host_gets_the_simulators_image_with_its_refs_flags(tmp_path):
+    result, got = inputs(tmp_path, llamacpp_build_backend="sim", llamacpp_build_source={"ref": "0c1e570"})
+    assert result.returncode == 0, result.stdout
+    repo, tag = got["image"].split(":")
+    assert repo == "llamafleet/llama-server" and tag.startswith("0c1e570-sim-") and len(tag.split("-")[-1]) == 12
+    assert got["cmake"] is None                       # nothing of llama.cpp is built
+    assert "--slot-prompt-similarity" in got["sim_flags"] and "--cache-ram" in got["sim_flags"]
+
+
+def test_a_simulated_host_with_an_unrecorded_ref_is_refused(tmp_path):
+    result, got = inputs(tmp_path, llamacpp_build_backend="sim", llamacpp_build_source={"ref": "b6700"})
+    assert result.returncode != 0 and got is None
+    assert "llamacpp_build_source.ref b6700: a simulated llama-server carries the flags of a recorded ref" in " ".join(
+        result.stdout.split())
