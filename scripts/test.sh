@@ -16,8 +16,13 @@ if [ "${1:-}" = "--cuda-build" ]; then
   pytest -q -s tests/cuda_build
   section "done"
   exit 0
+elif [ "${1:-}" = "--rehearsals" ]; then
+  section "rehearsals on the simulated first user's host (docs/sim.md): routing and the plan beside it"
+  pytest -q -s tests/rehearsals
+  section "done"
+  exit 0
 elif [ $# -gt 0 ]; then
-  echo "usage: scripts/test.sh [--cuda-build]" >&2
+  echo "usage: scripts/test.sh [--cuda-build | --rehearsals]" >&2
   exit 2
 fi
 

@@ -10,40 +10,18 @@ have the machine's 2 cores to themselves again.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import pytest
 
 from tests.integration.conftest import playbook
 from tests.support.json_http import call, events
-
-INVENTORY = "inventory/rehearsal"
-HOST = "first-user-sim"
-GATEWAY_PORT, GATEWAY_KEY = 4500, "sk-llamafleet-rehearsal-gateway-key"
-# every container the rehearsal runs besides its servers (inventory/rehearsal/group_vars)
-OTHERS = ["llamafleet-rehearsal-litellm-0", "llamafleet-rehearsal-litellm-1", "llamafleet-rehearsal-pools",
-          "llamafleet-rehearsal-watchdog", "llamafleet-rehearsal-prometheus"]
-
-
-def sim_containers() -> dict[str, dict]:
-    ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=llamafleet.host={HOST}"], capture_output=True,
-                         text=True, check=True).stdout.split()
-    out = json.loads(subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, check=True).stdout) if ids else []
-    return {c["Config"]["Labels"]["llamafleet.server"]: c for c in out}
+from tests.support.rehearsal_fleet import GATEWAY_KEY, GATEWAY_PORT, HOST, INVENTORY, bench, bring_up, sim_containers, tear_down
 
 
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory):
-    plan_dir = str(tmp_path_factory.mktemp("rehearsal-plan"))
-    # from whatever state the machine was left in (another checkout's key included), as the lab fixture does
-    result = playbook("site.yml", "-i", INVENTORY, "-e", json.dumps({"llamafleet_report_dir": plan_dir,
-                                                                      "llama_server_recreate_whole_groups": True}))
-    with open(os.path.join(plan_dir, "plan.json"), encoding="utf-8") as handle:
-        planned = json.load(handle)
-    yield {"containers": sim_containers(), "plan": planned, "stdout": result.stdout}
-    names = [c["Name"].lstrip("/") for c in sim_containers().values()] + OTHERS
-    subprocess.run(["docker", "rm", "-f", *names], capture_output=True, text=True, check=False)
+    yield bring_up(str(tmp_path_factory.mktemp("rehearsal-plan")))
+    tear_down()
 
 
 def test_every_declared_server_runs_simulated_where_a_real_one_would(rehearsal):
@@ -88,11 +66,9 @@ def test_a_bench_at_the_first_users_load_says_it_ran_on_simulated_servers(rehear
     settings = {"llamafleet_bench_rate_per_min": 30, "llamafleet_bench_duration_s": 60,
                 "llamafleet_bench_prompt_tokens": 500, "llamafleet_bench_reply_tokens": 256,
                 "llamafleet_bench_embed_rate_per_min": 30, "llamafleet_bench_probe": False,
-                "llamafleet_bench_warmup_requests": 0, "llamafleet_report_dir": str(tmp_path)}
-    result = playbook("playbooks/bench.yml", "-i", INVENTORY, "-e", json.dumps(settings))
-    with open(tmp_path / "results.json", encoding="utf-8") as handle:
-        run = json.load(handle)
-    report = (tmp_path / "report.md").read_text(encoding="utf-8")
+                "llamafleet_bench_warmup_requests": 0}
+    run = bench(str(tmp_path), settings)
+    result_stdout, report = run["_stdout"], run["_report"]
     everything = run["summary"]["all"]
     print(f"\nbench on the simulated first user's host (30 chat + 30 embedding requests/min through the gateway): "
           f"{everything['completed']}/{everything['requests']} answered, {everything['errors']} errors, "
@@ -101,7 +77,7 @@ def test_a_bench_at_the_first_users_load_says_it_ran_on_simulated_servers(rehear
     for group, rows in run["comparison"].items():
         for row in rows:
             print(f"  {group}: {row['figure']} plan {row['predicted']} bench {row['measured']}")
-    assert "On simulated servers (llamafleet_backend: sim): " in result.stdout
+    assert "On simulated servers (llamafleet_backend: sim): " in result_stdout
     assert f"**Measured on simulated servers** (llamafleet_backend: sim on {HOST})" in report
     assert everything["errors"] == 0, run["errors"]
     assert everything["requests"] >= 40          # 30 chat + 30 embedding a minute, for a minute (Poisson)
