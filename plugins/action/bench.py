@@ -79,6 +79,7 @@ class ActionModule(ActionBase):
         result.update(
             changed=False, report_dir=report_dir, summary=report["summary"], server_side=report["server_side"],
             comparison=report["comparison"], errors=everything["errors"], config=report["config"],
+            simulated_hosts=report["simulated_hosts"],
             msg=(("On simulated servers (llamafleet_backend: sim): " if report["simulated_hosts"] else "")
                  + f"{everything['completed']} of {everything['requests']} measured requests answered "
                  f"({everything['errors']} errors) in {everything['window_s']:.0f} s; TTFT p50 "

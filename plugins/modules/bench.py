@@ -101,4 +101,9 @@ config:
   description: The load's settings as the run used them (rate or concurrency, duration, prompt and reply tokens, ...).
   returned: always
   type: dict
+simulated_hosts:
+  description: Hosts whose servers are simulated (llamafleet_backend sim); the report says so first.
+  returned: always
+  type: list
+  elements: str
 """

@@ -527,6 +527,14 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def simulated_note(hosts: list[str]) -> str:
+    """The sentence every report measured on simulated servers starts with (bench and tune)."""
+    return (f"**Measured on simulated servers** (llamafleet_backend: sim on {', '.join(hosts)}): "
+            "they sleep what the plan predicts for the declared cards, so these figures measure the fleet "
+            "between the client and the servers (gateway, pools, routing, queueing, prompt cache), not the "
+            "cards. See docs/sim.md.")
+
+
 def render_markdown(result: dict) -> str:
     """report.md of one run (result: what bench writes to results.json, less the per-request list)."""
     cfg, load = result["config"], result["load"]
@@ -542,10 +550,7 @@ def render_markdown(result: dict) -> str:
                 f"(on a machine that also runs the servers, anything else running slows them)." if load.get("load_average") else ""),
              ""]
     if result.get("simulated_hosts"):
-        lines += [f"**Measured on simulated servers** (llamafleet_backend: sim on {', '.join(result['simulated_hosts'])}): "
-                  "they sleep what the plan predicts for the declared cards, so these figures measure the fleet "
-                  "between the client and the servers (gateway, pools, routing, queueing, prompt cache), not the "
-                  "cards. See docs/sim.md.", ""]
+        lines += [simulated_note(result["simulated_hosts"]), ""]
     if result.get("warnings"):
         lines += ["## Warnings", ""] + [f"- {w}" for w in result["warnings"]] + [""]
     lines += ["## Figures", "", "Per model group and per server (the server that answered, see docs/bench.md). "

@@ -52,20 +52,29 @@ def load(calibration_dir: str | None, host: str, spec: dict, llama_cpp_ref: str 
     return check(cal, host, spec, llama_cpp_ref, path)
 
 
+def _remeasure(host: str, spec: dict) -> str:
+    """The fix for a calibration that does not apply: measure again, or, on a simulated host (which
+    calibrate.yml refuses), take the file of the real host it rehearses."""
+    if spec.get("backend") == "sim":
+        return (f"Copy a calibration measured on the real host (backend cuda) to {host}'s name with \"host\" "
+                f"set to it (docs/sim.md), or delete the file")
+    return f"Run playbooks/calibrate.yml --limit {host}"
+
+
 def check(cal: dict, host: str, spec: dict, llama_cpp_ref: str | None, path: str) -> tuple[dict | None, list[dict]]:
     """Validate one host's calibration against the host as the inventory declares it."""
     if not isinstance(cal, dict) or set(cal) - FILE_KEYS or cal.get("host") != host:
         return None, [_finding("error", "calibration-invalid", host,
-                               f"{path}: not a calibration file of host {host} (keys {sorted(cal) if isinstance(cal, dict) else cal!r}); "
-                               f"run playbooks/calibrate.yml --limit {host} again")]
+                               f"{path}: not a calibration file of host {host} (keys {sorted(cal) if isinstance(cal, dict) else cal!r}). "
+                               f"{_remeasure(host, spec)}")]
     if llama_cpp_ref and cal.get("llama_cpp") != llama_cpp_ref:
         return None, [_finding("error", "calibration-stale", host,
                                f"{path} was measured with llama.cpp {cal.get('llama_cpp')}, the inventory builds "
-                               f"{llama_cpp_ref}; its figures no longer apply. Run playbooks/calibrate.yml --limit {host}")]
+                               f"{llama_cpp_ref}; its figures no longer apply. {_remeasure(host, spec)}")]
     if cal.get("backend") != spec["planned_as"]:
         return None, [_finding("error", "calibration-stale", host,
                                f"{path} was measured on the {cal.get('backend')} backend, the host now uses "
-                               f"{spec['planned_as']}. Run playbooks/calibrate.yml --limit {host}")]
+                               f"{spec['planned_as']}. {_remeasure(host, spec)}")]
     findings = []
     declared = {g["name"] for g in spec["gpus"]}
     gpus = {}
@@ -74,7 +83,7 @@ def check(cal: dict, host: str, spec: dict, llama_cpp_ref: str | None, path: str
             findings.append(_finding("error", "calibration-gpu-absent", host,
                                      f"{path} has an overhead for GPU '{name}', which llamafleet_gpus of {host} does "
                                      f"not declare ({', '.join(sorted(declared)) or 'none'}); it is not used. Fix "
-                                     f"llamafleet_gpus or run playbooks/calibrate.yml --limit {host}"))
+                                     f"llamafleet_gpus, or: {_remeasure(host, spec)}"))
             continue
         if not isinstance(entry, dict) or not isinstance(entry.get("overhead_mib"), (int, float)):
             findings.append(_finding("error", "calibration-invalid", host,

@@ -190,8 +190,11 @@ def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] 
             private += min(own + cache, max(limit - weights, 0.0))
     host_planned = sum(shared_weights.values()) + private + gateway_mib + reserved
     limits = sum(s["container_memory_mib"] for s in host["servers"])
+    # A simulated host installs no GPU software (no gpu_stack), but cards that no driver or toolkit
+    # serves are refused on it as on the real host it rehearses.
+    stack = _gpu_stack(host, findings) if backend == "cuda" else None
     host_out = {"host": name, "memory_mib": host_mem, "reserved_mib": reserved, "gateway_mib": gateway_mib,
-                "gpu_stack": _gpu_stack(host, findings) if host["backend"] == "cuda" else None,
+                "gpu_stack": stack if host["backend"] == "cuda" else None,
                 "planned_mib": round(host_planned, 1), "container_limits_mib": limits}
     if backend == "cpu":
         capacity = float(host_mem) if host_mem else math.inf
@@ -231,9 +234,21 @@ def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] 
         if measured:
             speeds[server["name"]] = calibrated_speed(speeds[server["name"]], measured,
                                                       int(wl.get("prompt_tokens", DEFAULT_PROMPT)))
-    # a simulated host's servers sleep what the plan (or the calibration) says the declared cards take
-    sim_profiles = {s["name"]: sim_profile(speeds[s["name"]], models[s["model"]], mems[s["name"]])
-                    for s in host["servers"]} if host["backend"] == "sim" else {}
+    # A simulated host's servers sleep what the plan (or the calibration) says the declared cards take,
+    # at the reference request rather than the workload's lengths: the profile is the container's
+    # environment, so a workload edit would otherwise restart every simulated server. For a fully
+    # offloaded server the lengths barely move it (prefill is a rate; the KV read is a small share
+    # of a decode step), docs/sim.md.
+    sim_profiles = {}
+    if host["backend"] == "sim":
+        for server in host["servers"]:
+            model, mem = models[server["model"]], mems[server["name"]]
+            speed = server_speed(model, mem, _device_for(gpus.get(server["gpu"]), host), DEFAULT_PROMPT, DEFAULT_REPLY)
+            measured = ((host.get("calibration") or {}).get("speed") or {}).get(server["model"], {}).get(
+                gpus[server["gpu"]]["name"] if server["gpu"] in gpus else "cpu")
+            if measured:
+                speed = calibrated_speed(speed, measured, DEFAULT_PROMPT)
+            sim_profiles[server["name"]] = sim_profile(speed, model, mem)
     for model_name, wl in sorted(host["workload"].items()):
         chat = [s for s in host["servers"] if s["model"] == model_name and s["role"] == "chat"]
         if not chat or model_name in pooled:

@@ -12,6 +12,8 @@ import copy
 import math
 import re
 
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench import simulated_note
+
 # objective -> (bench figure of the group, lower is better)
 OBJECTIVES = {
     "ttft_p95": ("TTFT p95 (s)", True),
@@ -129,6 +131,12 @@ def render(knob: str, role: str, runs: list[dict], group: str, objective: str) -
              f"Group {group}. Each cell: the plan's prediction / the bench's measurement / measured / predicted.", "",
              "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(r) + " |" for r in table(knob, runs, group)]
+    simulated = sorted({host for run in runs for host in run.get("simulated_hosts") or []})
+    if simulated:
+        # the simulated servers' speeds are the plan's own for each value: what the sweep can show is
+        # the queueing, batching and prompt cache around them, so the choice is confirmed on the cards
+        lines[2:2] = [simulated_note(simulated) + " Confirm the best value on the real host before changing "
+                      "its inventory.", ""]
     figure, lower = OBJECTIVES[objective]
     lines += ["", f"Objective: {'lowest' if lower else 'highest'} {figure} with zero errors."]
     if chosen is None:

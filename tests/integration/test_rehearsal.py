@@ -84,7 +84,10 @@ def test_a_bench_at_the_first_users_load_says_it_ran_on_simulated_servers(rehear
 
 
 def test_settings_of_a_real_gpu_host_are_refused_before_anything_changes(rehearsal):
-    result = playbook("site.yml", "-i", INVENTORY, "-e", '{"nvidia_driver_branch": 580}', check=False)
+    # a variable the plan filter forwards by its prefix (nvidia_container_toolkit_*), not by name
+    result = playbook("site.yml", "-i", INVENTORY, "-e", '{"nvidia_container_toolkit_repo_url": "http://mirror.invalid/"}',
+                      check=False)
     assert result.returncode != 0
-    assert "nvidia_driver_branch is set, but llamafleet_backend sim installs no NVIDIA software" in result.stdout
+    assert ("nvidia_container_toolkit_repo_url is set, but llamafleet_backend sim installs no NVIDIA software"
+            in result.stdout)
     assert {n: c["Id"] for n, c in sim_containers().items()} == {n: c["Id"] for n, c in rehearsal["containers"].items()}

@@ -1,5 +1,5 @@
 """Rehearsal b and c (issue 18, docs/sim.md): routing on the simulated first user's host, and the plan
-beside it. Opt-in (`scripts/test.sh --rehearsals`): about 12 minutes.
+beside it. Opt-in (`scripts/test.sh --rehearsals`): 13 min 30 s measured.
 
 One chat pool of the rehearsal (stheno: 4 simulated P106-100 servers x 3 slots) under multi-turn
 companion chat whose history grows (4 turns a conversation, 10 conversations side by side), at loads

@@ -119,3 +119,23 @@ def test_unreadable_or_foreign_files_are_errors(tmp_path):
 def test_no_file_no_calibration_and_the_card_stays_estimated(tmp_path):
     assert cal.load(str(tmp_path), "h", spec(), None) == (None, [])
     assert any(f["code"] == "cuda-overhead-estimated" for f in findings(cuda_host()))
+
+
+def test_a_real_hosts_calibration_sets_its_simulated_hosts_profile(tmp_path):
+    # calibrate.yml refuses a simulated host; the real host's file (backend cuda) is copied to its name
+    sim = normalize_host("h", dict(cuda_host(), llamafleet_backend="sim", llamacpp_build_source={"ref": "0c1e570"}))
+    loaded, problems = cal.load(write(tmp_path, build_cuda()), "h", sim, "0c1e570")
+    assert problems == []
+    from ansible_collections.llamafleet.fleet.plugins.plugin_utils._plan import plan
+    fleet = plan([dict(sim, calibration=loaded, calibration_findings=[])], {"h": MODELS})["fleet"]["h"]
+    profile = json.loads(fleet["servers"][0]["env"]["LLAMASIM_PROFILE"])
+    # measured on the card: 23.1 tok/s decode alone is a 43.29 ms step; 301.2 tok/s prefill
+    assert profile["decode_s"][0] == pytest.approx(1 / 23.1, abs=1e-6) and profile["prefill_tps"] == 301.2
+
+
+def test_a_stale_calibration_of_a_simulated_host_names_the_fix_that_works_there(tmp_path):
+    sim = normalize_host("h", dict(cuda_host(), llamafleet_backend="sim", llamacpp_build_source={"ref": "0c1e570"}))
+    _, problems = cal.load(write(tmp_path, dict(build_cuda(), llama_cpp="b1234ff")), "h", sim, "0c1e570")
+    assert [p["code"] for p in problems] == ["calibration-stale"]
+    assert "calibrate.yml" not in problems[0]["message"]
+    assert "Copy a calibration measured on the real host (backend cuda) to h's name" in problems[0]["message"]

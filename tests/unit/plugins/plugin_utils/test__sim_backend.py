@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._fleet import SIM_PROFILE_ENV
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import (
     InventoryError,
     deploy_input_problems,
@@ -40,9 +39,18 @@ def test_a_simulated_host_is_refused_where_the_cards_would_not_fit():
     assert "does-not-fit" in {f["code"] for f in result["findings"] if f["level"] == "error"}
 
 
+def test_a_simulated_host_refuses_cards_the_real_host_could_not_serve():
+    # a K80 is compute capability 3.7: no driver branch or llama.cpp CUDA build serves Kepler any more
+    kepler = {"index": 0, "name": "Tesla K80", "memory_mib": 11441, "bandwidth_gbs": 240, "fp32_tflops": 4.1,
+              "int8_tops": 0, "compute_capability": "3.7"}
+    result = plan([normalize_host("h", sim_host(llamafleet_gpus=[kepler]))], {"h": MODELS})
+    assert "gpu-generation-unsupported" in {f["code"] for f in result["findings"] if f["level"] == "error"}
+    assert result["hosts"][0]["gpu_stack"] is None
+
+
 def test_simulated_servers_get_the_plans_speed_as_their_profile_and_real_ones_nothing():
     fleet = plan([normalize_host("h", sim_host())], {"h": MODELS})["fleet"]["h"]
-    chat = json.loads(fleet["servers"][0]["env"][SIM_PROFILE_ENV])
+    chat = json.loads(fleet["servers"][0]["env"]["LLAMASIM_PROFILE"])
     # K and V at q8_0 (34 bytes per 32 values): 32 layers x 8 KV heads x 128 x 2 x 34/32 = 69,632 bytes a token
     assert chat["kv_bytes_per_token"] == 69632
     assert chat["n_embd"] == 4096
@@ -50,6 +58,16 @@ def test_simulated_servers_get_the_plans_speed_as_their_profile_and_real_ones_no
     assert chat["decode_s"][0] < chat["decode_s"][1]
     real = plan([normalize_host("h", cuda_host())], {"h": MODELS})["fleet"]["h"]
     assert all("env" not in server for server in real["servers"])
+
+
+def test_a_workload_edit_restarts_no_simulated_server():
+    # the profile is the container's environment, hence part of its config digest: it is taken at the
+    # reference request, so a different llamafleet_workload leaves every simulated container as it is
+    def servers(workload):
+        fleet = plan([normalize_host("h", sim_host(llamafleet_workload=workload))], {"h": MODELS})["fleet"]["h"]
+        return [(s["name"], s["env"]) for s in fleet["servers"]]
+    assert servers({"q4": {"requests_per_minute": 3, "prompt_tokens": 500, "reply_tokens": 256}}) == \
+        servers({"q4": {"requests_per_minute": 20, "prompt_tokens": 3000, "reply_tokens": 40}})
 
 
 def test_the_profile_steps_lie_on_the_line_between_one_slot_and_all():

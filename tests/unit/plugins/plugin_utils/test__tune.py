@@ -88,3 +88,12 @@ def test_tune_plot_is_a_png(tmp_path):
 
     tune_plot([_run(1, 0, 3.0, 30.0), _run(2, 0, 2.5, 20.0)], "g", "parallel", str(tmp_path / "tune.png"))
     assert (tmp_path / "tune.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_sweep_on_simulated_servers_says_so_before_its_table():
+    simulated = [dict(_run(1, 0, 3.0, 30.0), simulated_hosts=["first-user-sim"]), _run(2, 0, 2.5, 20.0)]
+    text = render("parallel", "chat", simulated, "g", "ttft_p95")
+    head, _, table_part = text.partition("| parallel=1 ")
+    assert "**Measured on simulated servers** (llamafleet_backend: sim on first-user-sim)" in head
+    assert "Confirm the best value on the real host" in head
+    assert "simulated" not in render("parallel", "chat", [_run(1, 0, 3.0, 30.0)], "g", "ttft_p95")
