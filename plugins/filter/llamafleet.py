@@ -25,7 +25,12 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gateway import (
     DEFAULT_STATS_PORT,
     GatewayError,
 )
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gpus import cuda_elf_missing, gpu_differences, gpu_stack
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gpus import (
+    cuda_elf_missing,
+    gpu_differences,
+    gpu_stack,
+    unresolved_libraries,
+)
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import (
     REAL_ONLY_PREFIXES,
     InventoryError,
@@ -231,6 +236,11 @@ def llamafleet_stale_driver_packages(installed: str, branch) -> list:
     return stale_driver_packages(installed, int(branch))
 
 
+def llamafleet_unresolved_libraries(ldd_output: str) -> list:
+    """Libraries `ldd` cannot find in an image, less libcuda (the host driver's)."""
+    return unresolved_libraries(ldd_output)
+
+
 def llamafleet_cuda_elf_missing(listing: str, architectures: str) -> list:
     """Real architectures of CMAKE_CUDA_ARCHITECTURES missing from a `cuobjdump --list-elf` listing."""
     return cuda_elf_missing(listing, architectures)
@@ -296,5 +306,6 @@ class FilterModule:
             "stale_driver_packages": llamafleet_stale_driver_packages,
             "nvidia_repo_dist": llamafleet_nvidia_repo_dist,
             "cuda_elf_missing": llamafleet_cuda_elf_missing,
+            "unresolved_libraries": llamafleet_unresolved_libraries,
             "pinned_flags": llamafleet_pinned_flags,
         }

@@ -276,6 +276,20 @@ def elf_architectures(listing: str) -> list[str]:
     return sorted(set(re.findall(r"\.(sm_[0-9]+[a-z]?)\.cubin", listing)))
 
 
+# Libraries an image may leave unresolved: the NVIDIA container runtime mounts the host driver's.
+HOST_DRIVER_LIBRARIES = ("libcuda.so",)
+
+
+def unresolved_libraries(ldd_output: str) -> list[str]:
+    """Libraries `ldd` reports "not found", less those the host's driver provides (libcuda)."""
+    missing = []
+    for line in ldd_output.splitlines():
+        name, _sep, where = line.strip().partition(" => ")
+        if where.strip() == "not found" and not name.startswith(HOST_DRIVER_LIBRARIES) and name not in missing:
+            missing.append(name)
+    return missing
+
+
 def cuda_elf_missing(listing: str, architectures: str) -> list[str]:
     """The real architectures of CMAKE_CUDA_ARCHITECTURES that the binary has no device code for."""
     found = set(elf_architectures(listing))

@@ -24,6 +24,7 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gpus import (
     elf_architectures,
     gpu_differences,
     gpu_stack,
+    unresolved_libraries,
 )
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "modules", "fixtures")
@@ -182,3 +183,25 @@ def test_a_faulty_card_and_undeclared_cards_are_named():
     problems = gpu_differences(gpus("P106-100", "P106-100"), observed("nvidia-smi-gpu-requires-reset.csv"))
     assert any("(index 1): nvidia-smi reports memory.total [GPU requires reset]" in p for p in problems)
     assert any("GPUs [2] that llamafleet_gpus does not declare" in p for p in problems)
+
+
+# `ldd /opt/llama.cpp/libggml-cuda.so` in the first user's CUDA image (Debian's toolkit, 2026-12-03),
+# shortened: the host's driver provides libcuda.so.1 through the NVIDIA container runtime
+LDD_CUDA_IMAGE = """\tlinux-vdso.so.1 (0x00007fa8c7a2b000)
+\tlibggml-base.so.0 => /opt/llama.cpp/libggml-base.so.0 (0x00007fa8c2c1b000)
+\tlibcudart.so.11.0 => /opt/llama.cpp/libcudart.so.11.0 (0x00007fa8c2800000)
+\tlibcublas.so.11 => /opt/llama.cpp/libcublas.so.11 (0x00007fa8bca00000)
+\tlibcuda.so.1 => not found
+\tlibstdc++.so.6 => /lib/x86_64-linux-gnu/libstdc++.so.6 (0x00007fa8bc7e6000)
+\t/lib64/ld-linux-x86-64.so.2 (0x00007fa8c7a2d000)
+\tlibcublasLt.so.11 => /opt/llama.cpp/libcublasLt.so.11 (0x00007fa898000000)
+"""
+
+
+def test_only_the_host_drivers_libcuda_may_be_missing_from_an_image():
+    # the role's earlier Jinja chain let 'libcuda.so.1' through and refused this very image
+    assert unresolved_libraries(LDD_CUDA_IMAGE) == []
+    without_cublas = LDD_CUDA_IMAGE.replace("libcublas.so.11 => /opt/llama.cpp/libcublas.so.11 (0x00007fa8bca00000)",
+                                            "libcublas.so.11 => not found")
+    # ldd of two binaries lists a missing library twice: named once
+    assert unresolved_libraries(without_cublas + without_cublas) == ["libcublas.so.11"]
