@@ -9,7 +9,8 @@
 # debootstrap packages (installed already, so their install is not timed), and the host's model
 # directory (the models play finds the files in place). The lab's containers of the machine's own
 # daemon are stopped for the run (they hold the lab's ports) and started again after it; the clone
-# reuses this checkout's lab servers' key, so they still match when they come back.
+# reuses this checkout's lab servers' key, so they still match when they come back; its watchdog is
+# given the empty daemon's socket (watchdog_docker_socket), the only variable the run sets.
 #   scripts/time-first-run.sh [WORK_DIR]      (default /tmp/llamafleet-first-run; removed first)
 #   REF=<commit> scripts/time-first-run.sh     times that commit of this checkout instead of HEAD
 set -euo pipefail
@@ -63,7 +64,8 @@ set +e
   cd "$WORK/clone"
   export DOCKER_HOST="unix://$SOCK" PIP_NO_CACHE_DIR=1 ANSIBLE_FORCE_COLOR=0 \
          ANSIBLE_CALLBACKS_ENABLED=ansible.posix.profile_tasks
-  scripts/bootstrap.sh && .venv/bin/ansible-playbook site.yml
+  # the watchdog heals the containers of the daemon whose socket it mounts: this run's, not the machine's
+  scripts/bootstrap.sh && .venv/bin/ansible-playbook site.yml -e watchdog_docker_socket="$SOCK"
 ) 2>&1 | awk -v start="$start" '{ "date +%s.%N" | getline now; close("date +%s.%N"); printf "%7.1f %s\n", now - start, $0; fflush() }' \
   | tee "$WORK/run.log"
 rc=${PIPESTATUS[0]}
