@@ -9,7 +9,8 @@
 # debootstrap packages (installed already, so their install is not timed), and the host's model
 # directory (the models play finds the files in place). The lab's containers of the machine's own
 # daemon are stopped for the run (they hold the lab's ports) and started again after it; the clone
-# reuses this checkout's lab servers' key, so they still match when they come back; its watchdog is
+# reads the lab servers' key from the host (an older REF, from a copy of this checkout's .cache), so
+# they still match when they come back; its watchdog is
 # given the empty daemon's socket (watchdog_docker_socket), the only variable the run sets.
 #   scripts/time-first-run.sh [WORK_DIR]      (default /tmp/llamafleet-first-run; removed first)
 #   REF=<commit> scripts/time-first-run.sh     times that commit of this checkout instead of HEAD
@@ -40,7 +41,7 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 git clone --quiet --no-hardlinks "$SRC" "$WORK/clone"
 [ -z "${REF:-}" ] || git -C "$WORK/clone" checkout --quiet "$REF"
-if [ -f "$SRC/.cache/lab-api-key" ]; then
+if [ -f "$SRC/.cache/lab-api-key" ]; then   # for a REF from before the lab read the host's key
   mkdir -p "$WORK/clone/.cache" && cp "$SRC/.cache/lab-api-key" "$WORK/clone/.cache/"
 fi
 

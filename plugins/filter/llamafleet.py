@@ -19,6 +19,7 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._driver_packages 
     stale_driver_packages,
     supported,
 )
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._fleet import image_digest
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gateway import (
     DEFAULT_INSTANCES,
     DEFAULT_PORT,
@@ -236,6 +237,14 @@ def llamafleet_stale_driver_packages(installed: str, branch) -> list:
     return stale_driver_packages(installed, int(branch))
 
 
+def llamafleet_image_digest(inputs) -> str:
+    """The digest part of a built image's tag, from the text of its inputs (plugins/plugin_utils/_fleet.py)."""
+    try:
+        return image_digest(inputs)
+    except TypeError as err:
+        raise AnsibleFilterError(f"image_digest: {err}") from err
+
+
 def llamafleet_unresolved_libraries(ldd_output: str) -> list:
     """Libraries `ldd` cannot find in an image, less libcuda (the host driver's)."""
     return unresolved_libraries(ldd_output)
@@ -307,5 +316,6 @@ class FilterModule:
             "nvidia_repo_dist": llamafleet_nvidia_repo_dist,
             "cuda_elf_missing": llamafleet_cuda_elf_missing,
             "unresolved_libraries": llamafleet_unresolved_libraries,
+            "image_digest": llamafleet_image_digest,
             "pinned_flags": llamafleet_pinned_flags,
         }

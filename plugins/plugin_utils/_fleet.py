@@ -9,6 +9,7 @@ mount and the exact llama-server argv. The plan publishes the result per host as
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -22,6 +23,22 @@ API_KEY_FILE = "/run/llamafleet/api_key"
 # The contract between the simulated llama-server (roles/llamacpp_build/files/sim/llamasim.py) and
 # the fleet model: the speed profile it sleeps by, as JSON in its environment.
 SIM_PROFILE_ENV = "LLAMASIM_PROFILE"
+# Hex digits of an image tag's digest: 48 bits, no collision between the few builds a host keeps.
+IMAGE_DIGEST_DIGITS = 12
+
+
+def image_digest(inputs: str | list[str]) -> str:
+    """The digest part of a locally built image's tag: SHA-256 of everything that goes into the image.
+
+    One rule for every role that builds an image (llama.cpp, the simulator, LiteLLM, HAProxy, the
+    watchdog, Prometheus): a changed input gives a new tag, an unchanged build is found and reused.
+    `inputs` is the text of each input (a Dockerfile, a base image's name, a JSON of build options),
+    taken in order.
+    """
+    parts = [inputs] if isinstance(inputs, str) else inputs
+    if not all(isinstance(part, str) for part in parts):
+        raise TypeError("image_digest takes strings (file contents, image names, JSON)")
+    return hashlib.sha256("".join(parts).encode("utf-8")).hexdigest()[:IMAGE_DIGEST_DIGITS]
 
 
 def server_argv(server: dict, model_target: str, address: str) -> list[str]:

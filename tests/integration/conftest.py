@@ -57,6 +57,16 @@ def containers() -> dict[str, dict]:
     return {c["Config"]["Labels"]["llamafleet.server"]: c for c in out}
 
 
+# The lab servers' key, as the host holds it (inventory/lab reads it from there: every clone manages the
+# same servers); llama_server writes it before any server starts.
+LAB_KEY_FILE = "/etc/llamafleet/api_key"
+
+
+def lab_server_key() -> str:
+    with open(LAB_KEY_FILE, encoding="utf-8") as handle:
+        return handle.read().split()[0]
+
+
 def recap_changed(output: str) -> int:
     """The sum of changed= over every host of an ansible-playbook recap."""
     return sum(int(n) for n in re.findall(r"^\S+\s+: ok=\d+\s+changed=(\d+)", output, re.M))

@@ -32,7 +32,7 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench import con
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_client import Target
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_client import run as bench_run
 from tests.conftest import ROOT
-from tests.integration.conftest import playbook
+from tests.integration.conftest import lab_server_key, playbook
 
 # The lab's gateway as its inventory declares it (the documented lab key is part of it).
 with open(os.path.join(ROOT, "inventory", "lab", "group_vars", "all", "gateway.yml"), encoding="utf-8") as _f:
@@ -53,10 +53,6 @@ ANSIBLE = os.path.join(os.path.dirname(sys.executable), "ansible")
 TEXT = ("The lighthouse keeper counted the ships that passed each night, wrote their names in a "
         "ledger, and wondered where each one was bound. ") * 8
 
-
-def server_key() -> str:
-    with open(os.path.join(ROOT, ".cache", "lab-api-key"), encoding="utf-8") as handle:
-        return handle.read().split()[0]
 
 
 def post(url: str, body: dict, key: str | None, timeout: float = 120, headers: dict | None = None) -> tuple[int, dict]:
@@ -89,14 +85,14 @@ def total_sessions() -> dict[str, int]:
 
 def server_metrics(port: int) -> dict[str, float]:
     """A llama-server's llamacpp: counters (--metrics)."""
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {server_key()}"})
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {lab_server_key()}"})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return parse_metrics(resp.read().decode())
 
 
 def prompt_tokens_total(port: int) -> float:
     """llama-server's own count of prompt tokens it processed (--metrics)."""
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {server_key()}"})
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {lab_server_key()}"})
     with urllib.request.urlopen(req, timeout=10) as resp:
         text = resp.read().decode()
     return float(re.search(r"^llamacpp:prompt_tokens_total (\S+)", text, re.M).group(1))
@@ -247,7 +243,7 @@ def test_the_gateway_names_the_server_that_answered(gateway):
 
 @pytest.mark.parametrize("key", [None, "sk-wrong-key-0000000000", "server"], ids=["no key", "wrong key", "servers' key"])
 def test_requests_without_the_gateway_key_are_refused_and_reach_no_server(gateway, key):
-    key = server_key() if key == "server" else key  # the servers' key is not a gateway key either
+    key = lab_server_key() if key == "server" else key  # the servers' key is not a gateway key either
     before = total_sessions()
     chat = {"model": CHAT, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
     # 401 from the gateway's front, before LiteLLM (which without a database answers a wrong key 400)
@@ -355,7 +351,7 @@ def test_routing_slot_aware_pool_vs_random(gateway, capsys):
     each"); the random clients call the same two directly. ROUNDS rounds (one in the suite); a second
     swaps the order, so that drift in the machine's load (2 cores shared with other work) hits both alike.
     """
-    key = server_key()
+    key = lab_server_key()
     ports = list(LAB2.values())
     slots = [get_json(f"http://127.0.0.1:{p}/props", key).get("total_slots") for p in ports]
     assert slots == [1, 1], slots
@@ -471,7 +467,7 @@ def balanced_seed(after: int, cfg_values: dict, names: list[str]) -> tuple[int, 
 def bench_target(names: list[str]) -> Target:
     servers = [{"name": n, "host": n.split(".")[0], "role": "chat", "model": POOLS[CHAT]["model"],
                 "url": f"http://127.0.0.1:{LAB2[n]}", "slots": 1} for n in names]
-    return Target(gateway_url=GATEWAY, gateway_key=KEY, server_key=server_key(), servers=servers,
+    return Target(gateway_url=GATEWAY, gateway_key=KEY, server_key=lab_server_key(), servers=servers,
                   groups=[{"name": CHAT, "role": "chat", "model": POOLS[CHAT]["model"], "servers": names}])
 
 
@@ -594,7 +590,7 @@ def test_streaming_through_the_pool_and_the_gateway_is_as_smooth_as_direct(gatew
     body = {"model": CHAT, "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse."}],
             "max_tokens": 120, "temperature": 0, "ignore_eos": True}
     chat_port = POOLS[CHAT]["port"]
-    paths = {"server (lab.chat-0)": (LAB_CHAT["lab.chat-0"], server_key()),
+    paths = {"server (lab.chat-0)": (LAB_CHAT["lab.chat-0"], lab_server_key()),
              f"pool :{chat_port}": (chat_port, KEY),     # the pools take the gateway's key
              f"gateway :{GATEWAY.rsplit(':', 1)[1]}": (int(GATEWAY.rsplit(":", 1)[1]), KEY)}
     gaps = {name: chunk_gaps(port, key, body) for name, (port, key) in paths.items()}
@@ -607,7 +603,7 @@ def test_streaming_through_the_pool_and_the_gateway_is_as_smooth_as_direct(gatew
 
 def test_overhead_of_gateway_and_pool_over_a_direct_call(gateway, capsys):
     """Median latency of a short non-streamed request, direct to a server vs through gateway + pool."""
-    key = server_key()
+    key = lab_server_key()
     body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0}
     direct, via = [], []
     for i in range(15):  # interleaved, so drift hits both alike

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import urllib.error
 import urllib.request
@@ -19,7 +20,7 @@ import yaml
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._llama_server_flags import PINNED_FLAGS
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import parse_help_flags
 from tests.conftest import ROOT
-from tests.integration.conftest import containers, playbook, recap_changed
+from tests.integration.conftest import containers, lab_server_key, playbook, recap_changed
 
 SERVERS = {"chat-0": 8101, "chat-1": 8102, "embed-0": 8201, "embed-1": 8202}
 with open(os.path.join(ROOT, "inventory", "lab", "group_vars", "llamafleet", "lab.yml"), encoding="utf-8") as _handle:
@@ -30,10 +31,6 @@ LAB_CHAT_MODEL = {"lab-smollm2": {
     "path": "/var/lib/llamafleet/models/SmolLM2-135M-Instruct.Q4_1.gguf",
     "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"}}
 
-
-def api_key() -> str:
-    with open(os.path.join(ROOT, ".cache", "lab-api-key"), encoding="utf-8") as handle:
-        return handle.read().split()[0]
 
 
 def post(port: int, path: str, body: dict, key: str | None) -> tuple[int, dict]:
@@ -52,19 +49,34 @@ def deployed(lab):
     return lab
 
 
-def test_second_run_changes_nothing(deployed):
+def second_clone_inventory(tmp_path) -> str:
+    """inventory/lab as another clone of this commit holds it: its own .cache with the lab's inputs
+    (models, the source archive) and no servers' key of its own."""
+    inventory = tmp_path / "inventory" / "lab"
+    shutil.copytree(os.path.join(ROOT, "inventory", "lab"), inventory)
+    (tmp_path / ".cache").mkdir()
+    for name in ("models", "sources"):
+        os.symlink(os.path.join(ROOT, ".cache", name), tmp_path / ".cache" / name)
+    return str(inventory)
+
+
+def test_second_run_from_another_clone_changes_nothing(deployed, tmp_path):
     # the lab is shared by the whole session and already converged (the lab fixture, then every test that
-    # changes it puts it back): a run that changes nothing proves it; one that did converge is run again
-    result = playbook("site.yml")
+    # changes it puts it back): a run that changes nothing proves it; one that did converge is run again.
+    # It runs from a second clone's inventory: the servers' key is the host's, so that clone manages the
+    # same servers (with a key of its own, it would refuse to recreate every server at once).
+    inventory = second_clone_inventory(tmp_path)
+    result = playbook("-i", inventory, "site.yml")
     if recap_changed(result.stdout):
-        result = playbook("site.yml")
+        result = playbook("-i", inventory, "site.yml")
     assert recap_changed(result.stdout) == 0, result.stdout[-3000:]
+    assert not (tmp_path / ".cache" / "lab-api-key").exists()   # no key generated in that clone
 
 
 def test_chat_completion_answers(deployed):
     for name in ("chat-0", "chat-1"):
         status, body = post(SERVERS[name], "/v1/chat/completions",
-                            {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 8}, api_key())
+                            {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 8}, lab_server_key())
         assert status == 200, body
         assert body["choices"][0]["message"]["content"] is not None
         assert body["usage"]["completion_tokens"] >= 1
@@ -72,7 +84,7 @@ def test_chat_completion_answers(deployed):
 
 def test_embedding_answers(deployed):
     for name in ("embed-0", "embed-1"):
-        status, body = post(SERVERS[name], "/v1/embeddings", {"input": "a lamp"}, api_key())
+        status, body = post(SERVERS[name], "/v1/embeddings", {"input": "a lamp"}, lab_server_key())
         assert status == 200, body
         vector = body["data"][0]["embedding"]
         assert len(vector) == 640 and any(abs(v) > 0 for v in vector)

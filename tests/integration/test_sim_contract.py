@@ -24,12 +24,10 @@ import pytest
 
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._llama_server_flags import PINNED_FLAGS
 from tests.conftest import ROOT
-from tests.integration.conftest import containers
-from tests.integration.test_gateway import server_key
+from tests.integration.conftest import LAB_KEY_FILE, containers, lab_server_key
 from tests.support.json_http import call, events
 
 PROGRAM = os.path.join(ROOT, "roles", "llamacpp_build", "files", "sim", "llamasim.py")
-KEY_FILE = "/etc/llamafleet/api_key"   # the lab servers' key on the host (mounted into each container)
 # new to the lab's chat-0 in every run (a server that answered an earlier run keeps its prompts cached):
 # the start of the card and of the timed prompts
 RUN = random.SystemRandom().randrange(10_000, 40_000)
@@ -49,7 +47,7 @@ def simulated_chat0(flags_dir, profile: dict | None = None):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     argv[argv.index("--port") + 1] = str(port)
-    argv[argv.index("--api-key-file") + 1] = KEY_FILE
+    argv[argv.index("--api-key-file") + 1] = LAB_KEY_FILE
     flags = flags_dir / "flags.json"
     flags.write_text(json.dumps(sorted(PINNED_FLAGS["0c1e570"])))
     env = dict(os.environ, LLAMASIM_FLAGS=str(flags), **({"LLAMASIM_PROFILE": json.dumps(profile)} if profile else {}))
@@ -104,7 +102,7 @@ def test_the_web_uis_path_is_public_and_not_found_on_both(pair):
 
 
 def test_props_and_slots_agree(pair):
-    key = server_key()
+    key = lab_server_key()
     (_, real), (_, sim) = both(pair, "GET", "/props", key=key)
     assert sim["total_slots"] == real["total_slots"]
     assert sim["default_generation_settings"]["n_ctx"] == real["default_generation_settings"]["n_ctx"]
@@ -114,7 +112,7 @@ def test_props_and_slots_agree(pair):
 
 def test_a_chat_completion_has_the_real_ones_fields(pair):
     body = {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 5, "ignore_eos": True}
-    (rs, real), (ss, sim) = both(pair, "POST", "/v1/chat/completions", body, server_key())
+    (rs, real), (ss, sim) = both(pair, "POST", "/v1/chat/completions", body, lab_server_key())
     assert rs == ss == 200
     assert set(sim) <= set(real), set(sim) - set(real)
     assert set(sim["usage"]) <= set(real["usage"]) and set(sim["timings"]) <= set(real["timings"])
@@ -128,7 +126,7 @@ def test_a_chat_completion_has_the_real_ones_fields(pair):
 def test_a_streamed_completion_comes_in_the_real_ones_chunks(pair, options):
     body = {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 5, "ignore_eos": True,
             **({"stream_options": options} if options else {})}
-    real, sim = (streamed(port, body, server_key()) for port in pair)
+    real, sim = (streamed(port, body, lab_server_key()) for port in pair)
     assert real[-1] == sim[-1] == "[DONE]" and len(sim) == len(real)
     assert sim[0]["choices"][0]["delta"] == real[0]["choices"][0]["delta"]   # the role chunk when the slot starts
     for mine, theirs in zip(sim[:-1], real[:-1], strict=True):   # the same fields, chunk by chunk
@@ -142,7 +140,7 @@ def test_a_streamed_completion_comes_in_the_real_ones_chunks(pair, options):
 def test_llama_servers_own_completion_format_has_the_real_ones_fields(pair, stream):
     """/completion: content, stop, tokens_predicted, timings; streamed without [DONE]."""
     body = {"prompt": [1000 + i for i in range(20)], "n_predict": 4, "stream": stream}
-    key = server_key()
+    key = lab_server_key()
     if not stream:
         (rs, real), (ss, sim) = both(pair, "POST", "/completion", body, key)
         assert rs == ss == 200
@@ -156,7 +154,7 @@ def test_llama_servers_own_completion_format_has_the_real_ones_fields(pair, stre
 
 
 def test_a_prompt_over_the_slots_context_is_the_same_error(pair):
-    key = server_key()
+    key = lab_server_key()
     n_ctx = call(pair[0], "GET", "/props", key=key)[1]["default_generation_settings"]["n_ctx"]
     body = {"prompt": [1000 + i % 500 for i in range(n_ctx)], "n_predict": 1}
     (rs, real), (ss, sim) = both(pair, "POST", "/completion", body, key)
@@ -166,7 +164,7 @@ def test_a_prompt_over_the_slots_context_is_the_same_error(pair):
 
 
 def test_the_metrics_the_fleet_reads_exist_on_both(pair):
-    key = server_key()
+    key = lab_server_key()
     (_, real), (_, sim) = both(pair, "GET", "/metrics", key=key)
     names = {label: {line.split()[0] for line in text.splitlines() if line.startswith("llamacpp:")}
              for label, text in (("real", real), ("sim", sim))}
@@ -178,7 +176,7 @@ def test_the_metrics_the_fleet_reads_exist_on_both(pair):
 def test_the_same_conversations_reuse_the_same_share_of_each_prompt(pair, capsys):
     """Two conversations with one character card, three turns each, in turn: which slot each turn finds
     and how much of its prompt is cached follow llama-server's slot selection on both servers."""
-    key = server_key()
+    key = lab_server_key()
     # each server's conversations go on with its own replies, as a client's do
     history = {(label, name): [{"role": "system", "content": CARD}] for label in ("real", "sim") for name in ("a", "b")}
     questions = ["Good evening, Mira.", "Which ship passed last night?", "Was the sea rough?"]
@@ -227,7 +225,7 @@ def alone(port: int, key: str, first_token: int) -> dict:
 def test_given_the_real_servers_speeds_alone_the_simulator_matches_its_ttft_and_tokens_per_second(lab, tmp_path, capsys):
     """chat-0 measured alone (median of 3), its prefill rate and step time given to a simulator as its
     profile; the simulator's TTFT and tokens/s alone, as the client sees them, within 15% of chat-0's."""
-    key = server_key()
+    key = lab_server_key()
     argv = containers()["chat-0"]["Args"]
     real_port = int(argv[argv.index("--port") + 1])
     runs = [alone(real_port, key, RUN + i) for i in range(3)]

@@ -21,19 +21,16 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.integration.conftest import containers as lab_containers
+from tests.integration.conftest import lab_server_key
 
 CGROUP = "/sys/fs/cgroup/memory/docker/{id}/{name}"
 ROWS: list[str] = []
 
 
-def api_key() -> str:
-    with open(os.path.join(ROOT, ".cache", "lab-api-key"), encoding="utf-8") as handle:
-        return handle.read().split()[0]
-
 
 def post(port: int, path: str, body: dict) -> tuple[int, str]:
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_key()}"})
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {lab_server_key()}"})
     try:
         with urllib.request.urlopen(req, timeout=600) as resp:
             return resp.status, resp.read().decode()

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._fleet import fleet_host
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._fleet import fleet_host, image_digest
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import InventoryError, normalize_host
 
 SHA = "b" * 64
@@ -105,3 +105,19 @@ def test_only_the_models_the_servers_use_are_placed():
     models = fleet_host(normalize_host("gpu1", hv))["models"]
     assert models == {"chatm": {"path": "/srv/models/chat.gguf", "sha256": SHA},
                       "embm": {"path": "/srv/models/emb.gguf", "sha256": SHA}}
+
+
+# Expected digests from coreutils, not from hashlib:
+#   printf 'FROM ${BASE_IMAGE}\nRUN apt-get install -y haproxyllamafleet/debian:bookworm' | sha256sum
+#   printf '{"a": 1}' | sha256sum
+def test_image_digest_is_the_first_12_hex_digits_of_the_inputs_sha256_in_order():
+    dockerfile = "FROM ${BASE_IMAGE}\nRUN apt-get install -y haproxy"
+    assert image_digest([dockerfile, "llamafleet/debian:bookworm"]) == "5ad3d130f1c4"
+    assert image_digest(dockerfile + "llamafleet/debian:bookworm") == "5ad3d130f1c4"   # a string is one input
+    assert image_digest('{"a": 1}') == "f9d86028c6e0"
+    assert image_digest(["llamafleet/debian:bookworm", dockerfile]) != "5ad3d130f1c4"   # order counts
+
+
+def test_image_digest_refuses_what_is_not_text():
+    with pytest.raises(TypeError, match="strings"):
+        image_digest(["FROM x", {"a": 1}])
