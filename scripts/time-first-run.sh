@@ -32,11 +32,14 @@ restore() {
   stop_fresh_daemon
   # shellcheck disable=SC2086
   [ -z "$lab_containers" ] || docker start $lab_containers >/dev/null || true
-  rm -rf "$WORK/docker" "$WORK/exec"
+  # the stopped daemon leaves its network namespace mounted under its exec root; rm cannot remove a mount
+  umount "$WORK/exec/netns/default" 2>/dev/null || true
+  rm -rf "$WORK/docker" "$WORK/exec" || true
 }
 trap restore EXIT
 
 stop_fresh_daemon
+umount "$WORK/exec/netns/default" 2>/dev/null || true
 rm -rf "$WORK"
 mkdir -p "$WORK"
 git clone --quiet --no-hardlinks "$SRC" "$WORK/clone"
