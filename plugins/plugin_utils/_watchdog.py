@@ -1,5 +1,10 @@
 """llamafleet watchdog: keeps the llama-servers of one host alive, one restart at a time.
 
+It also keeps running the fleet's other containers on the host (the gateway's LiteLLM instances, the
+pools' HAProxy, Prometheus): each carries the label `llamafleet.keep-running`, and one that Docker's
+restart policy left stopped (`docker kill`, a stop) is started again. Those are found by the label at
+every tick, so the roles that own them need not tell the watchdog their names.
+
 A small stdlib-only daemon (it runs as a container built by the watchdog role, with the host's
 Docker socket). Every tick it observes each server (its container's state through the Docker API,
 `GET /health` bounded by a timeout, and on CUDA hosts the GPUs through nvidia-smi and Xid lines of
@@ -26,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -35,6 +40,11 @@ from urllib.parse import quote
 # ---------------------------------------------------------------------------------------------
 
 ROLES = ("chat", "embed")
+# The label of a container the watchdog keeps running by its state alone (no health endpoint): the
+# gateway, pools and monitoring roles set it. Docker's restart policy brings back a crashed process,
+# but not a container it was told to kill or stop; the watchdog does.
+KEEP_RUNNING_LABEL = "llamafleet.keep-running"
+KEPT_ROLE = "container"
 
 # Xid codes (NVIDIA's Xid catalogue). An application-level fault leaves the server's CUDA context
 # unusable while /health may still answer: restart the server. A GPU-level fault needs a GPU reset
@@ -51,9 +61,12 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Server:
+    """A llama-server (checked by its container and /health), or a kept container (role KEPT_ROLE,
+    port None: checked by its container's state only)."""
+
     name: str
     container: str
-    port: int
+    port: int | None
     role: str
     address: str = "127.0.0.1"
     gpu: int | None = None
@@ -190,7 +203,7 @@ class Observation:
     """What one tick saw of one server. `container` is Docker's state, or missing / unknown."""
 
     container: str                      # running, paused, exited, dead, restarting, created, missing, unknown
-    health: str = "skipped"             # ok, loading, refused, timeout, error, skipped
+    health: str = "skipped"             # ok, loading, refused, timeout, error, skipped; none: no endpoint
     detail: str = ""
     latency_s: float | None = None
     started_at: float | None = None     # epoch seconds of the container's last start
@@ -202,7 +215,7 @@ class Observation:
 @dataclass(frozen=True)
 class Action:
     server: str
-    kind: str       # restart or unpause
+    kind: str       # restart (a server), start (a kept container) or unpause
     reason: str
     detail: str
 
@@ -255,7 +268,7 @@ def classify(policy: Policy, obs: Observation, now: float) -> tuple[str, str]:
     if obs.container == "paused":
         return "fail", "paused"
     in_grace = obs.started_at is not None and now - obs.started_at <= policy.start_grace_s
-    if obs.health == "ok":
+    if obs.health in ("ok", "none"):
         return "ok", ""
     if obs.health in ("loading", "refused"):
         # llama-server answers 503 "Loading model" while it loads; the port opens a moment after start
@@ -279,13 +292,23 @@ class Supervisor:
     def _event(self, event: str, now: float, **fields) -> None:
         self.events.append({"ts": now, "event": event, **fields})
 
+    def keep(self, containers: list[str], now: float) -> None:
+        """The kept containers seen this tick: a new one is watched from now on, one that was removed is
+        forgotten (removing a container is how its role retires it, so it is not missing)."""
+        kept = {name for name, s in self.servers.items() if s.role == KEPT_ROLE}
+        for name in sorted(set(containers) - kept):
+            if name in self.servers:
+                continue    # a server's name, which a container name cannot take over
+            self.servers[name] = Server(name=name, container=name, port=None, role=KEPT_ROLE)
+            self.states[name] = ServerState()
+            self._event("watching", now, server=name, reason=f"label {KEEP_RUNNING_LABEL}")
+        for name in sorted(kept - set(containers)):
+            del self.servers[name], self.states[name]
+            self._event("forgotten", now, server=name, reason="container removed")
+
     def take_events(self) -> list[dict]:
         events, self.events = self.events, []
         return events
-
-    def in_flight(self) -> str | None:
-        """The server whose action has not settled yet (restarted, not yet healthy nor failed again)."""
-        return next((name for name, st in self.states.items() if st.phase == "recovering"), None)
 
     def gpu_fault(self, gpu: int, detail: str, now: float) -> None:
         """An application-level Xid on `gpu`: its servers are failed at once, whatever /health says."""
@@ -363,7 +386,8 @@ class Supervisor:
             st.phase = "failing"
 
     def step(self, now: float, observations: dict[str, Observation]) -> list[Action]:
-        """Update every server from this tick's observations; return the actions to take now (0 or 1)."""
+        """Update every server from this tick's observations; return the actions to take now (at most one
+        on a llama-server and one on a kept container)."""
         for name in self.servers:
             self._observe(name, observations.get(name, Observation(container="unknown", detail="not observed")), now)
         for name, st in self.states.items():
@@ -374,17 +398,22 @@ class Supervisor:
                             detail=f"not healthy {self.policy.start_grace_s:g} s after the action")
         if self.paused:
             return []
-        busy = self.in_flight()
-        if busy is not None:
-            return []   # one at a time: wait until the last action has settled
-        candidates = [(st.failed_since, name) for name, st in self.states.items()
-                      if st.phase == "failed" and now >= self.next_action_at(name)]
-        if not candidates:
-            return []
-        _since, name = min(candidates)
-        st = self.states[name]
-        kind = "unpause" if st.container == "paused" else "restart"
-        return [Action(server=name, kind=kind, reason=st.reason, detail=st.detail or st.gpu_fault)]
+        actions = []
+        # One action at a time among the llama-servers, and one among the kept containers: a server that
+        # takes minutes to load its model must not hold back the gateway's restart, nor the reverse.
+        for kept in (False, True):
+            names = [name for name, s in self.servers.items() if (s.role == KEPT_ROLE) == kept]
+            if any(self.states[name].phase == "recovering" for name in names):
+                continue    # wait until the last action of this group has settled
+            candidates = [(self.states[name].failed_since, name) for name in names
+                          if self.states[name].phase == "failed" and now >= self.next_action_at(name)]
+            if candidates:
+                _since, name = min(candidates)
+                st = self.states[name]
+                # a kept container is stopped, so start it: a second start of a running one is a no-op
+                kind = "unpause" if st.container == "paused" else "start" if kept else "restart"
+                actions.append(Action(server=name, kind=kind, reason=st.reason, detail=st.detail or st.gpu_fault))
+        return actions
 
     def next_action_at(self, name: str) -> float:
         st = self.states[name]
@@ -445,7 +474,11 @@ def render_metrics(sup: Supervisor, *, paused: bool, gpus: dict[int, bool], xids
         return {"server": s.name, "role": s.role, "container": s.container}
 
     family("llamafleet_watchdog_up", "gauge", "1 when the server's /health answered 200 at the last check.",
-           [(ident(s), 1.0 if sup.states[s.name].phase in UP_PHASES else 0.0) for s in servers])
+           [(ident(s), 1.0 if sup.states[s.name].phase in UP_PHASES else 0.0) for s in servers if s.role != KEPT_ROLE])
+    family("llamafleet_watchdog_container_up", "gauge",
+           f"1 when a container labelled {KEEP_RUNNING_LABEL} was running at the last check.",
+           [({"container": s.container}, 1.0 if sup.states[s.name].phase in UP_PHASES else 0.0)
+            for s in servers if s.role == KEPT_ROLE])
     family("llamafleet_watchdog_phase", "gauge", "The server's phase in the watchdog's state machine (1 for the current one).",
            [({"server": s.name, "phase": p}, 1.0 if sup.states[s.name].phase == p else 0.0) for s in servers for p in PHASES])
     family("llamafleet_watchdog_restarts_total", "counter",
@@ -672,15 +705,27 @@ class Docker:
                            exit_code=state.get("ExitCode"), oom_killed=bool(state.get("OOMKilled")),
                            detail=f"exit code {state.get('ExitCode')}" if state.get("Status") in ("exited", "dead") else "")
 
+    def kept(self) -> list[str] | None:
+        """The names of every container labelled KEEP_RUNNING_LABEL=true, running or not; None when
+        Docker cannot be asked (the watched set then stays as it was)."""
+        filters = quote(json.dumps({"label": [f"{KEEP_RUNNING_LABEL}=true"]}))
+        try:
+            status, body = self._call("GET", f"/containers/json?all=1&filters={filters}", 5)
+        except OSError:
+            return None
+        if status != 200:
+            return None
+        return [(item.get("Names") or ["/"])[0].lstrip("/") for item in json.loads(body)]
+
     def act(self, container: str, kind: str, stop_timeout_s: int) -> str:
-        """Restart or unpause; returns an error text, empty when Docker accepted it."""
-        path = f"/containers/{quote(container)}/unpause" if kind == "unpause" \
-            else f"/containers/{quote(container)}/restart?t={stop_timeout_s}"
+        """Restart, start or unpause; returns an error text, empty when Docker accepted it."""
+        path = f"/containers/{quote(container)}/restart?t={stop_timeout_s}" if kind == "restart" \
+            else f"/containers/{quote(container)}/{kind}"
         try:
             status, body = self._call("POST", path, stop_timeout_s + 30)
         except OSError as err:
             return f"docker: {err}"
-        if status in (200, 204):
+        if status in (200, 204) or (kind == "start" and status == 304):   # 304: already started
             return ""
         return f"docker: HTTP {status} {body[:200].decode('utf-8', 'replace')}"
 
@@ -777,7 +822,9 @@ class Watchdog:
     def observe(self, server: Server, now: float) -> Observation:
         obs = self.docker.inspect(server.container)
         obs.maintenance = self._flag(os.path.join("maintenance", server.name), now)
-        if obs.container == "running" and not obs.maintenance:
+        if server.port is None:
+            obs.health = "none"
+        elif obs.container == "running" and not obs.maintenance:
             obs.health, detail, obs.latency_s = check_health(server.address, server.port, self.config.policy.health_timeout_s)
             obs.detail = detail or obs.detail
         return obs
@@ -788,7 +835,12 @@ class Watchdog:
             self.sup.set_paused(self._flag("pause", start), start)
             if self.gpu is not None:
                 self.gpu.poll(start, self.sup)
-        futures = {s.name: self.pool.submit(self.observe, s, start) for s in self.config.servers}
+        kept = self.docker.kept()
+        with self.lock:
+            if kept is not None:
+                self.sup.keep(kept, start)
+            watched = list(self.sup.servers.values())
+        futures = {s.name: self.pool.submit(self.observe, s, start) for s in watched}
         observations = {name: f.result() for name, f in futures.items()}
         now = time.time()
         with self.lock:
@@ -821,6 +873,7 @@ class Watchdog:
 
     def run(self) -> None:
         self.emit({"ts": time.time(), "event": "start", "servers": [s.name for s in self.config.servers],
+                   "keep_only": not self.config.servers,
                    "gpu_checks": self.config.gpu_checks, "policy": self.config.policy.__dict__})
         while not self.stop.is_set():
             started = time.monotonic()
@@ -859,6 +912,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="llamafleet watchdog")
     parser.add_argument("--config", required=True)
     parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    parser.add_argument("--keep-only", action="store_true",
+                        help="the keeper: keep the labelled containers running (the watchdog's own among them), "
+                             "leave the servers, the GPUs and the metrics port to the watchdog")
     args = parser.parse_args(argv)
     try:
         with open(args.config, encoding="utf-8") as handle:
@@ -869,13 +925,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"watchdog: {args.config}: {len(config.servers)} servers, configuration valid")
         return 0
+    if args.keep_only:
+        # Two processes keep each other running: a `docker kill` of either is undone by the other. Their
+        # actions on a kept container are starts, so both acting on the same one is harmless.
+        config = replace(config, servers=(), gpu_checks=False)
     watchdog = Watchdog(config)
-    server = serve(watchdog)
+    server = None if args.keep_only else serve(watchdog)
     signal.signal(signal.SIGTERM, lambda *_: watchdog.stop.set())
     try:
         watchdog.run()
     finally:
-        server.shutdown()
+        if server is not None:
+            server.shutdown()
     return 0
 
 

@@ -5,6 +5,7 @@ whole session, and a test that changes the fleet puts it back as the inventory s
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -65,6 +66,25 @@ LAB_KEY_FILE = "/etc/llamafleet/api_key"
 def lab_server_key() -> str:
     with open(LAB_KEY_FILE, encoding="utf-8") as handle:
         return handle.read().split()[0]
+
+
+WATCHDOG_MAINTENANCE = "/run/llamafleet/watchdog/maintenance"  # watchdog_state_dir, role default
+
+
+@contextlib.contextmanager
+def watchdog_holds_off(*names: str):
+    """The watchdog's maintenance flags for these servers or containers: a test that stops them on
+    purpose keeps the watchdog from starting them again meanwhile (docs/watchdog.md, Pausing it)."""
+    os.makedirs(WATCHDOG_MAINTENANCE, exist_ok=True)
+    flags = [os.path.join(WATCHDOG_MAINTENANCE, name) for name in names]
+    for flag in flags:
+        with open(flag, "w", encoding="utf-8"):
+            pass
+    try:
+        yield
+    finally:
+        for flag in flags:
+            os.remove(flag)
 
 
 def recap_changed(output: str) -> int:

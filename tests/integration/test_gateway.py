@@ -210,9 +210,10 @@ def gateway(lab):
 
 
 def remove_lab2() -> None:
-    """Every container of the stand-in host lab2 (its servers, Prometheus and watchdog) removed."""
+    """Every container of the stand-in host lab2 (its servers, Prometheus, watchdog and keeper) removed."""
     subprocess.run(["docker", "rm", "-f", *(f"llamafleet-lab2-{n.split('.', 1)[1]}" for n in LAB2),
-                    "llamafleet-lab2-prometheus", "llamafleet-lab2-watchdog"], capture_output=True, check=False)
+                    "llamafleet-lab2-prometheus", "llamafleet-lab2-watchdog", "llamafleet-lab2-watchdog-keeper"],
+                   capture_output=True, check=False)
 
 
 def test_chat_and_embedding_answer_through_the_gateway(gateway):

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
+from tests.integration.conftest import watchdog_holds_off
 from tests.integration.test_gateway import (
     CHAT,
     EMBED,
@@ -226,16 +227,17 @@ def test_a_crash_of_the_front_cuts_requests_in_flight_which_the_openai_clients_r
 
 
 def test_no_instance_up_is_a_503_with_retry_after_in_openais_format(lab):
-    subprocess.run(["docker", "stop", "-t", "2", *LITELLM], capture_output=True, check=True)
-    try:
-        deadline = time.monotonic() + 30
-        while any(pool_stats()[(FRONT, name.removeprefix("llamafleet-"))]["status"] == "UP" for name in LITELLM):
-            assert time.monotonic() < deadline, "the front still sees an instance up"
-            time.sleep(0.5)
-        with pytest.raises(openai.InternalServerError) as exc:
-            chat()
-        assert exc.value.status_code == 503 and exc.value.response.headers["Retry-After"] == "5", exc.value.body
-        assert exc.value.body["type"] == "server_error"
-    finally:
-        subprocess.run(["docker", "start", *LITELLM], capture_output=True, check=True)
-        wait_both_up(90, "after their start")
+    with watchdog_holds_off(*LITELLM):  # the watchdog would start them again within seconds
+        subprocess.run(["docker", "stop", "-t", "2", *LITELLM], capture_output=True, check=True)
+        try:
+            deadline = time.monotonic() + 30
+            while any(pool_stats()[(FRONT, name.removeprefix("llamafleet-"))]["status"] == "UP" for name in LITELLM):
+                assert time.monotonic() < deadline, "the front still sees an instance up"
+                time.sleep(0.5)
+            with pytest.raises(openai.InternalServerError) as exc:
+                chat()
+            assert exc.value.status_code == 503 and exc.value.response.headers["Retry-After"] == "5", exc.value.body
+            assert exc.value.body["type"] == "server_error"
+        finally:
+            subprocess.run(["docker", "start", *LITELLM], capture_output=True, check=True)
+    wait_both_up(90, "after their start")

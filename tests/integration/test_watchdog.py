@@ -56,9 +56,9 @@ def metric(text: str, name: str, **labels) -> float | None:
     return None
 
 
-def events(since: float) -> list[dict]:
-    """The watchdog's JSON log lines from `since` on."""
-    out = subprocess.run(["docker", "logs", "--since", f"{since - 1:.3f}", "llamafleet-watchdog"],
+def events(since: float, container: str = "llamafleet-watchdog") -> list[dict]:
+    """The watchdog's (or its keeper's) JSON log lines from `since` on."""
+    out = subprocess.run(["docker", "logs", "--since", f"{since - 1:.3f}", container],
                          capture_output=True, text=True, check=True)
     lines = [json.loads(line) for line in (out.stdout + out.stderr).splitlines() if line.startswith("{")]
     return [e for e in lines if e.get("epoch", 0) >= since]
@@ -74,7 +74,7 @@ def prom_query(expr: str) -> dict:
 def watched(lab):
     """The watchdog and Prometheus on the lab; what was not running before is removed afterwards,
     so that the shared lab runs without them until site.yml brings them up."""
-    before = {name: running(name) for name in ("llamafleet-watchdog", "llamafleet-prometheus")}
+    before = {name: running(name) for name in ("llamafleet-watchdog", "llamafleet-watchdog-keeper", "llamafleet-prometheus")}
     playbook("playbooks/watchdog.yml")
     playbook("playbooks/monitoring.yml")
     deadline = time.time() + 120
@@ -267,3 +267,94 @@ def test_the_watchdog_is_a_supervised_hardened_container(watched):
     assert host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"] and not host["CapAdd"]
     assert "no-new-privileges:true" in host["SecurityOpt"]
     assert {m["Destination"]: m["RW"] for m in info["Mounts"]}["/run/llamafleet/watchdog"] is False
+
+
+# --- the fleet's other containers (label llamafleet.keep-running) ---------------------------------
+
+# What answers once each is back (docs/gateway.md, What answers without a key).
+KEPT = {"llamafleet-litellm-1": "http://127.0.0.1:4002/health/liveliness",
+        "llamafleet-pools": "http://127.0.0.1:8404/metrics",
+        "llamafleet-prometheus": f"{PROMETHEUS}/-/ready",
+        "llamafleet-watchdog": f"{WATCHDOG}/healthz",
+        "llamafleet-watchdog-keeper": None}     # serves nothing: its process is what counts
+
+
+def main_pid(container: str) -> int:
+    return int(subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", container], capture_output=True,
+                              text=True, check=True).stdout)
+
+
+def samples_before(t: float) -> float:
+    """Samples Prometheus holds of the watchdog's tick gauge in the 2 minutes before `t`."""
+    expr = urllib.parse.quote("count_over_time(llamafleet_watchdog_tick_seconds[2m])")
+    status, body = get(f"{PROMETHEUS}/api/v1/query?query={expr}&time={t:.3f}")
+    assert status == 200, body
+    values = json.loads(body)["data"]["result"]
+    return float(values[0]["value"][1]) if values else 0.0
+
+
+def container_fault(container: str, how: str) -> dict:
+    """Under the gateway load: a crash (SIGKILL to the container's main process from the host, as the OOM
+    killer does: Docker's restart policy acts) or `docker kill` (Docker leaves the container stopped).
+    Returns the seconds until it answered again with a new process, and the watchdog's events."""
+    pid = main_pid(container)
+    start = time.time()
+    if how == "crash":
+        os.kill(pid, 9)
+    else:
+        subprocess.run(["docker", "kill", container], check=True, capture_output=True)
+    back = None
+    while time.time() - start < LIMIT_S:
+        state = subprocess.run(["docker", "inspect", "-f", "{{.State.Status}} {{.State.Pid}}", container],
+                               capture_output=True, text=True).stdout.split()
+        if state and state[0] == "running" and int(state[1]) not in (0, pid) \
+                and (KEPT[container] is None or get(KEPT[container], timeout=2)[0] == 200):
+            back = time.time() - start
+            break
+        time.sleep(0.1)
+    time.sleep(1.5)     # the watchdog's next tick logs what it saw
+    log = [dict(e, by="watchdog") for e in events(start)] \
+        + [dict(e, by="keeper") for e in events(start, "llamafleet-watchdog-keeper")]
+    return {"back": back, "start": start,
+            "acted": sorted((e for e in log if e.get("server") == container and e["event"] in ("start", "restart")),
+                            key=lambda e: e["epoch"])}
+
+
+def fault_row(what: str, result: dict, load: GatewayLoad, lost: str) -> None:
+    acted = result["acted"][0] if result["acted"] else None
+    by = f"the {acted['by']}'s {acted['event']} at {acted['epoch'] - result['start']:.2f}" if acted else "Docker's restart policy"
+    back = f"{result['back']:5.2f}" if result["back"] is not None else "never"
+    row = (f"{what:<28} answering again at {back} ({by});  gateway load: {load.failed} of {len(load.results)} "
+           f"requests failed;  lost: {lost}")
+    FAULT_ROWS.append(row)
+    print(row)
+
+
+@pytest.mark.parametrize("container,how", [("llamafleet-litellm-1", "kill"), ("llamafleet-pools", "kill"),
+                                           ("llamafleet-prometheus", "crash"), ("llamafleet-prometheus", "kill"),
+                                           ("llamafleet-watchdog", "crash"), ("llamafleet-watchdog", "kill"),
+                                           ("llamafleet-watchdog-keeper", "kill")])
+def test_the_fleets_other_containers_come_back(watched, container, how):
+    """Docker restarts a crashed process by its restart policy; a container that `docker kill` stopped, it
+    leaves down, and the watchdog or its keeper starts it (it is labelled llamafleet.keep-running; the two
+    keep each other too). A killed LiteLLM
+    instance fails no request (the other serves); the pools' HAProxy is the gateway's port, so requests
+    that reach it while it is down fail (printed); Prometheus keeps the samples it had."""
+    t_before = time.time() - 5
+    kept_samples = samples_before(t_before)
+    with GatewayLoad(rate_per_s=1.0) as load:
+        result = container_fault(container, how)
+    lost = "nothing"
+    if container == "llamafleet-prometheus":
+        after = samples_before(t_before)
+        lost = f"{kept_samples - after:g} of {kept_samples:g} samples of the 2 minutes before"
+        assert after == kept_samples > 0, "Prometheus lost samples it had written before the fault"
+    fault_row(f"{'SIGKILL' if how == 'crash' else 'docker kill'} {container.removeprefix('llamafleet-')}", result, load, lost)
+    assert result["back"] is not None, f"{container} was not answering {LIMIT_S} s after the fault: {events(result['start'])}"
+    if how == "kill":
+        # the watchdog and the keeper may both start it: a start of a running container changes nothing
+        assert result["acted"] and {(e["event"], e["reason"]) for e in result["acted"]} == {("start", "exited")}, result["acted"]
+    else:
+        assert not result["acted"], "Docker restarts a crash; the watchdog must not act as well"
+    if container != "llamafleet-pools":
+        assert load.failed == 0, f"{load.failed} of {len(load.results)} requests failed"

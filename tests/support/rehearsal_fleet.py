@@ -13,7 +13,7 @@ HOST = "first-user-sim"
 GATEWAY_PORT, GATEWAY_KEY = 4500, "sk-llamafleet-rehearsal-gateway-key"
 # every container the rehearsal runs besides its servers (inventory/rehearsal/group_vars)
 OTHERS = ["llamafleet-rehearsal-litellm-0", "llamafleet-rehearsal-litellm-1", "llamafleet-rehearsal-pools",
-          "llamafleet-rehearsal-watchdog", "llamafleet-rehearsal-prometheus"]
+          "llamafleet-rehearsal-watchdog", "llamafleet-rehearsal-watchdog-keeper", "llamafleet-rehearsal-prometheus"]
 
 
 def sim_containers() -> dict[str, dict]:

@@ -174,13 +174,56 @@ def test_one_action_at_a_time_and_never_all():
         actions = sup.step(now, obs(now))
         assert len(actions) <= 1
         for action in actions:
-            assert sup.in_flight() is None
+            assert not any(st.phase == "recovering" for st in sup.states.values())
             sup.acted(action, now)
             restarted_at[action.server] = now
             taken.append((now, action.server))
     # both chats fail at t=2; chat-0 (same detection time, first by name) is restarted at 2; it loads
     # until 6 and is healthy at 6; only then is chat-1 restarted (t=6); embed-0 is never touched
     assert taken == [(2, "chat-0"), (6, "chat-1")]
+
+
+POOLS = "llamafleet-pools"
+RUNNING = Observation(container="running", health="none", started_at=-1000.0)   # a kept container: no endpoint
+
+
+def test_kept_containers_are_watched_from_the_label_and_forgotten_once_removed():
+    sup = Supervisor((CHAT0,), POLICY)
+    sup.keep([POOLS, "chat-0"], 0)      # a container may not take a server's name
+    assert sorted(sup.servers) == ["chat-0", POOLS] and sup.servers[POOLS].port is None
+    assert [(e["event"], e["server"]) for e in sup.take_events()] == [("watching", POOLS)]
+    # docker kill at t=0: exited at 0, 1, 2 -> started again at 2 (the third failed check), like a server
+    taken = run(sup, [0, 1, 2, 3], lambda now: {"chat-0": HEALTHY, POOLS: EXITED if now < 3 else RUNNING})
+    assert taken == [(2, POOLS, "start", "exited")]
+    assert sup.states[POOLS].phase == "healthy"
+    sup.keep([], 4)                     # its role removed it: not missing, gone
+    assert sorted(sup.servers) == ["chat-0"] and POOLS not in sup.states
+    assert [e["event"] for e in sup.take_events()][-1] == "forgotten"
+
+
+def test_a_kept_container_is_not_held_back_by_a_server_that_loads():
+    sup = Supervisor((CHAT0,), POLICY)
+    sup.keep([POOLS], 0)
+
+    def obs(now):
+        # chat-0 killed at 0, restarted at 2, loading for a minute; the pools killed at 4
+        chat = EXITED if now < 3 else Observation("running", "loading", started_at=2.0)
+        return {"chat-0": chat, POOLS: EXITED if 4 <= now < 8 else RUNNING}
+
+    taken = run(sup, range(10), obs)
+    assert taken == [(2, "chat-0", "restart", "exited"), (6, POOLS, "start", "exited")]
+    assert sup.states["chat-0"].phase == "recovering"   # still loading when the pools were restarted
+
+
+def test_kept_containers_have_their_own_up_metric():
+    sup = Supervisor((CHAT0,), POLICY)
+    sup.keep([POOLS], 0)
+    run(sup, [0, 1, 2], lambda now: {"chat-0": HEALTHY, POOLS: EXITED})
+    lines = set(render_metrics(sup, paused=False, gpus={}, xids={}, last_tick=1.0, tick_s=0.1).splitlines())
+    assert 'llamafleet_watchdog_container_up{container="llamafleet-pools"} 0' in lines
+    assert 'llamafleet_watchdog_up{server="chat-0",role="chat",container="llamafleet-chat-0"} 1' in lines
+    assert not [line for line in lines if line.startswith("llamafleet_watchdog_up{") and POOLS in line]
+    assert 'llamafleet_watchdog_restarts_total{server="llamafleet-pools",reason="exited"} 1' in lines
 
 
 def test_the_oldest_failure_goes_first():
