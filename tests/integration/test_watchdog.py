@@ -358,3 +358,42 @@ def test_the_fleets_other_containers_come_back(watched, container, how):
         assert not result["acted"], "Docker restarts a crash; the watchdog must not act as well"
     if container != "llamafleet-pools":
         assert load.failed == 0, f"{load.failed} of {len(load.results)} requests failed"
+
+
+def restart_dockerd() -> float:
+    """Stop this machine's dockerd (SIGTERM, as `systemctl restart docker` does first) and start it again
+    with the same command line; returns the seconds until it answered again."""
+    pid = int(subprocess.run(["pidof", "dockerd"], capture_output=True, text=True, check=True).stdout.split()[0])
+    with open(f"/proc/{pid}/cmdline", "rb") as handle:
+        argv = [a.decode() for a in handle.read().split(b"\0") if a]
+    start = time.time()
+    os.kill(pid, 15)
+    while os.path.exists(f"/proc/{pid}") and time.time() - start < 60:
+        time.sleep(0.1)
+    with open("/var/log/llamafleet-dockerd.log", "ab") as log:   # docker_engine_dockerd_log, role default
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    while subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        assert time.time() - start < 120, "dockerd did not answer again within 120 s"
+        time.sleep(0.2)
+    return time.time() - start
+
+
+def test_a_dockerd_restart_keeps_every_container_serving(watched):
+    """live-restore (the docker_engine role sets it): the containers keep running while dockerd restarts,
+    so no request fails and no container starts again."""
+    assert subprocess.run(["docker", "info", "--format", "{{.LiveRestoreEnabled}}"], capture_output=True,
+                          text=True, check=True).stdout.strip() == "true"
+    names = subprocess.run(["docker", "ps", "--format", "{{.Names}}"], capture_output=True, text=True,
+                           check=True).stdout.split()
+    started = {n: main_pid(n) for n in names}
+    with GatewayLoad(rate_per_s=1.0) as load:
+        down_s = restart_dockerd()
+    after = {n: main_pid(n) for n in names}
+    restarted = sorted(n for n in names if after[n] != started[n])
+    row = (f"{'dockerd restart':<28} dockerd answering again at {down_s:5.2f}; {len(names) - len(restarted)} of "
+           f"{len(names)} containers kept their process;  gateway load: {load.failed} of {len(load.results)} "
+           f"requests failed;  lost: nothing")
+    FAULT_ROWS.append(row)
+    print(row)
+    assert not restarted, f"these containers were restarted by the dockerd restart: {restarted}"
+    assert load.failed == 0, f"{load.failed} of {len(load.results)} requests failed"
