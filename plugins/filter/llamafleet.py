@@ -7,9 +7,6 @@ Documentation of each filter is in the YAML file of the same name beside this on
 """
 from __future__ import annotations
 
-import json
-import os
-
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_gpus import GPUError, describe_gpu
@@ -19,7 +16,7 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._driver_packages 
     stale_driver_packages,
     supported,
 )
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._fleet import image_digest
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._fleet import image_digest, leaving
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gateway import (
     DEFAULT_INSTANCES,
     DEFAULT_PORT,
@@ -105,13 +102,11 @@ def _gateway_config(hostvars, hosts: list, gateway_hosts: list) -> dict | None:
     }
 
 
-def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str = ".", deployed_dir: str = "",
+def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str = ".",
                     gateway_hosts: list | None = None, calibration_dir: str = "",
                     server_args: dict | None = None, rolling: dict | None = None) -> dict:
     """The memory and speed plan and the fleet model of these hosts (plugins/plugin_utils/_plan.py).
 
-    deployed_dir: where the servers play records each host's fleet as deployed (<host>.json); servers
-    that left the inventory since are reported.
     gateway_hosts: the inventory group 'gateway'; its pools are validated and planned (plugin_utils/_gateway.py).
     calibration_dir: where calibrate.yml wrote <host>.json (plugins/plugin_utils/_calibration.py).
     server_args: {role, args}: plan as if every server of that role had these args (playbooks/tune.yml).
@@ -140,28 +135,19 @@ def llamafleet_plan(hostvars, hosts: list, cache_dir: str, controller_root: str 
                 problems.append(f"{host}: {exc}")
     if problems:
         raise AnsibleFilterError("\n".join(problems))
-    deployed = {}
-    for host in hosts:
-        record = os.path.join(deployed_dir, f"{host}.json") if deployed_dir else ""
-        if record and os.path.isfile(record):
-            try:
-                with open(record, encoding="utf-8") as handle:
-                    deployed[host] = json.load(handle)
-            except (OSError, ValueError) as exc:
-                raise AnsibleFilterError(f"cannot read the deployment record {record}: {exc}; remove it to start afresh") from None
     inputs = {spec["host"]: deploy_input_problems(hostvars[spec["host"]], spec["servers"]) for spec in normalized}
     try:
         gateway = _gateway_config(hostvars, hosts, gateway_hosts or [])
         if rolling is None:
-            return plan(normalized, models, deployed, gateway, inputs)
+            return plan(normalized, models, gateway, inputs)
         problems = validate_flags(rolling)
         if problems:
             raise RollingError(problems)
         bound = validate_bound(rolling.get("max_regression"))
         chosen = select(normalized, patterns_of(rolling.get("servers")))
-        previous = plan(normalized, models, deployed, gateway, inputs)
+        previous = plan(normalized, models, gateway, inputs)
         normalized = apply_override(normalized, chosen, rolling.get("args_override"))
-        result = plan(normalized, models, deployed, gateway, inputs) if rolling.get("args_override") else previous
+        result = plan(normalized, models, gateway, inputs) if rolling.get("args_override") else previous
         speeds = {(s["host"], s["name"]): s["speed"] for s in result["servers"]}
         rows = capacity(normalized, speeds, chosen, bool(rolling.get("allow_outage")), standin_rooms(result, previous))
     except (GatewayError, RollingError) as exc:
@@ -294,6 +280,12 @@ def llamafleet_pinned_flags(ref: str) -> list:
     return sorted(PINNED_FLAGS.get(ref, ()))
 
 
+def llamafleet_leaving_servers(containers: list, servers: list, pools: list, host: str) -> list:
+    """This host's llamafleet containers the fleet model no longer declares, each with the pool to drain it
+    in (plugins/plugin_utils/_fleet.py)."""
+    return leaving(containers, servers, pools, host)
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -317,5 +309,6 @@ class FilterModule:
             "cuda_elf_missing": llamafleet_cuda_elf_missing,
             "unresolved_libraries": llamafleet_unresolved_libraries,
             "image_digest": llamafleet_image_digest,
+            "leaving_servers": llamafleet_leaving_servers,
             "pinned_flags": llamafleet_pinned_flags,
         }

@@ -39,8 +39,7 @@ CODES: dict[str, frozenset[str]] = {
     "calibration-stale": frozenset({ERROR}),
     "calibration-gpu-absent": frozenset({ERROR}),
     "calibration-invalid": frozenset({ERROR}),
-    # the fleet as deployed, and the gateway's pools
-    "server-leaves": frozenset({INFO}),
+    # the gateway's pools
     "conversation-pattern": frozenset({ERROR}),
     "prompt-cache-small": frozenset({WARNING}),
     # inputs that later plays read

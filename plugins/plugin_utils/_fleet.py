@@ -95,3 +95,27 @@ def simulate(host: dict, profiles: dict[str, dict]) -> None:
     for server in host["servers"]:
         if server["name"] in profiles:
             server["env"] = {SIM_PROFILE_ENV: json.dumps(profiles[server["name"]], sort_keys=True)}
+
+
+def leaving(containers: list[dict], servers: list[dict], pools: list[dict], host: str) -> list[dict]:
+    """The servers that left the inventory, read from the host itself: its llamafleet containers
+    (Docker's list, `Names` and `Labels`) that the fleet model no longer declares.
+
+    Each comes with the gateway pool that may still route to it (the pool of its model group: its
+    model in its role, from the container's labels), so that the servers play drains it there before
+    removing it. What the host runs is the truth: a fresh clone, or AWX checking the project out anew,
+    finds the same departures as the checkout that deployed them.
+    """
+    declared = {s["container_name"] for s in servers}
+    alias = {(p["model"], p["role"]): p["alias"] for p in pools}
+    out = []
+    for container in containers:
+        name = container["Names"][0].lstrip("/")
+        if name in declared:
+            continue
+        labels = container.get("Labels") or {}
+        server = labels.get("llamafleet.server", name)
+        out.append({"name": server, "container_name": name,
+                    "pool": alias.get((labels.get("llamafleet.model"), labels.get("llamafleet.role"))),
+                    "pool_server": f"{host}.{server}"})
+    return sorted(out, key=lambda s: s["container_name"])

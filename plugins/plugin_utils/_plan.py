@@ -533,43 +533,6 @@ def _change_args(change: str, base: dict) -> dict:
     return {}
 
 
-def departures(deployed: dict, fleet: dict) -> list[tuple[str, dict]]:
-    """(host, server) for each deployed server that the fleet model no longer has.
-
-    deployed maps host -> its fleet as the servers play last applied it (the controller's record);
-    a host outside this run (--limit, another inventory) has nothing to say.
-    """
-    out = []
-    for host, before in sorted(deployed.items()):
-        if host not in fleet:
-            continue
-        now = {s["name"] for s in fleet[host]["servers"]}
-        out.extend((host, server) for server in before.get("servers", []) if server["name"] not in now)
-    return out
-
-
-def leaving_servers(deployed: dict, fleet: dict) -> list[dict]:
-    """Info findings for the departures: the next servers play drains and removes them."""
-    return [finding("info", "server-leaves", host, server["name"],
-                    f"{server['name']} is no longer in the inventory: the servers play drains it in its gateway pool, "
-                    f"then stops and removes its container {server['container_name']} (port {server['port']} "
-                    f"and its memory are freed)")
-            for host, server in departures(deployed, fleet)]
-
-
-def record_departures(deployed: dict, fleet: dict, pools_: dict | None) -> None:
-    """Add to each host's fleet model the servers that leave it (`leaving`), with the gateway pool
-    that still routes to them, so that the servers play drains them before removing them."""
-    # a pool is one model group: one model in one role (a model may serve chat and embeddings)
-    alias = {(p["model"], p["role"]): p["alias"] for p in (pools_ or {}).get("pools", [])}
-    for host in fleet:
-        fleet[host]["leaving"] = []
-    for host, server in departures(deployed, fleet):
-        fleet[host]["leaving"].append({"name": server["name"], "container_name": server["container_name"],
-                                       "pool": alias.get((server.get("model"), server.get("role"))),
-                                       "pool_server": f"{host}.{server['name']}"})
-
-
 def pool_load(pool: dict, hosts: list[dict]) -> dict:
     """The declared load of a chat pool and its request shape.
 
@@ -673,10 +636,10 @@ def gateway_workloads(gateway: dict, hosts: list[dict], servers: list[dict]) -> 
     return rows, findings
 
 
-def plan(hosts: list[dict], models: dict[str, dict[str, ModelInfo]], deployed: dict | None = None,
+def plan(hosts: list[dict], models: dict[str, dict[str, ModelInfo]],
          gateway: dict | None = None, input_problems: dict | None = None) -> dict:
-    """Plan every host. models maps host -> model name -> ModelInfo; deployed maps host -> its fleet as last
-    deployed; gateway is the gateway hosts' configuration (see _gateway.pools; a GatewayError refuses it);
+    """Plan every host. models maps host -> model name -> ModelInfo; gateway is the gateway hosts'
+    configuration (see _gateway.pools; a GatewayError refuses it);
     input_problems maps host -> [(code, message)] of the inputs later plays read (_inventory.deploy_input_problems)."""
     result = {"servers": [], "devices": [], "hosts": [], "workloads": [], "findings": []}
     fleet = {host["host"]: fleet_host(host) for host in hosts}
@@ -693,8 +656,6 @@ def plan(hosts: list[dict], models: dict[str, dict[str, ModelInfo]], deployed: d
             result[key].extend(part[key])
         simulate(fleet[host["host"]], part["sim_profiles"])
     result["fleet"] = fleet
-    result["findings"].extend(leaving_servers(deployed or {}, fleet))
-    record_departures(deployed or {}, fleet, pools_)
     if pools_:
         rows, findings = gateway_workloads(pools_, hosts, result["servers"])
         result["workloads"].extend(rows)

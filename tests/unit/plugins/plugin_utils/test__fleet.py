@@ -70,33 +70,26 @@ def test_bad_host_settings_are_refused(key, value, message):
         fleet(**{key: value})
 
 
-def test_a_server_that_left_the_inventory_is_reported():
-    from ansible_collections.llamafleet.fleet.plugins.plugin_utils._plan import leaving_servers
-    now = fleet_host(normalize_host("gpu1", HOST))
-    before = copy.deepcopy(now)
-    before["servers"].append({"name": "old-0", "container_name": "llamafleet-old-0", "port": 8401})
-    found = leaving_servers({"gpu1": before, "elsewhere": before}, {"gpu1": now})
-    assert [(f["code"], f["level"], f["host"], f["server"]) for f in found] == [("server-leaves", "info", "gpu1", "old-0")]
-    assert "llamafleet-old-0" in found[0]["message"]
-    assert leaving_servers({}, {"gpu1": now}) == []
+def test_the_servers_that_left_are_read_from_the_hosts_containers():
+    from ansible_collections.llamafleet.fleet.plugins.plugin_utils._fleet import leaving
+    servers = [{"name": "chat-0", "container_name": "llamafleet-chat-0"}]
 
+    def container(name, **labels):
+        return {"Names": [f"/{name}"], "Labels": {f"llamafleet.{k}": v for k, v in labels.items()}}
 
-def test_a_leaving_server_is_drained_in_the_pool_of_its_model_group():
-    from ansible_collections.llamafleet.fleet.plugins.plugin_utils._plan import record_departures
-    now = {"gpu1": fleet_host(normalize_host("gpu1", HOST)), "gpu2": {"servers": []}}
-    before = {"servers": [{"name": "old-0", "container_name": "llamafleet-old-0", "port": 8401, "model": "chat-model", "role": "chat"},
-                          {"name": "old-1", "container_name": "llamafleet-old-1", "port": 8402, "model": "gone-model", "role": "chat"},
-                          # the same model as old-0, serving embeddings: its own pool
-                          {"name": "old-2", "container_name": "llamafleet-old-2", "port": 8403, "model": "chat-model", "role": "embed"}]}
-    pools_ = {"pools": [{"alias": "chat", "model": "chat-model", "role": "chat"},
-                        {"alias": "chat-embed", "model": "chat-model", "role": "embed"}]}
-    record_departures({"gpu1": before, "elsewhere": before}, now, pools_)
-    assert now["gpu1"]["leaving"] == [
+    present = [container("llamafleet-chat-0", server="chat-0", model="chat-model", role="chat"),   # declared: stays
+               container("llamafleet-old-1", server="old-1", model="gone-model", role="chat"),
+               container("llamafleet-old-0", server="old-0", model="chat-model", role="chat"),
+               # the same model as old-0, serving embeddings: its own pool
+               container("llamafleet-old-2", server="old-2", model="chat-model", role="embed")]
+    pools_ = [{"alias": "chat", "model": "chat-model", "role": "chat"},
+              {"alias": "chat-embed", "model": "chat-model", "role": "embed"}]
+    assert leaving(present, servers, pools_, "gpu1") == [
         {"name": "old-0", "container_name": "llamafleet-old-0", "pool": "chat", "pool_server": "gpu1.old-0"},
         # no pool serves its model any more: nothing to drain, the container is still removed
         {"name": "old-1", "container_name": "llamafleet-old-1", "pool": None, "pool_server": "gpu1.old-1"},
         {"name": "old-2", "container_name": "llamafleet-old-2", "pool": "chat-embed", "pool_server": "gpu1.old-2"}]
-    assert now["gpu2"]["leaving"] == []
+    assert leaving(present[:1], servers, pools_, "gpu1") == []
 
 
 def test_only_the_models_the_servers_use_are_placed():

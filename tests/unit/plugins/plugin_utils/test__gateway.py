@@ -194,7 +194,7 @@ def test_plan_queues_per_pool_across_hosts_not_per_host():
     lab, lab2 = host_vars([8101, 8102]), host_vars([8301])
     specs = [normalize_host("lab", lab), normalize_host("lab2", lab2)]
     gateway = config(models=[MODELS[0]], fleet_hosts={"lab": {"connection": "local"}, "lab2": {"connection": "local"}})
-    result = plan(specs, {"lab": {"gemma": GEMMA}, "lab2": {"gemma": GEMMA}}, None, gateway)
+    result = plan(specs, {"lab": {"gemma": GEMMA}, "lab2": {"gemma": GEMMA}}, gateway)
     rows = result["workloads"]
     assert [(r["host"], r.get("pool"), r["slots"], r["requests_per_minute"]) for r in rows] == [("gateway", "lab-chat", 3, 12.0)]
     row = rows[0]
@@ -215,18 +215,18 @@ def test_the_gateway_host_plans_the_memory_of_its_litellm_instances_and_haproxy(
     models = {"lab": {"gemma": GEMMA}, "lab2": {"gemma": GEMMA}}
     gateway = config(models=[MODELS[0]], fleet_hosts={"lab": {"connection": "local"}, "lab2": {"connection": "local"}})
     alone = {h["host"]: h for h in plan(specs, models)["hosts"]}
-    hosts = {h["host"]: h for h in plan(specs, models, None, gateway)["hosts"]}
+    hosts = {h["host"]: h for h in plan(specs, models, gateway)["hosts"]}
     assert (hosts["lab"]["gateway_mib"], hosts["lab2"]["gateway_mib"]) == (630, 0)
     assert hosts["lab"]["planned_mib"] == pytest.approx(alone["lab"]["planned_mib"] + 630)
     assert hosts["lab2"]["planned_mib"] == alone["lab2"]["planned_mib"]
-    hosts = {h["host"]: h for h in plan(specs, models, None, dict(gateway, instances=1))["hosts"]}
+    hosts = {h["host"]: h for h in plan(specs, models, dict(gateway, instances=1))["hosts"]}
     assert hosts["lab"]["gateway_mib"] == 320
 
 
 def test_plan_refuses_a_bad_gateway():
     specs = [normalize_host("lab", host_vars([8101, 8102]))]
     with pytest.raises(GatewayError, match="llamafleet_gateway_key is not set"):
-        plan(specs, {"lab": {"gemma": GEMMA}}, None, config(models=[MODELS[0]], key=""))
+        plan(specs, {"lab": {"gemma": GEMMA}}, config(models=[MODELS[0]], key=""))
 
 
 def test_plan_without_a_gateway_keeps_per_host_rows():
@@ -281,7 +281,7 @@ def test_the_plan_models_a_conversation_pattern_per_pool():
     lab["llamafleet_workload"]["gemma"].update(prompt_tokens=400, reply_tokens=50, turns_per_conversation=4,
                                                shared_prefix_tokens=100, active_conversations=40)
     specs = [normalize_host("lab", lab)]
-    result = plan(specs, {"lab": {"gemma": GEMMA}}, None, config(models=[dict(MODELS[0], routing="affine")],
+    result = plan(specs, {"lab": {"gemma": GEMMA}}, config(models=[dict(MODELS[0], routing="affine")],
                                                                   fleet_hosts={"lab": {"connection": "local"}}))
     conv = result["workloads"][0]["conversations"]
     # by hand: message u = (2 (400 - 100) - 50 x 3) / 5 = 90; the history part averages 3 x 140 / 2 = 210;
@@ -302,7 +302,7 @@ def test_a_conversation_pattern_that_cannot_fit_its_mean_prompt_is_a_finding():
     lab = host_vars([8101, 8102])
     lab["llamafleet_workload"]["gemma"].update(prompt_tokens=100, reply_tokens=64, turns_per_conversation=6,
                                                shared_prefix_tokens=80)
-    result = plan([normalize_host("lab", lab)], {"lab": {"gemma": GEMMA}}, None,
+    result = plan([normalize_host("lab", lab)], {"lab": {"gemma": GEMMA}},
                   config(models=[MODELS[0]], fleet_hosts={"lab": {"connection": "local"}}))
     found = [f for f in result["findings"] if f["code"] == "conversation-pattern"]
     assert found and "prompt_tokens 100 is too short for 6 turns" in found[0]["message"]
@@ -315,7 +315,7 @@ def test_a_prompt_cache_smaller_than_the_active_conversations_is_a_warning(cache
     lab = host_vars([8101, 8102], cache_ram=cache_ram)
     lab["llamafleet_workload"]["gemma"].update(prompt_tokens=400, reply_tokens=50, turns_per_conversation=4,
                                                shared_prefix_tokens=100, active_conversations=40)
-    result = plan([normalize_host("lab", lab)], {"lab": {"gemma": GEMMA}}, None,
+    result = plan([normalize_host("lab", lab)], {"lab": {"gemma": GEMMA}},
                   config(models=[dict(MODELS[0], routing="affine")], fleet_hosts={"lab": {"connection": "local"}}))
     found = [f for f in result["findings"] if f["code"] == "prompt-cache-small"]
     assert bool(found) is fires
