@@ -13,7 +13,9 @@ its pool was UP (a drained or down server does not count). The pools' own counte
 say whether anything was hidden by a retry: requests the pools received (LiteLLM's retries would add
 to them), retries and redispatches inside the pools, and 5xx answers from the servers; all printed.
 
-Scenarios: ubatch_size 256 -> 128 on both chat servers (replaced, verified, load unharmed), then a
+Scenarios: ubatch_size -> 128 on every server (replaced, verified, load unharmed), after which a plain
+site.yml rolls all four back to the inventory under the same load (both servers of each model group
+changed: it refused that before, asking for the rolling restart); then a
 chat template llama-server refuses at start (`--no-jinja --chat-template no-such-template`: it
 passes the plan, which does not parse templates, and the binary exits with "the supplied chat template
 is not supported"): chat-0 is rolled back, chat-1 never touched, the run fails and says why. After
@@ -220,13 +222,14 @@ def lab_as_declared(lab_rolled_back):
     assert args_of(containers()) == args_of(before), "the lab is not back as the inventory declares"
 
 
-def run_under_load(capsys, title: str, *extra: str):
-    """The rollout under the load; its figures printed in the test run's output, whatever pytest captures."""
+def run_under_load(capsys, title: str, *extra: str, play: str = "playbooks/rolling_restart.yml"):
+    """The rollout (or another playbook) under the load; its figures printed in the test run's output,
+    whatever pytest captures."""
     with Load() as load:
         time.sleep(BEFORE_S)
         pools_before = pool_counters()
         started = time.monotonic()
-        result = playbook("playbooks/rolling_restart.yml", *extra, check=False)
+        result = playbook(play, *extra, check=False)
         ended = time.monotonic()
         time.sleep(3)  # requests sent just before the end finish
     pools = {k: v - pools_before[k] for k, v in pool_counters().items()}
@@ -240,33 +243,46 @@ def run_under_load(capsys, title: str, *extra: str):
     return result, fig_before, fig_during, dict(load.gap), pools
 
 
-def test_ubatch_change_rolls_through_both_chat_servers_without_a_failed_request(lab_as_declared, capsys):
+def no_request_failed_and_none_was_hidden(fig_before: dict, fig_during: dict, gap: dict, pools: dict) -> None:
+    assert fig_before["failed"] == 0 and fig_during["failed"] == 0, (fig_before["errors"], fig_during["errors"])
+    assert fig_during["requests"] > 0
+    # no request reached a stopping server: the pools had nothing to retry elsewhere, no server answered 5xx
+    assert pools["pool_retries"] == 0 and pools["pool_redispatches"] == 0 and pools["server_5xx"] == 0, pools
+    assert gap == {"chat": 0.0, "embed": 0.0}
+
+
+def ubatch(container: dict) -> str:
+    return container["Args"][container["Args"].index("--ubatch-size") + 1]
+
+
+def test_ubatch_change_rolls_through_every_server_and_site_yml_rolls_them_back(lab_as_declared, capsys):
     before = lab_as_declared
     result, fig_before, fig_during, gap, pools = run_under_load(
-        capsys, "rolling restart ubatch_size 256 -> 128 on chat-0, chat-1",
-        "-e", json.dumps({"llamafleet_args_override": {"ubatch_size": 128}, "llamafleet_rolling_servers": ["chat-*"],
+        capsys, "rolling restart ubatch_size -> 128 on every server",
+        "-e", json.dumps({"llamafleet_args_override": {"ubatch_size": 128}, "llamafleet_rolling_servers": ["*"],
                           # the lab's 2 cores are shared by the load, 4 servers, LiteLLM and Ansible: one smoke
                           # request's tokens/s swings 4x there (measured: 102.7 -> 23.3). The bound is exercised by
                           # the unit tests; this scenario is about the load.
                           "llamafleet_rolling_max_regression": 20}))
     assert result.returncode == 0, result.stdout[-6000:]
     after = containers()
-    for name in ("chat-0", "chat-1"):
-        args = after[name]["Args"]
-        assert args[args.index("--ubatch-size") + 1] == "128", name
+    for name in ("chat-0", "chat-1", "embed-0", "embed-1"):
+        assert ubatch(after[name]) == "128", name
         assert after[name]["Id"] != before[name]["Id"], f"{name} was not replaced"
-    for name in ("embed-0", "embed-1"):
-        assert after[name]["Id"] == before[name]["Id"], f"{name} was restarted"
-    assert "lab.chat-0: replaced" in result.stdout and "lab.chat-1: replaced" in result.stdout
-    assert "--ubatch-size 256 -> 128" in result.stdout
+        assert f"lab.{name}: replaced" in result.stdout
+    assert "--ubatch-size 256 -> 128" in result.stdout and "--ubatch-size 512 -> 128" in result.stdout
     assert "now differs from the inventory" in result.stdout
     # the servers left their pool before they stopped (the drain ran through HAProxy, not only the in-flight wait)
     assert "Rolling: take it out of its pool and wait for its sessions to end (chat-1)" in result.stdout
-    assert fig_before["failed"] == 0 and fig_during["failed"] == 0, (fig_before["errors"], fig_during["errors"])
-    assert fig_during["requests"] > 0
-    # no request reached a stopping server: the pools had nothing to retry elsewhere, no server answered 5xx
-    assert pools["pool_retries"] == 0 and pools["pool_redispatches"] == 0 and pools["server_5xx"] == 0, pools
-    assert gap == {"chat": 0.0, "embed": 0.0}
+    no_request_failed_and_none_was_hidden(fig_before, fig_during, gap, pools)
+
+    # Every server now differs from the inventory, both of each model group: site.yml rolls them back one at a
+    # time (it refused to recreate whole groups before), under the same load.
+    result, fig_before, fig_during, gap, pools = run_under_load(
+        capsys, "site.yml back to the inventory after the override on every server", play="site.yml")
+    assert result.returncode == 0, result.stdout[-6000:]
+    assert args_of(containers()) == args_of(before), "site.yml did not bring every server back to the inventory"
+    no_request_failed_and_none_was_hidden(fig_before, fig_during, gap, pools)
 
 
 def test_a_setting_the_server_refuses_is_rolled_back_and_stops_the_rollout(lab_as_declared, capsys):

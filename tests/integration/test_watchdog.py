@@ -130,11 +130,11 @@ class GatewayLoad:
 
     def __enter__(self):
         self.thread.start()
-        time.sleep(3)  # the load is flowing before the fault
+        time.sleep(2)  # the load is flowing before the fault
         return self
 
     def __exit__(self, *exc):
-        time.sleep(5)  # and keeps flowing after the server is back
+        time.sleep(3)  # and keeps flowing after the server is back
         self.stop.set()
         self.thread.join(timeout=180)
 
