@@ -15,7 +15,6 @@ import urllib.error
 import urllib.request
 
 import pytest
-import yaml
 
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._llama_server_flags import PINNED_FLAGS
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import parse_help_flags
@@ -23,8 +22,6 @@ from tests.conftest import ROOT
 from tests.integration.conftest import containers, lab_server_key, playbook, recap_changed
 
 SERVERS = {"chat-0": 8101, "chat-1": 8102, "embed-0": 8201, "embed-1": 8202}
-with open(os.path.join(ROOT, "inventory", "lab", "group_vars", "llamafleet", "lab.yml"), encoding="utf-8") as _handle:
-    LAB_LAYOUT = yaml.safe_load(_handle)["llamafleet_server_layout"]
 # -e replaces llamafleet_models whole: overrides of the embedding model keep the chat model as the lab has it
 LAB_CHAT_MODEL = {"lab-smollm2": {
     "src": os.path.join(ROOT, ".cache", "models", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -146,10 +143,9 @@ BAD_INPUT = [
         "src": "/etc/hostname", "path": "/var/lib/llamafleet/models/other.gguf",
         "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"}}},
      "not a GGUF file"),
-    ({"llamafleet_server_layout": {"gpus": [0, 1], "per_gpu": [
-        dict(entry, args=dict(entry["args"], ctx_size=2048)) if entry["role"] == "chat" else entry
-        for entry in LAB_LAYOUT["per_gpu"]]}},
-     "more than one server of model group(s) chat/lab-smollm2"),
+    # the one change site.yml cannot roll: the pools and the running servers hold the old key
+    ({"llama_server_api_key": "a-new-servers-key-0123456789"},
+     "llama_server_api_key differs from the key 4 running server(s) of lab and the gateway's pools use"),
 ]
 
 

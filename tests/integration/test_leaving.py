@@ -103,7 +103,8 @@ def test_a_server_removed_from_the_inventory_is_drained_first_and_no_request_is_
               f"{launched} and finished {released} before it was removed")
     assert f"{CHAT}/lab.chat-1 on lab" in result.stdout, "chat-1 was not drained in its pool"  # the drain task's item
     assert sorted(left) == ["chat-0", "embed-0"]
-    assert all(containers()[n]["Id"] == one_gpu["before"][n]["Id"] for n in left), "a remaining server was restarted"
+    recreated = [n for n in left if containers()[n]["Id"] != one_gpu["before"][n]["Id"]]
+    assert not recreated, f"remaining servers were recreated: {recreated}\n{result.stdout[-8000:]}"
     assert launched > 0, "chat-1 took no request during the run: the load did not reach it"
     assert launched == released, f"chat-1 was removed with {launched - released} request(s) unfinished"
     assert not errors, errors[:3]
