@@ -17,6 +17,7 @@ import math
 import re
 
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import ROLES, api_key_problem
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import effective
 
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 ENTRY_KEYS = {"alias", "model", "role", "port", "fallbacks", "requests_per_minute", "prompt_tokens", "reply_tokens",
@@ -89,6 +90,16 @@ def affinity_buckets(servers: list[dict], buckets: int = AFFINITY_BUCKETS) -> di
     for bucket in range(buckets):
         homes[max(servers, key=lambda server: score(server, bucket))["name"]].append(bucket)
     return homes
+
+
+def max_input_tokens(servers: list[dict]) -> int:
+    """The most tokens one embedding input may have on every server of a group: llama-server computes
+    an embedding in one physical batch and refuses a longer input ("input (N tokens) is too large to
+    process", server-context.cpp, where the batch cannot be split), and that batch is the smaller of
+    ubatch_size and batch_size (llama_context caps n_ubatch at n_batch). The pool refuses a longer input
+    before it takes a slot (roles/gateway_pools, input_tokens.lua)."""
+    return min(min(int(args["ubatch_size"]), int(args["batch_size"]))
+               for args in (effective(server["args"]) for server in servers))
 
 
 def _is_port(value) -> bool:
@@ -258,7 +269,8 @@ def pools(gateway: dict, hosts: list[dict]) -> dict:
             for server in servers:
                 server["buckets"] = homes[server["name"]]
         slots = sum(s["slots"] for s in servers)
-        out_pools.append({"alias": alias, "model": model, "role": role, "port": entry.get("port"),
+        limits = {"max_input_tokens": max_input_tokens([server for _, server in members])} if role == "embed" else {}
+        out_pools.append({**limits,"alias": alias, "model": model, "role": role, "port": entry.get("port"),
                           "slots": slots, "max_queue": QUEUE_PER_SLOT * slots if max_queue is None else max_queue,
                           "fallbacks": fallbacks, "routing": routing,
                           "affinity_buckets": AFFINITY_BUCKETS,

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from tests.integration.conftest import watchdog_holds_off
+from tests.integration.conftest import lab_server_key, watchdog_holds_off
 from tests.integration.test_gateway import (
     CHAT,
     EMBED,
@@ -36,6 +36,7 @@ from tests.integration.test_gateway import (
     report,
     total_sessions,
 )
+from tests.support.json_http import call
 
 LITELLM = {"llamafleet-litellm-0": 4001, "llamafleet-litellm-1": 4002}  # the lab's instances (docs/gateway.md)
 FRONT = "llamafleet_litellm"  # the front's backend in the pools' HAProxy (roles/gateway_pools)
@@ -95,12 +96,50 @@ def test_a_prompt_over_the_slots_context_is_a_bad_request_with_llama_servers_rea
     assert "exceeds the available context size" in exc.value.message, exc.value.body
 
 
-def test_an_embedding_input_over_the_servers_batch_is_a_bad_request(lab):
-    # the lab's embedding servers: ubatch_size 512; this input is about 2,000 tokens. llama-server
-    # answers it 500, the embedding pool passes it on as 400: the client sent too much, no server broke
+# The lab's embedding servers take an input of at most 512 tokens: ubatch_size and batch_size 512 in
+# inventory/lab/group_vars/llamafleet/lab.yml (llama-server's own limit for an embedding, one batch).
+EMBED_LIMIT = 512
+EMBED_SERVER = 8201   # embed-0, whose own tokenizer counts the inputs below
+
+
+def lamps(tokens: int) -> str:
+    """A text of exactly `tokens` tokens as the embedding server counts it (/tokenize with add_special,
+    as /v1/embeddings tokenizes an input)."""
+    def count(n: int) -> int:
+        return len(call(EMBED_SERVER, "POST", "/tokenize", {"content": "lamp " * n, "add_special": True},
+                        lab_server_key())[1]["tokens"])
+    n = tokens
+    while count(n) > tokens:
+        n -= 1
+    assert count(n) == tokens, f"no run of 'lamp ' counts {tokens} tokens"
+    return "lamp " * n
+
+
+def embedding_slots_taken() -> int:
+    """Requests the embedding pool has sent to its servers so far (HAProxy's sessions per server)."""
+    return sum(n for name, n in total_sessions().items() if name.startswith(f"{EMBED}/"))
+
+
+def test_an_embedding_input_over_the_servers_batch_is_refused_before_it_reaches_a_server(lab):
+    """At the limit, the input is embedded; one token over, the pool answers 400 (BadRequestError) with
+    the count and the limit, and no server gets the request. Inputs of every shape the embeddings API
+    takes: a string, a list of strings, token ids. An input larger than HAProxy's buffer (16 KiB) is not
+    counted at the pool; the server's own check refuses it, and the pool passes that on as 400 too."""
+    assert len(client(KEY).embeddings.create(model=EMBED, input=lamps(EMBED_LIMIT)).data[0].embedding) == 640
+    over = lamps(EMBED_LIMIT + 1)
+    for shape, tokens in ((over, EMBED_LIMIT + 1), (["a lamp", over], EMBED_LIMIT + 1),
+                          ([1000] * (EMBED_LIMIT + 1), EMBED_LIMIT + 1), ("lamp " * 2000, 2002)):
+        before = embedding_slots_taken()
+        with pytest.raises(openai.BadRequestError) as exc:
+            client(KEY).embeddings.create(model=EMBED, input=shape)
+        assert embedding_slots_taken() == before, "the over-limit input reached a server"
+        assert f"input ({tokens} tokens) is too large to process" in exc.value.message, exc.value.body
+        assert f"at most {EMBED_LIMIT} tokens per input" in exc.value.message, exc.value.body
+    before = embedding_slots_taken()
     with pytest.raises(openai.BadRequestError) as exc:
-        client(KEY).embeddings.create(model=EMBED, input="lamp " * 2000)
-    assert "too large to process" in exc.value.message, exc.value.body
+        client(KEY).embeddings.create(model=EMBED, input="lamp " * 4000)
+    assert embedding_slots_taken() == before + 1 and "increase the physical batch size" in exc.value.message, \
+        exc.value.body
     assert len(client(KEY).embeddings.create(model=EMBED, input="a lamp").data[0].embedding) == 640
 
 

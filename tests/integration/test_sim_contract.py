@@ -156,6 +156,20 @@ def test_llama_servers_own_completion_format_has_the_real_ones_fields(pair, stre
         assert [e["stop"] for e in parsed] == [False] * 4 + [True], (port, parsed)
 
 
+def test_tokenize_answers_in_the_real_ones_shape(pair):
+    """/tokenize, which the embedding pools count an input with: {"tokens": [ids]}, add_special adding
+    the model's special tokens on both (the counts themselves differ: the simulator's tokenizer is an
+    approximation)."""
+    key = lab_server_key()
+    for add_special in (False, True):
+        (rs, real), (ss, sim) = both(pair, "POST", "/tokenize", {"content": "a lamp", "add_special": add_special}, key)
+        assert rs == ss == 200 and set(real) == set(sim) == {"tokens"}
+        assert all(isinstance(t, int) for t in real["tokens"] + sim["tokens"])
+    (_, plain), (_, special) = (both(pair, "POST", "/tokenize", {"content": "a lamp", "add_special": flag}, key)[1]
+                                for flag in (False, True))
+    assert len(special["tokens"]) > len(plain["tokens"])
+
+
 def test_a_prompt_over_the_slots_context_is_the_same_error(pair):
     key = lab_server_key()
     n_ctx = call(pair[0], "GET", "/props", key=key)[1]["default_generation_settings"]["n_ctx"]

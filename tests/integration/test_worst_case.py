@@ -5,7 +5,9 @@ servers: an input of a full physical batch (the largest they accept). Then no co
 been OOM-killed or restarted (exit code 137, restart count, OOMKilled: on this cgroup-v1 host
 OOMKilled can stay false, testing.md), and each container's peak memory (cgroup v1
 memory.max_usage_in_bytes, reset just before) must stay within what the plan says that server
-needs. The plan's figures come from playbooks/plan.yml on the same inventory.
+needs. The plan's figures come from playbooks/plan.yml on the same inventory. Meanwhile an embedding
+input one token over each embedding pool's published limit is sent to the gateway: the pool must refuse
+it with 400 (its own message, not the server's).
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ import pytest
 from tests.conftest import ROOT
 from tests.integration.conftest import containers as lab_containers
 from tests.integration.conftest import lab_server_key
+from tests.integration.test_gateway import GATEWAY, KEY
+from tests.integration.test_gateway import post as post_to_gateway
 
 CGROUP = "/sys/fs/cgroup/memory/docker/{id}/{name}"
 ROWS: list[str] = []
@@ -90,10 +94,17 @@ def test_largest_requests_everywhere_at_once(lab, lab_plan):
             t = threading.Thread(target=lambda n=name, p=path, b=body: results[n].append(post(ports[n], p, b)))
             threads.append(t)
             t.start()
+    pool_limit = {pool["alias"]: pool["max_input_tokens"] for pool in lab_plan["gateway"]["pools"] if "max_input_tokens" in pool}
+    refused = {alias: post_to_gateway(f"{GATEWAY}/v1/embeddings", {
+        "model": alias, "input": [1000 + i for i in range(limit + 1)]}, KEY) for alias, limit in pool_limit.items()}
     for t in threads:
         t.join()
     after = lab_containers()
-    problems = []
+    problems = [f"{alias}: an input over the pool's limit answered {status} {body}"
+                for alias, (status, body) in refused.items()
+                if status != 400 or f"take at most {pool_limit[alias]} tokens per input" not in json.dumps(body)]
+    ROWS.extend(f"{alias}: an input of one token over its limit refused with {status}" for alias, (status, _) in refused.items())
+    assert refused, "the lab's plan publishes no embedding pool limit"
     for name, c in after.items():
         state, was = c["State"], before[name]
         peak = cgroup(c["Id"], "memory.max_usage_in_bytes") / 2**20

@@ -172,6 +172,19 @@ def test_an_embedding_over_the_physical_batch_is_llama_servers_500(flags_file, t
         assert status == 500
         assert body["error"]["message"] == ("input (70 tokens) is too large to process. increase the physical batch "
                                              "size (current batch size: 64)")
+        # /tokenize with add_special counts a text as /v1/embeddings does (the embedding pool's count):
+        # the text of 64 tokens so counted is embedded, the next word over is refused
+        words = 0
+        while len(call(port, "POST", "/tokenize", {"content": "lamp " * (words + 1), "add_special": True},
+                       key=KEY)[1]["tokens"]) <= 64:
+            words += 1
+        assert call(port, "POST", "/v1/embeddings", {"input": "lamp " * words}, key=KEY)[0] == 200
+        status, body = call(port, "POST", "/v1/embeddings", {"input": ["a", "lamp " * (words + 1)]}, key=KEY)
+        assert status == 500 and "too large to process" in body["error"]["message"]
+        plain = call(port, "POST", "/tokenize", {"content": "a lamp"}, key=KEY)[1]["tokens"]
+        assert len(call(port, "POST", "/tokenize", {"content": "a lamp", "add_special": True},
+                        key=KEY)[1]["tokens"]) == len(plain) + 2   # BOS and EOS
+        assert call(port, "POST", "/tokenize", {"content": [5, "a lamp", 7]}, key=KEY)[1]["tokens"] == [5, *plain, 7]
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -11,7 +11,8 @@ What follows llama-server 0c1e570 (tools/server/), so that clients, pools and th
 /health and /v1/health answer without the key (503 "Loading model" until the profile's load time has
 passed, as every route does then); every other route wants the key (401 "Invalid API Key",
 authentication_error); a prompt of n_ctx tokens or more is 400 exceed_context_size_error; an embedding
-input above --ubatch-size is 500 "input (N tokens) is too large to process..."; /metrics with --metrics
+input above --ubatch-size is 500 "input (N tokens) is too large to process...", and /tokenize counts
+an input as /v1/embeddings does; /metrics with --metrics
 only (501 without); /props total_slots and n_ctx; /slots. Replies are deterministic words, tokenized
 with llamasim_core.tokenize, counted in usage and timings with the cached and processed prompt tokens.
 """
@@ -202,6 +203,9 @@ class Server:
                                                  for s in self.scheduler.slots])
         if path in ("/v1/models", "/models"):
             return await self.send(writer, 200, {"object": "list", "data": [{"id": self.model, "object": "model"}]})
+        if path == "/tokenize" and method == "POST":   # the embedding pools count an input's tokens with it
+            return await self.send(writer, 200, {"tokens": self.input_tokens(body.get("content", ""),
+                                                                             bool(body.get("add_special")))})
         if path in ("/v1/embeddings", "/embeddings", "/embedding") and method == "POST":
             return await self.embeddings(body, writer)
         if path in ("/v1/chat/completions", "/chat/completions") and method == "POST":
@@ -225,6 +229,15 @@ class Server:
                        for kind, items in (("counter", counters), ("gauge", gauges)) for k, v in items.items())
         await self.send(writer, 200, text.encode(), "text/plain; version=0.0.4")
 
+    @staticmethod
+    def input_tokens(item, add_special: bool) -> list[int]:
+        """An input's tokens as llama-server's tokenize_mixed makes them: token ids taken as given, a text
+        tokenized, with the model's BOS and EOS around a text when add_special (as /v1/embeddings asks)."""
+        if isinstance(item, list):
+            return [t for part in item for t in ([part] if isinstance(part, int) else core.tokenize(str(part)))]
+        around = [core.hash_piece("<bos>")], [core.hash_piece("<eos>")]
+        return around[0] + core.tokenize(str(item)) + around[1] if add_special else core.tokenize(str(item))
+
     async def embeddings(self, body: dict, writer) -> None:
         if not self.embedding:
             return await self.send(writer, 501, self.error(
@@ -233,9 +246,7 @@ class Server:
         inputs = inputs if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int) else [inputs]
         data, total = [], 0
         for i, item in enumerate(inputs):
-            # token ids are taken as given; a text gets the model's BOS and EOS around it
-            tokens = (list(item) if isinstance(item, list)
-                      else [core.hash_piece("<bos>")] + core.tokenize(str(item)) + [core.hash_piece("<eos>")])
+            tokens = self.input_tokens(item, add_special=True)
             if len(tokens) > self.n_ubatch:
                 return await self.send(writer, 500, self.error(
                     f"input ({len(tokens)} tokens) is too large to process. increase the physical batch size "

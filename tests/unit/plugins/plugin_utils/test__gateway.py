@@ -70,6 +70,25 @@ def test_a_pool_queues_four_requests_a_slot_before_it_sheds_unless_told_otherwis
     assert pools(config(models=models), hosts)["pools"][0]["max_queue"] == 3
 
 
+def test_an_embedding_pool_publishes_the_largest_input_its_smallest_batch_takes():
+    """llama-server refuses an embedding input above min(ubatch_size, batch_size) (server-context.cpp:
+    "input (N tokens) is too large to process"; llama_context caps n_ubatch at n_batch). One server with
+    ubatch 256, another with batch 384 under ubatch 1024, a third on llama-server's defaults (512/2048):
+    the pool's limit is the smallest, 256. Chat pools publish none (the server refuses an over-long
+    prompt with 400 itself)."""
+    lab = host_vars([8101], [8201, 8202, 8203])
+    lab["llamafleet_servers"][1]["args"].update(ubatch_size=256, batch_size=256)
+    lab["llamafleet_servers"][2]["args"].update(ubatch_size=1024, batch_size=384, ctx_size=1024)
+    for name in ("ubatch_size", "batch_size"):
+        del lab["llamafleet_servers"][3]["args"][name]
+    hosts, _ = fleet(lab=lab)
+    chat, embed = pools(config(), hosts)["pools"]
+    assert embed["max_input_tokens"] == 256 and "max_input_tokens" not in chat
+    del lab["llamafleet_servers"][1]
+    hosts, _ = fleet(lab=lab)
+    assert pools(config(), hosts)["pools"][1]["max_input_tokens"] == 384
+
+
 def test_auto_parallel_counts_as_four_slots():
     hosts, _ = fleet(lab2=host_vars([8301], parallel=-1))
     assert pools(config(), hosts)["pools"][0]["servers"][2]["slots"] == 4  # llama-server's auto: 4 slots
