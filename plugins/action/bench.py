@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Action plugin of llamafleet.fleet.bench: runs the load from the controller (documented in plugins/modules/bench.py).
 
-Thin: validation, prompts, metrics and the report are plugin_utils/_bench*; this runs the client,
+Thin: settings, prompts, statistics and the report are plugin_utils/_bench_*; this runs the client,
 shows a progress line every few seconds and writes results.json, report.md and the plots.
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench import BenchError, assemble, config, groups, render_markdown
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench import assemble, render_markdown
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_settings import BenchError, config, groups
 
 display = Display()
 PROGRESS_EVERY_S = 5.0

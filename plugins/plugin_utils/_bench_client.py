@@ -23,13 +23,9 @@ try:
 except ImportError:  # the controller running a bench needs it (requirements.txt); importing this module alone does not
     aiohttp = None
 
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench import (
-    BenchConfig,
-    PromptSource,
-    arrival_times,
-    parse_metrics,
-    server_from_headers,
-)
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_prompts import PromptSource, arrival_times
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_settings import BenchConfig
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_stats import parse_metrics, server_from_headers
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gateway import CONVERSATION_HEADER
 
 SETTLE_S = 0.5

@@ -27,10 +27,11 @@ import urllib.request
 import pytest
 import yaml
 
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench import PromptSource, metrics_delta, parse_metrics
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench import config as bench_config
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_client import Target
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_client import run as bench_run
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_prompts import PromptSource
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_settings import config as bench_config
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_stats import metrics_delta, parse_metrics
 from tests.conftest import ROOT
 from tests.integration.conftest import lab_server_key, playbook
 

@@ -8,19 +8,13 @@ import math
 
 import pytest
 
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench import (
-    BenchError,
-    PromptSource,
-    arrival_times,
-    assemble,
-    comparison,
-    config,
-    groups,
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench import assemble, comparison, predictions, render_markdown
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_prompts import PromptSource, arrival_times
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_settings import BenchError, config, groups
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_stats import (
     metrics_delta,
     parse_metrics,
     percentile,
-    predictions,
-    render_markdown,
     server_from_headers,
     stream_warnings,
     summarize,
