@@ -115,11 +115,8 @@ def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] 
     name = host["host"]
     backend = host["planned_as"]  # a simulated host is planned as its declared cards (_inventory.PLANNED_AS)
     gpus = {g["index"]: g for g in host["gpus"]}
-    findings: list[dict] = []
-    servers_out: list[dict] = []
+    findings: list[dict] = list(host.get("calibration_findings") or [])
     mems: dict[str, ServerMemory] = {}
-
-    findings.extend(host.get("calibration_findings") or [])
     for server in host["servers"]:
         model = models[server["model"]]
         mem = _memory(host, server, model, server["args"])
@@ -129,48 +126,74 @@ def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] 
             if note.startswith("cuda-overhead-unknown: "):
                 findings.append(finding("error", "cuda-overhead-unknown", name, server["name"],
                                         note.removeprefix("cuda-overhead-unknown: ")))
+    devices = _gpu_devices(host, models, mems, gpus, findings) if backend == "cuda" else []
+    # A simulated host installs no GPU software (no gpu_stack), but cards that no driver or toolkit
+    # serves are refused on it as on the real host it rehearses.
+    stack = _gpu_stack(host, findings) if backend == "cuda" else None
+    host_out, ram_device = _host_ram(host, mems, gateway_mib, findings)
+    host_out["gpu_stack"] = stack if host["backend"] == "cuda" else None
+    devices.extend([ram_device] if ram_device else [])
+    speeds = _speeds(host, models, mems, gpus, pooled)
+    workloads = _host_workloads(host, speeds, pooled, findings)
+    sim_profiles = _sim_profiles(host, models, mems, gpus) if host["backend"] == "sim" else {}
+    servers_out = [_server_row(host, server, mems[server["name"]], speeds[server["name"]], gpus, findings)
+                   for server in host["servers"]]
+    return {"servers": servers_out, "devices": devices, "hosts": [host_out], "workloads": workloads,
+            "findings": findings, "sim_profiles": sim_profiles}
 
-    # -- devices ------------------------------------------------------------------------------
-    devices: list[dict] = []
-    if backend == "cuda":
-        for index, gpu in sorted(gpus.items()):
-            on_it = [s for s in host["servers"] if s["gpu"] == index]
-            planned = sum(mems[s["name"]].total for s in on_it)
-            capacity = float(gpu["memory_mib"])
-            fits = planned <= capacity
-            devices.append({"host": name, "device": f"cuda:{index}", "name": gpu["name"],
-                            "capacity_mib": round(capacity), "planned_mib": round(planned, 1),
-                            "free_mib": round(capacity - planned, 1), "fits": fits,
-                            "servers": [s["name"] for s in on_it]})
-            findings.extend(overhead_findings(name, index, gpu, capacity, planned, [mems[s["name"]] for s in on_it]))
-            if not fits and on_it:
-                biggest = max(on_it, key=lambda s: mems[s["name"]].total)
-                # an estimated overhead is uncertain on every process of the card (overhead_findings)
-                uncertainty = sum(mems[s["name"]].overhead_detail.uncertainty_mib for s in on_it
-                                  if mems[s["name"]].overhead_detail
-                                  and mems[s["name"]].overhead_detail.source == "estimated")
-                alternatives = suggest(host, biggest, models, mems, capacity, planned, _device_for(gpu, host),
-                                       uncertainty)
-                parts = ", ".join(f"{s['name']} {mems[s['name']].total:,.0f} MiB "
-                                  f"(model {mems[s['name']].model:,.0f} + context {mems[s['name']].context:,.0f} + "
-                                  f"compute {mems[s['name']].compute:,.0f} + CUDA {mems[s['name']].overhead:,.0f})"
-                                  for s in on_it)
-                fixes = "; ".join(_alternative_text(a) for a in alternatives if a["fits"]) \
-                    or "no single change fits; move a server to another GPU"
-                details = [f"{s['name']} {mems[s['name']].overhead_detail.mib:,.0f} +/- "
-                           f"{mems[s['name']].overhead_detail.uncertainty_mib:,.0f} MiB" for s in on_it
-                           if mems[s["name"]].overhead_detail and mems[s["name"]].overhead_detail.source == "estimated"]
-                if details:
-                    fixes += (f" (CUDA overhead of {gpu['name']} estimated, per process: {', '.join(details)}; "
-                              f"run playbooks/calibrate.yml to measure it)")
-                findings.append(finding(
-                    "error", "does-not-fit", name, biggest["name"],
-                    f"cuda:{index} ({gpu['name']}, {capacity:,.0f} MiB) needs {planned:,.0f} MiB: {parts}. "
-                    f"Fixes for {biggest['name']}: {fixes}",
-                    device=f"cuda:{index}", planned_mib=round(planned, 1), capacity_mib=capacity,
-                    alternatives=alternatives))
 
-    # -- host RAM -----------------------------------------------------------------------------
+def _gpu_devices(host: dict, models: dict[str, ModelInfo], mems: dict[str, ServerMemory], gpus: dict[int, dict],
+                 findings: list[dict]) -> list[dict]:
+    """One row per card: what its servers need against its memory; a card that cannot hold them is a
+    does-not-fit error (with the CUDA overhead's own findings)."""
+    devices = []
+    for index, gpu in sorted(gpus.items()):
+        on_it = [s for s in host["servers"] if s["gpu"] == index]
+        planned = sum(mems[s["name"]].total for s in on_it)
+        capacity = float(gpu["memory_mib"])
+        fits = planned <= capacity
+        devices.append({"host": host["host"], "device": f"cuda:{index}", "name": gpu["name"],
+                        "capacity_mib": round(capacity), "planned_mib": round(planned, 1),
+                        "free_mib": round(capacity - planned, 1), "fits": fits,
+                        "servers": [s["name"] for s in on_it]})
+        findings.extend(overhead_findings(host["host"], index, gpu, capacity, planned, [mems[s["name"]] for s in on_it]))
+        if not fits and on_it:
+            findings.append(_does_not_fit(host, index, gpu, on_it, models, mems, capacity, planned))
+    return devices
+
+
+def _does_not_fit(host: dict, index: int, gpu: dict, on_it: list[dict], models: dict[str, ModelInfo],
+                  mems: dict[str, ServerMemory], capacity: float, planned: float) -> dict:
+    """The does-not-fit error of one card: what each server needs, and the single changes to its
+    biggest server that would fit (suggest), or what else to do."""
+    biggest = max(on_it, key=lambda s: mems[s["name"]].total)
+    estimated = [s["name"] for s in on_it
+                 if mems[s["name"]].overhead_detail and mems[s["name"]].overhead_detail.source == "estimated"]
+    # an estimated overhead is uncertain on every process of the card (overhead_findings)
+    uncertainty = sum(mems[server].overhead_detail.uncertainty_mib for server in estimated)
+    alternatives = suggest(host, biggest, models, mems, capacity, planned, _device_for(gpu, host), uncertainty)
+    parts = ", ".join(f"{s['name']} {mems[s['name']].total:,.0f} MiB "
+                      f"(model {mems[s['name']].model:,.0f} + context {mems[s['name']].context:,.0f} + "
+                      f"compute {mems[s['name']].compute:,.0f} + CUDA {mems[s['name']].overhead:,.0f})"
+                      for s in on_it)
+    fixes = "; ".join(_alternative_text(a) for a in alternatives if a["fits"]) \
+        or "no single change fits; move a server to another GPU"
+    details = [f"{s['name']} {mems[s['name']].overhead_detail.mib:,.0f} +/- "
+               f"{mems[s['name']].overhead_detail.uncertainty_mib:,.0f} MiB" for s in on_it if s["name"] in estimated]
+    if details:
+        fixes += (f" (CUDA overhead of {gpu['name']} estimated, per process: {', '.join(details)}; "
+                  f"run playbooks/calibrate.yml to measure it)")
+    return finding(
+        "error", "does-not-fit", host["host"], biggest["name"],
+        f"cuda:{index} ({gpu['name']}, {capacity:,.0f} MiB) needs {planned:,.0f} MiB: {parts}. "
+        f"Fixes for {biggest['name']}: {fixes}",
+        device=f"cuda:{index}", planned_mib=round(planned, 1), capacity_mib=capacity, alternatives=alternatives)
+
+
+def _host_ram(host: dict, mems: dict[str, ServerMemory], gateway_mib: float, findings: list[dict]) -> tuple[dict, dict | None]:
+    """The host's RAM: its row (planned use, container limits) and, on the CPU backend, its device row;
+    host-memory-overcommitted when the plan, or the containers' limits, exceed the RAM."""
+    name, backend = host["host"], host["planned_as"]
     host_mem = host.get("host_memory_mib")
     reserved = float(host.get("host_reserved_mib") or 0)
     # mmap'd weights of one file sit once in the page cache however many servers map them
@@ -190,18 +213,15 @@ def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] 
             private += min(own + cache, max(limit - weights, 0.0))
     host_planned = sum(shared_weights.values()) + private + gateway_mib + reserved
     limits = sum(s["container_memory_mib"] for s in host["servers"])
-    # A simulated host installs no GPU software (no gpu_stack), but cards that no driver or toolkit
-    # serves are refused on it as on the real host it rehearses.
-    stack = _gpu_stack(host, findings) if backend == "cuda" else None
     host_out = {"host": name, "memory_mib": host_mem, "reserved_mib": reserved, "gateway_mib": gateway_mib,
-                "gpu_stack": stack if host["backend"] == "cuda" else None,
-                "planned_mib": round(host_planned, 1), "container_limits_mib": limits}
+                "gpu_stack": None, "planned_mib": round(host_planned, 1), "container_limits_mib": limits}
+    device = None
     if backend == "cpu":
         capacity = float(host_mem) if host_mem else math.inf
-        devices.append({"host": name, "device": "cpu", "name": "host RAM",
-                        "capacity_mib": host_mem, "planned_mib": round(host_planned, 1),
-                        "free_mib": round(capacity - host_planned, 1) if host_mem else None,
-                        "fits": host_planned <= capacity, "servers": [s["name"] for s in host["servers"]]})
+        device = {"host": name, "device": "cpu", "name": "host RAM",
+                  "capacity_mib": host_mem, "planned_mib": round(host_planned, 1),
+                  "free_mib": round(capacity - host_planned, 1) if host_mem else None,
+                  "fits": host_planned <= capacity, "servers": [s["name"] for s in host["servers"]]}
     gateway_part = f" + gateway {gateway_mib:,.0f}" if gateway_mib else ""
     if host_mem:
         if host_planned > host_mem:
@@ -217,50 +237,68 @@ def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] 
                 f"{name}: container limits add up to {limits:,} MiB{gateway_part} + {reserved:,.0f} MiB reserved > {host_mem:,} MiB "
                 f"of RAM; if every container grows to its limit the kernel OOM killer picks a victim. Planned use "
                 f"is {host_planned:,.0f} MiB; lower container_memory to what the plan shows each server needs"))
+    return host_out, device
 
-    # -- speed and workload -------------------------------------------------------------------
+
+def _measured_speed(host: dict, server: dict, gpus: dict[int, dict]) -> dict | None:
+    """The speeds playbooks/calibrate.yml measured for this server's model on its device, if any."""
+    device_name = gpus[server["gpu"]]["name"] if host["planned_as"] == "cuda" and server["gpu"] in gpus else "cpu"
+    return ((host.get("calibration") or {}).get("speed") or {}).get(server["model"], {}).get(device_name)
+
+
+def _speeds(host: dict, models: dict[str, ModelInfo], mems: dict[str, ServerMemory], gpus: dict[int, dict],
+            pooled: dict[str, dict]) -> dict:
+    """Each server's speed for the requests it serves: its pool's shape for a pooled chat server, else
+    its host's workload; calibrated where a measurement exists."""
     speeds = {}
-    workloads = []
     for server in host["servers"]:
-        model = models[server["model"]]
-        mem = mems[server["name"]]
         wl = pooled.get(server["model"]) if server["role"] == "chat" and server["model"] in pooled else \
             host["workload"].get(server["model"], {})
-        dev = _device_for(gpus.get(server["gpu"]) if backend == "cuda" else None, host)
-        speeds[server["name"]] = server_speed(
-            model, mem, dev, int(wl.get("prompt_tokens", DEFAULT_PROMPT)), int(wl.get("reply_tokens", DEFAULT_REPLY)))
-        device_name = gpus[server["gpu"]]["name"] if backend == "cuda" and server["gpu"] in gpus else "cpu"
-        measured = ((host.get("calibration") or {}).get("speed") or {}).get(server["model"], {}).get(device_name)
+        dev = _device_for(gpus.get(server["gpu"]) if host["planned_as"] == "cuda" else None, host)
+        prompt = int(wl.get("prompt_tokens", DEFAULT_PROMPT))
+        speeds[server["name"]] = server_speed(models[server["model"]], mems[server["name"]], dev, prompt,
+                                              int(wl.get("reply_tokens", DEFAULT_REPLY)))
+        measured = _measured_speed(host, server, gpus)
         if measured:
-            speeds[server["name"]] = calibrated_speed(speeds[server["name"]], measured,
-                                                      int(wl.get("prompt_tokens", DEFAULT_PROMPT)))
-    # A simulated host's servers sleep what the plan (or the calibration) says the declared cards take,
-    # at the reference request rather than the workload's lengths: the profile is the container's
-    # environment, so a workload edit would otherwise restart every simulated server. For a fully
-    # offloaded server the lengths barely move it (prefill is a rate; the KV read is a small share
-    # of a decode step), docs/sim.md.
-    sim_profiles = {}
-    if host["backend"] == "sim":
-        for server in host["servers"]:
-            model, mem = models[server["model"]], mems[server["name"]]
-            speed = server_speed(model, mem, _device_for(gpus.get(server["gpu"]), host), DEFAULT_PROMPT, DEFAULT_REPLY)
-            measured = ((host.get("calibration") or {}).get("speed") or {}).get(server["model"], {}).get(
-                gpus[server["gpu"]]["name"] if server["gpu"] in gpus else "cpu")
-            if measured:
-                speed = calibrated_speed(speed, measured, DEFAULT_PROMPT)
-            sim_profiles[server["name"]] = sim_profile(speed, model, mem)
+            speeds[server["name"]] = calibrated_speed(speeds[server["name"]], measured, prompt)
+    return speeds
+
+
+def _sim_profiles(host: dict, models: dict[str, ModelInfo], mems: dict[str, ServerMemory], gpus: dict[int, dict]) -> dict:
+    """What each simulated server sleeps: the plan's (or the calibration's) speeds of the declared card.
+
+    At the reference request rather than the workload's lengths: the profile is the container's
+    environment, so a workload edit would otherwise restart every simulated server. For a fully
+    offloaded server the lengths barely move it (prefill is a rate; the KV read is a small share
+    of a decode step), docs/sim.md.
+    """
+    profiles = {}
+    for server in host["servers"]:
+        model, mem = models[server["model"]], mems[server["name"]]
+        speed = server_speed(model, mem, _device_for(gpus.get(server["gpu"]), host), DEFAULT_PROMPT, DEFAULT_REPLY)
+        measured = _measured_speed(host, server, gpus)
+        if measured:
+            speed = calibrated_speed(speed, measured, DEFAULT_PROMPT)
+        profiles[server["name"]] = sim_profile(speed, model, mem)
+    return profiles
+
+
+def _host_workloads(host: dict, speeds: dict, pooled: dict[str, dict], findings: list[dict]) -> list[dict]:
+    """The queueing of each model's chat servers on this host (models outside a gateway pool; a pooled
+    model is planned across hosts, gateway_workloads); capacity-exceeded when they cannot keep up."""
+    workloads = []
     for model_name, wl in sorted(host["workload"].items()):
         chat = [s for s in host["servers"] if s["model"] == model_name and s["role"] == "chat"]
         if not chat or model_name in pooled:
             continue
         result = workload(model_name, float(wl["requests_per_minute"]), int(wl["prompt_tokens"]),
                           int(wl["reply_tokens"]), [speeds[s["name"]] for s in chat])
-        workloads.append(dict(result.to_dict(), host=name))
+        workloads.append(dict(result.to_dict(), host=host["host"]))
         demand = float(wl["requests_per_minute"]) * int(wl["reply_tokens"]) / 60.0
         if not result.stable or result.utilisation > CAPACITY_WARN:
             level = "error" if not result.stable else "warning"
             findings.append(finding(
-                level, "capacity-exceeded", name, None,
+                level, "capacity-exceeded", host["host"], None,
                 f"model {model_name}: {wl['requests_per_minute']} requests/min x {wl['reply_tokens']} reply tokens "
                 f"= {demand:.0f} tok/s across {result.slots} slot(s); each request holds a slot "
                 f"{result.service_s:.1f} s, utilisation {result.utilisation:.0%}"
@@ -268,32 +306,33 @@ def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] 
                    f", TTFT p95 {result.ttft_p95_s:.1f} s")
                 + ". Fixes: more slots per server (parallel: 2-4; batched decode reads the weights once for all), "
                   "a smaller quantization, or more servers", model=model_name))
+    return workloads
 
-    for server in host["servers"]:
-        mem = mems[server["name"]]
-        detail = mem.overhead_detail
-        servers_out.append({
-            "host": name, "name": server["name"], "role": server["role"], "model": server["model"],
-            "device": mem.device, "memory_mib": mem.columns(),
-            "gpu_name": gpus[server["gpu"]]["name"] if backend == "cuda" and server["gpu"] in gpus else None,
-            "overhead_detail": None if not detail else {
-                "source": detail.source, "mib": round(detail.mib, 1), "uncertainty_mib": detail.uncertainty_mib,
-                "parts": {k: round(float(v), 1) for k, v in detail.parts.items()}},
-            "host_memory_mib": {"model": round(mem.host_model if backend == "cuda" else mem.model, 1),
-                                "compute": round(mem.host_compute, 1),
-                                "output": round(mem.host_output, 1),
-                                "prompt_cache": None if math.isinf(mem.host_prompt_cache) else round(mem.host_prompt_cache, 1),
-                                "overhead": round(mem.host_overhead, 1),
-                                "container_limit": server["container_memory_mib"]},
-            "gpu_layers": f"{mem.gpu_layers}/{mem.n_layer}" + ("+output" if mem.output_on_device else "")
-                          if backend == "cuda" else "cpu",
-            "kv": {"cells": mem.kv.cells_base, "swa_cells": mem.kv.cells_swa, "streams": mem.kv.streams,
-                   "slots": mem.kv.n_seq, "unified": mem.kv.unified} if mem.kv else None,
-            "speed": speeds[server["name"]].to_dict(),
-            "findings": [f for f in findings if f["server"] == server["name"]],
-        })
-    return {"servers": servers_out, "devices": devices, "hosts": [host_out], "workloads": workloads,
-            "findings": findings, "sim_profiles": sim_profiles}
+
+def _server_row(host: dict, server: dict, mem: ServerMemory, speed, gpus: dict[int, dict], findings: list[dict]) -> dict:
+    """plan.json's row of one server: memory on its device and the host, layers, KV cache, speed, findings."""
+    backend = host["planned_as"]
+    detail = mem.overhead_detail
+    return {
+        "host": host["host"], "name": server["name"], "role": server["role"], "model": server["model"],
+        "device": mem.device, "memory_mib": mem.columns(),
+        "gpu_name": gpus[server["gpu"]]["name"] if backend == "cuda" and server["gpu"] in gpus else None,
+        "overhead_detail": None if not detail else {
+            "source": detail.source, "mib": round(detail.mib, 1), "uncertainty_mib": detail.uncertainty_mib,
+            "parts": {k: round(float(v), 1) for k, v in detail.parts.items()}},
+        "host_memory_mib": {"model": round(mem.host_model if backend == "cuda" else mem.model, 1),
+                            "compute": round(mem.host_compute, 1),
+                            "output": round(mem.host_output, 1),
+                            "prompt_cache": None if math.isinf(mem.host_prompt_cache) else round(mem.host_prompt_cache, 1),
+                            "overhead": round(mem.host_overhead, 1),
+                            "container_limit": server["container_memory_mib"]},
+        "gpu_layers": f"{mem.gpu_layers}/{mem.n_layer}" + ("+output" if mem.output_on_device else "")
+                      if backend == "cuda" else "cpu",
+        "kv": {"cells": mem.kv.cells_base, "swa_cells": mem.kv.cells_swa, "streams": mem.kv.streams,
+               "slots": mem.kv.n_seq, "unified": mem.kv.unified} if mem.kv else None,
+        "speed": speed.to_dict(),
+        "findings": [f for f in findings if f["server"] == server["name"]],
+    }
 
 
 def _gpu_stack(host: dict, findings: list[dict]) -> dict:
