@@ -11,12 +11,17 @@ import json
 import os
 import socket
 import stat
+import sys
 import threading
 import time
 
 import pytest
 
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._watchdog import (
+from tests.conftest import ROOT
+
+# the daemon ships as a file of its image (roles/watchdog/files), imported here as the image runs it
+sys.path.insert(0, os.path.join(ROOT, "roles", "watchdog", "files"))
+from llamafleet_watchdog import (  # noqa: E402
     Config,
     ConfigError,
     GpuMonitor,
