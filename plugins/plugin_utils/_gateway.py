@@ -269,8 +269,8 @@ def pools(gateway: dict, hosts: list[dict]) -> dict:
             for server in servers:
                 server["buckets"] = homes[server["name"]]
         slots = sum(s["slots"] for s in servers)
-        limits = {"max_input_tokens": max_input_tokens([server for _, server in members])} if role == "embed" else {}
-        out_pools.append({**limits,"alias": alias, "model": model, "role": role, "port": entry.get("port"),
+        limits = {"max_input_tokens": max_input_tokens([member for _host, member in members])} if role == "embed" else {}
+        out_pools.append({**limits, "alias": alias, "model": model, "role": role, "port": entry.get("port"),
                           "slots": slots, "max_queue": QUEUE_PER_SLOT * slots if max_queue is None else max_queue,
                           "fallbacks": fallbacks, "routing": routing,
                           "affinity_buckets": AFFINITY_BUCKETS,
