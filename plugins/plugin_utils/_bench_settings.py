@@ -12,6 +12,7 @@ PRESET = {  # the first user's load: 30 chat requests/min, ~500-token prompts, u
     "embed_tokens": 64,
 }
 
+
 class BenchError(ValueError):
     """A bench setting that cannot work; the message names the variable and the fix."""
 
