@@ -17,6 +17,7 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._driver_packages 
     supported,
 )
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._fleet import image_digest, leaving
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gateway import pool_alias
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gpus import (
     cuda_elf_missing,
     gpu_differences,
@@ -166,6 +167,11 @@ def llamafleet_leaving_servers(containers: list, servers: list, pools: list, hos
     return leaving(containers, servers, pools, host)
 
 
+def llamafleet_pool_alias(pools: list, model: str, role: str) -> str:
+    """The pool of a model group, '' when none holds it (_gateway.pool_alias)."""
+    return pool_alias(pools, model, role) or ""
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -188,5 +194,6 @@ class FilterModule:
             "unresolved_libraries": llamafleet_unresolved_libraries,
             "image_digest": llamafleet_image_digest,
             "leaving_servers": llamafleet_leaving_servers,
+            "pool_alias": llamafleet_pool_alias,
             "pinned_flags": llamafleet_pinned_flags,
         }

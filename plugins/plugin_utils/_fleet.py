@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gateway import pool_alias
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._memory import resolve_parallel
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import effective, render_args
 
@@ -107,7 +108,6 @@ def leaving(containers: list[dict], servers: list[dict], pools: list[dict], host
     finds the same departures as the checkout that deployed them.
     """
     declared = {s["container_name"] for s in servers}
-    alias = {(p["model"], p["role"]): p["alias"] for p in pools}
     out = []
     for container in containers:
         name = container["Names"][0].lstrip("/")
@@ -116,6 +116,6 @@ def leaving(containers: list[dict], servers: list[dict], pools: list[dict], host
         labels = container.get("Labels") or {}
         server = labels.get("llamafleet.server", name)
         out.append({"name": server, "container_name": name,
-                    "pool": alias.get((labels.get("llamafleet.model"), labels.get("llamafleet.role"))),
+                    "pool": pool_alias(pools, labels.get("llamafleet.model"), labels.get("llamafleet.role")),
                     "pool_server": f"{host}.{server}"})
     return sorted(out, key=lambda s: s["container_name"])

@@ -92,6 +92,12 @@ def affinity_buckets(servers: list[dict], buckets: int = AFFINITY_BUCKETS) -> di
     return homes
 
 
+def pool_alias(pools: list[dict], model: str | None, role: str | None) -> str | None:
+    """The alias of the pool of one model group (a model in a role), or None when no pool holds it:
+    one pool per group (pools), so this finds the pool a server is drained from and put back in."""
+    return next((p["alias"] for p in pools if p.get("model") == model and p.get("role") == role), None)
+
+
 def max_input_tokens(servers: list[dict]) -> int:
     """The most tokens one embedding input may have on every server of a group: llama-server computes
     an embedding in one physical batch and refuses a longer input ("input (N tokens) is too large to

@@ -10,7 +10,7 @@ import math
 import pytest
 
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._fleet import fleet_host
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gateway import GatewayError, affinity_buckets, pools
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._gateway import GatewayError, affinity_buckets, pool_alias, pools
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._inventory import normalize_host
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._plan import plan
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._report import console, markdown
@@ -87,6 +87,16 @@ def test_an_embedding_pool_publishes_the_largest_input_its_smallest_batch_takes(
     del lab["llamafleet_servers"][1]
     hosts, _ = fleet(lab=lab)
     assert pools(config(), hosts)["pools"][1]["max_input_tokens"] == 384
+
+
+def test_a_servers_pool_is_the_one_of_its_model_in_its_role():
+    """One rule for the rolling restart (filter pool_alias) and for the servers that left (_fleet.leaving)."""
+    hosts, _ = fleet()
+    published = pools(config(), hosts)["pools"]
+    assert pool_alias(published, "gemma", "chat") == "lab-chat" and pool_alias(published, "gemma", "embed") == "lab-embed"
+    assert pool_alias(published, "other", "chat") is None and pool_alias([], "gemma", "chat") is None
+    from ansible_collections.llamafleet.fleet.plugins.filter.llamafleet import llamafleet_pool_alias
+    assert llamafleet_pool_alias(published, "other", "embed") == ""   # Jinja's "no pool": an empty alias
 
 
 def test_auto_parallel_counts_as_four_slots():
