@@ -235,8 +235,8 @@ class Server:
         tokenized, with the model's BOS and EOS around a text when add_special (as /v1/embeddings asks)."""
         if isinstance(item, list):
             return [t for part in item for t in ([part] if isinstance(part, int) else core.tokenize(str(part)))]
-        around = [core.hash_piece("<bos>")], [core.hash_piece("<eos>")]
-        return around[0] + core.tokenize(str(item)) + around[1] if add_special else core.tokenize(str(item))
+        tokens = core.tokenize(str(item))
+        return [core.hash_piece("<bos>"), *tokens, core.hash_piece("<eos>")] if add_special else tokens
 
     async def embeddings(self, body: dict, writer) -> None:
         if not self.embedding:
