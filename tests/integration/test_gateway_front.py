@@ -109,9 +109,9 @@ def lamps(tokens: int) -> str:
         return len(call(EMBED_SERVER, "POST", "/tokenize", {"content": "lamp " * n, "add_special": True},
                         lab_server_key())[1]["tokens"])
     n = tokens
-    while count(n) > tokens:
+    while (counted := count(n)) > tokens:
         n -= 1
-    assert count(n) == tokens, f"no run of 'lamp ' counts {tokens} tokens"
+    assert counted == tokens, f"no run of 'lamp ' counts {tokens} tokens"
     return "lamp " * n
 
 
