@@ -9,7 +9,10 @@ have the machine's 2 cores to themselves again.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
 
 import pytest
 
@@ -18,10 +21,36 @@ from tests.support.json_http import call, events
 from tests.support.rehearsal_fleet import GATEWAY_KEY, GATEWAY_PORT, HOST, INVENTORY, bench, bring_up, sim_containers, tear_down
 
 
+def lab_state() -> dict:
+    """What the rehearsal must leave alone: the digest of every file under /etc/llamafleet outside its own
+    directory (the lab's key, watchdog and Prometheus configurations), and the id of every other llamafleet
+    container (a container the rehearsal's play recreated would have a new one)."""
+    files = {}
+    for folder, dirs, names in os.walk("/etc/llamafleet"):
+        dirs[:] = [d for d in dirs if os.path.join(folder, d) != "/etc/llamafleet/rehearsal"]
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as handle:
+                files[os.path.join(folder, name)] = hashlib.sha256(handle.read()).hexdigest()
+    listed = subprocess.run(["docker", "ps", "-a", "--filter", "name=^llamafleet-", "--format", "{{.Names}} {{.ID}}"],
+                            capture_output=True, text=True, check=True).stdout.split("\n")
+    containers = dict(line.split() for line in listed if line and not line.startswith("llamafleet-rehearsal-"))
+    return {"files": files, "containers": containers}
+
+
 @pytest.fixture(scope="module")
-def rehearsal(tmp_path_factory):
-    yield bring_up(str(tmp_path_factory.mktemp("rehearsal-plan")))
+def rehearsal(lab, tmp_path_factory):
+    """The rehearsal brought up beside the lab (the session's one bring-up), as a user would run both."""
+    before = lab_state()
+    up = bring_up(str(tmp_path_factory.mktemp("rehearsal-plan")))
+    yield dict(up, lab_before=before, lab_after=lab_state())
     tear_down()
+
+
+def test_the_rehearsal_beside_the_lab_changes_none_of_the_labs_files_or_containers(rehearsal):
+    """Its own directories, ports and names (tests/unit/playbooks/test_deployments_apart.py): a rehearsal that
+    kept the role's watchdog_config_dir rewrote the lab watchdog's config.json here."""
+    assert "/etc/llamafleet/watchdog/config.json" in rehearsal["lab_before"]["files"]
+    assert rehearsal["lab_after"] == rehearsal["lab_before"]
 
 
 def test_every_declared_server_runs_simulated_where_a_real_one_would(rehearsal):
