@@ -1,0 +1,199 @@
+"""Rehearsals d and e (issue 18, docs/sim.md): a rolling restart and the watchdog on the simulated first
+user's host, under the first user's load. Opt-in (`scripts/test.sh --rehearsals`).
+
+The load is what the first user's clients send, through the rehearsal's gateway (LiteLLM on :4500):
+streamed chat requests at 30 a minute, to both chat models, each with its conversation's key, and as many
+embeddings. They are never retried, so an HTTP error, a timeout, a stream cut short or a reply with no token counts as a failed request.
+
+- d: the rolling restart replaces all 8 chat servers with one knob changed (ubatch_size 64 -> 128).
+  Every server is drained, replaced and verified in turn while the load runs.
+- e: the watchdog at scale. Two of the 16 servers are killed (docker kill) and one is frozen (docker
+  pause), all at once, under the load. Printed: the failed requests and the seconds until each of the
+  three answers /health with 200 again.
+
+The servers sleep what the plan says the cards take. These figures are therefore those of the fleet
+around the servers (LiteLLM, the pools, the watchdog, Docker), not of the cards.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from tests.integration.conftest import playbook
+from tests.support.rehearsal_fleet import GATEWAY_KEY, GATEWAY_PORT, HOST, INVENTORY, bring_up, sim_containers, tear_down
+
+CHAT_MODELS, EMBED_MODEL = ["stheno", "lumimaid"], "embed"    # inventory/rehearsal/group_vars/all/gateway.yml
+WATCHDOG_PORT = 9491  # inventory/rehearsal/group_vars/llamafleet/host.yml
+RATE_PER_MIN = 30      # chat requests a minute, the first user's load; as many embeddings beside them
+
+
+class FirstUserLoad:
+    """Streamed chat requests and embeddings through the rehearsal's gateway, each at a steady rate, in the
+    background: requests alternate, a chat request then an embedding."""
+
+    def __init__(self, rate_per_min: float = RATE_PER_MIN, reply_tokens: int = 32):
+        self.interval, self.reply_tokens = 60.0 / rate_per_min / 2, reply_tokens
+        self.results: list[dict] = []
+        self.lock, self.stop = threading.Lock(), threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _embed(self, i: int) -> None:
+        started, error = time.monotonic(), None
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", GATEWAY_PORT, timeout=120)
+            conn.request("POST", "/v1/embeddings", json.dumps({"model": EMBED_MODEL, "input": f"A note to remember, {i}."}),
+                         {"Content-Type": "application/json", "Authorization": f"Bearer {GATEWAY_KEY}"})
+            resp = conn.getresponse()
+            raw = resp.read().decode()
+            conn.close()
+            if resp.status != 200:
+                error = f"embedding: HTTP {resp.status}: {raw[:200]}"
+            elif not json.loads(raw)["data"][0]["embedding"]:
+                error = "embedding: empty vector"
+        except (OSError, ValueError, KeyError, IndexError) as exc:
+            error = f"embedding: {type(exc).__name__}: {exc}"
+        with self.lock:
+            self.results.append({"kind": "embed", "started": started, "ended": time.monotonic(), "error": error})
+
+    def _one(self, i: int) -> None:
+        if i % 2:
+            self._embed(i)
+            return
+        started = time.monotonic()
+        body = {"model": CHAT_MODELS[i // 2 % 2], "stream": True, "max_tokens": self.reply_tokens,
+                "messages": [{"role": "user", "content": f"Tell me about your day, part {i}."}]}
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {GATEWAY_KEY}",
+                   "X-Llamafleet-Conversation": f"conversation-{i // 2 % 10}"}
+        error = None
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", GATEWAY_PORT, timeout=120)
+            conn.request("POST", "/v1/chat/completions", json.dumps(body), headers)
+            resp = conn.getresponse()
+            raw = resp.read().decode()
+            conn.close()
+            events = [line[6:] for line in raw.splitlines() if line.startswith("data: ")]
+            tokens = sum(1 for e in events if e != "[DONE]" and any(
+                c.get("delta", {}).get("content") for c in json.loads(e).get("choices", [])))
+            if resp.status != 200:
+                error = f"HTTP {resp.status}: {raw[:200]}"
+            elif not events or events[-1] != "[DONE]":
+                error = "stream cut short"
+            elif not tokens:
+                error = "no token"
+        except (OSError, ValueError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        with self.lock:
+            self.results.append({"kind": "chat", "started": started, "ended": time.monotonic(), "error": error})
+
+    def _run(self) -> None:
+        workers, start, i = [], time.monotonic(), 0
+        while not self.stop.is_set():
+            if time.monotonic() - start >= i * self.interval:
+                worker = threading.Thread(target=self._one, args=(i,), daemon=True)
+                worker.start()
+                workers.append(worker)
+                i += 1
+            time.sleep(0.05)
+        for worker in workers:
+            worker.join(timeout=150)
+
+    def __enter__(self):
+        self.thread.start()
+        time.sleep(10)    # the load is flowing before the operation
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(10)    # and keeps flowing after it
+        self.stop.set()
+        self.thread.join(timeout=200)
+
+    def failed(self) -> list[str]:
+        return [r["error"] for r in self.results if r["error"]]
+
+    def counted(self) -> str:
+        chat = sum(r["kind"] == "chat" for r in self.results)
+        return f"{chat} chat requests and {len(self.results) - chat} embeddings, {len(self.failed())} failed"
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory):
+    yield bring_up(str(tmp_path_factory.mktemp("rehearsal-plan")))
+    tear_down()
+
+
+def ubatch(container: dict) -> str:
+    args = container["Config"]["Cmd"]
+    return args[args.index("--ubatch-size") + 1]
+
+
+def test_d_a_rolling_restart_of_all_8_chat_servers_under_the_first_users_load_fails_no_request(rehearsal):
+    before = sim_containers()
+    with FirstUserLoad() as load:
+        started = time.monotonic()
+        result = playbook("playbooks/rolling_restart.yml", "-i", INVENTORY, "-e", json.dumps({
+            "llamafleet_args_override": {"ubatch_size": 128}, "llamafleet_rolling_servers": ["chat-*"]}), check=False)
+        took = time.monotonic() - started
+    summary = result.stdout[result.stdout.rfind("Rolling restart: "):].split("\n\n")[0]
+    print(f"\nrehearsal d (measured on simulated servers): the rolling restart of 8 chat servers (ubatch_size 64 -> 128) "
+          f"took {took:.0f} s under {RATE_PER_MIN} streamed chat requests and {RATE_PER_MIN} embeddings a minute "
+          f"through the gateway: {load.counted()}\n{summary}")
+    assert result.returncode == 0, result.stdout[-6000:]
+    after = sim_containers()
+    for i in range(8):
+        name = f"chat-{i}"
+        assert after[name]["Id"] != before[name]["Id"] and ubatch(after[name]) == "128", name
+        assert f"first-user-sim.{name}: replaced" in result.stdout
+    for i in range(8):   # the embedding servers were not chosen: untouched
+        assert after[f"embed-{i}"]["Id"] == before[f"embed-{i}"]["Id"]
+    assert load.results and not load.failed(), load.failed()[:5]
+
+
+def health(port: int) -> int:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        conn.request("GET", "/health")
+        status = conn.getresponse().status
+        conn.close()
+        return status
+    except OSError:
+        return 0
+
+
+def test_e_the_watchdog_heals_2_killed_and_1_frozen_of_16_servers_under_the_first_users_load(rehearsal):
+    found = sim_containers()
+    faults = {"chat-2": "kill", "embed-5": "kill", "chat-6": "pause"}
+    ports = {s["name"]: s["port"] for s in rehearsal["plan"]["fleet"][HOST]["servers"] if s["name"] in faults}
+    healed: dict[str, float] = {}
+    with FirstUserLoad() as load:
+        struck = time.monotonic()
+        for name, how in faults.items():
+            subprocess.run(["docker", how, found[name]["Name"].lstrip("/")], check=True, capture_output=True)
+        seen_down = set()
+        while len(healed) < len(faults) and time.monotonic() - struck < 150:
+            for name, port in ports.items():
+                if name in healed:
+                    continue
+                status = health(port)
+                if status != 200:
+                    seen_down.add(name)
+                elif name in seen_down:
+                    healed[name] = time.monotonic() - struck
+            time.sleep(0.2)
+    print("\nrehearsal e (measured on simulated servers): 2 of 16 servers killed and 1 frozen at once under "
+          f"{RATE_PER_MIN} streamed chat requests and {RATE_PER_MIN} embeddings a minute through the gateway: "
+          f"{load.counted()}; healthy again after " +
+          ", ".join(f"{name} ({faults[name]}) {healed[name]:.1f} s" if name in healed else f"{name} not within 150 s"
+                    for name in faults) + (f"; the failures: {load.failed()[:5]}" if load.failed() else ""))
+    assert sorted(healed) == sorted(faults), f"not healthy again: {sorted(set(faults) - set(healed))}"
+    # healed by the watchdog (Docker's restart policy leaves a killed container down), for the reason it saw
+    with urllib.request.urlopen(f"http://127.0.0.1:{WATCHDOG_PORT}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    for name, reason in {"chat-2": "exited", "embed-5": "exited", "chat-6": "paused"}.items():
+        assert f'llamafleet_watchdog_restarts_total{{server="{name}",reason="{reason}"}} 1' in metrics, name
+    assert load.results and not load.failed(), load.failed()[:5]
