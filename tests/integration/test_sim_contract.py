@@ -84,6 +84,24 @@ def both(pair, method: str, path: str, body: dict | None = None, key: str | None
     return call(real, method, path, body, key), call(sim, method, path, body, key)
 
 
+@pytest.mark.parametrize("extra", [["--no-such-flag", "1"], ["--no-jinja", "--chat-template", "no-such-template"],
+                                   ["--jinja", "--no-jinja", "--chat-template", "<|start_header_id|>{{ role }}"]])
+def test_a_command_line_the_real_one_refuses_is_refused_with_its_words(lab, tmp_path, extra):
+    """The lab's llama-server binary (its image, no network, chat-0's flags without the key file, which the
+    container would read while parsing) and the simulator, given the same command line: exit 1, same stderr."""
+    chat0 = containers()["chat-0"]
+    argv = list(chat0["Args"])
+    del argv[argv.index("--api-key-file"):argv.index("--api-key-file") + 2]
+    real = subprocess.run(["docker", "run", "--rm", "--network", "none", chat0["Config"]["Image"], *argv, *extra],
+                          capture_output=True, text=True, timeout=120)
+    flags = tmp_path / "flags.json"
+    flags.write_text(json.dumps(sorted(PINNED_FLAGS["0c1e570"])))
+    sim = subprocess.run([sys.executable, PROGRAM, *argv, *extra], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, LLAMASIM_FLAGS=str(flags)))
+    assert real.returncode == sim.returncode == 1, (real.stderr[-2000:], sim.stderr[-2000:])
+    assert sim.stderr.strip() and sim.stderr.strip() in real.stderr, (real.stderr[-2000:], sim.stderr)
+
+
 def test_health_is_public_on_both(pair):
     (rs, rb), (ss, sb) = both(pair, "GET", "/health")
     assert (rs, rb) == (ss, sb) == (200, {"status": "ok"})

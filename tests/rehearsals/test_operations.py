@@ -6,7 +6,8 @@ streamed chat requests at 30 a minute, to both chat models, each with its conver
 embeddings. They are never retried, so an HTTP error, a timeout, a stream cut short or a reply with no token counts as a failed request.
 
 - d: the rolling restart replaces all 8 chat servers with one knob changed (ubatch_size 64 -> 128).
-  Every server is drained, replaced and verified in turn while the load runs.
+  Every server is drained, replaced and verified in turn while the load runs. Then a chat template the
+  servers refuse at start: the first server is rolled back, the rollout stops, the others are untouched.
 - e: the watchdog at scale. Two of the 16 servers are killed (docker kill) and one is frozen (docker
   pause), all at once, under the load. Printed: the failed requests and the seconds until each of the
   three answers /health with 200 again.
@@ -151,6 +152,28 @@ def test_d_a_rolling_restart_of_all_8_chat_servers_under_the_first_users_load_fa
         assert f"first-user-sim.{name}: replaced" in result.stdout
     for i in range(8):   # the embedding servers were not chosen: untouched
         assert after[f"embed-{i}"]["Id"] == before[f"embed-{i}"]["Id"]
+    assert load.results and not load.failed(), load.failed()[:5]
+
+
+def test_d_a_flag_the_servers_refuse_is_rolled_back_at_the_first_server_and_fails_no_request(rehearsal):
+    """A chat template llama-server refuses at start without --jinja (the simulator refuses it with the
+    binary's words: tests/integration/test_sim_contract.py). The plan does not parse templates, so it passes."""
+    before = sim_containers()
+    with FirstUserLoad() as load:
+        result = playbook("playbooks/rolling_restart.yml", "-i", INVENTORY, "-e", json.dumps({
+            "llamafleet_args_override": {"chat_template": "no-such-template", "jinja": False},
+            "llamafleet_rolling_servers": ["chat-*"], "llama_server_health_timeout": 30}), check=False)
+    print("\nrehearsal d, rollback (measured on simulated servers): a chat template the servers refuse, under "
+          f"{RATE_PER_MIN} streamed chat requests and {RATE_PER_MIN} embeddings a minute: {load.counted()}")
+    assert result.returncode != 0, result.stdout[-6000:]
+    assert "The rolling restart stopped at chat-0 on first-user-sim" in result.stdout
+    assert "first-user-sim.chat-0: rolled back" in result.stdout
+    assert "the supplied chat template is not supported" in result.stdout   # the server's own words, shown
+    after = sim_containers()
+    assert after["chat-0"]["Config"]["Cmd"] == before["chat-0"]["Config"]["Cmd"]
+    assert after["chat-0"]["State"]["Running"]
+    for i in range(1, 8):
+        assert after[f"chat-{i}"]["Id"] == before[f"chat-{i}"]["Id"], f"chat-{i} was touched after the failure"
     assert load.results and not load.failed(), load.failed()[:5]
 
 

@@ -72,6 +72,37 @@ def test_a_flag_the_pinned_llama_server_does_not_know_is_refused_as_it_refuses_i
     assert "error: invalid argument: --no-such-flag" in result.stderr
 
 
+# common/arg.cpp at 0c1e570, after every flag is read (the message and its note, printed with "%s\n", exit 1)
+REFUSED_TEMPLATE = ("error: the supplied chat template is not supported: {}\n"
+                    "note: llama.cpp was started without --jinja, we only support commonly used templates\n\n")
+
+
+@pytest.mark.parametrize("args,refused", [
+    # without --jinja: a built-in name (src/llama-chat.cpp LLM_CHAT_TEMPLATES) passes, any other name does not
+    (["--no-jinja", "--chat-template", "llama3"], False),
+    (["--no-jinja", "--chat-template", "no-such-template"], True),
+    # a template text llm_chat_detect_template recognises: Llama 3's headers, both of them needed
+    (["--no-jinja", "--chat-template", "<|start_header_id|>{{ role }}<|end_header_id|>"], False),
+    (["--no-jinja", "--chat-template", "<|start_header_id|>{{ role }}"], True),
+    # "mistral" at the start of the text is recognised
+    (["--no-jinja", "--chat-template", "mistral-like"], False),
+    # with --jinja (the default, common.h use_jinja = true) the text is a Jinja template: it passes
+    (["--chat-template", "no-such-template"], False),
+    (["--no-jinja", "--jinja", "--chat-template", "no-such-template"], False),
+    (["--jinja", "--no-jinja", "--chat-template", "no-such-template"], True),
+])
+def test_a_chat_template_the_server_cannot_apply_is_refused_at_start_as_it_refuses_it(flags_file, tmp_path, args, refused):
+    if not refused:
+        proc, port = start(flags_file, tmp_path, *args)
+        proc.terminate()
+        proc.wait(timeout=10)
+        assert port
+        return
+    result = subprocess.run([sys.executable, PROGRAM, "--port", "1", *args], capture_output=True, text=True, timeout=30,
+                            env=dict(os.environ, LLAMASIM_FLAGS=flags_file))
+    assert (result.returncode, result.stderr) == (1, REFUSED_TEMPLATE.format(args[-1]))
+
+
 def test_health_is_public_and_the_rest_wants_the_key(chat_server):
     """server-http.cpp: public endpoints /health and /v1/health; otherwise 401 Invalid API Key."""
     assert call(chat_server, "GET", "/health", key=None) == (200, {"status": "ok"})

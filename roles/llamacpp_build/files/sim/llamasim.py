@@ -56,6 +56,78 @@ def parse_argv(argv: list[str], known: set[str]) -> dict[str, str]:
     return out
 
 
+# src/llama-chat.cpp at the pinned ref: the built-in template names (LLM_CHAT_TEMPLATES), and the texts
+# llm_chat_detect_template recognises, one entry per branch of its if/else chain (every marker of the entry
+# in the text; a text that starts with "mistral" is recognised too). Without --jinja, common/arg.cpp refuses
+# any other --chat-template at start (common_chat_verify_template -> llama_chat_apply_template returns -1).
+BUILTIN_CHAT_TEMPLATES = frozenset({
+    "chatml", "llama2", "llama2-sys", "llama2-sys-bos", "llama2-sys-strip", "mistral-v1", "mistral-v3", "mistral-v3-tekken",
+    "mistral-v7", "mistral-v7-tekken", "phi3", "phi4", "falcon3", "zephyr", "monarch", "gemma",
+    "orion", "openchat", "vicuna", "vicuna-orca", "deepseek", "deepseek2", "deepseek3", "deepseek-ocr",
+    "command-r", "llama3", "chatglm3", "chatglm4", "glmedge", "minicpm", "exaone3", "exaone4",
+    "exaone-moe", "rwkv-world", "granite", "granite-4.0", "granite-4.1", "gigachat", "megrez", "yandex",
+    "bailing", "bailing-think", "bailing2", "llama4", "smolvlm", "hunyuan-moe", "gpt-oss", "hunyuan-dense",
+    "hunyuan-vl", "kimi-k2", "seed_oss", "grok-2", "pangu-embedded", "solar-open",
+})
+DETECTED_CHAT_TEMPLATES = (
+    ('<|im_start|>',),
+    ('[INST]',),
+    ('<|assistant|>', '<|end|>'),
+    ('[gMASK]<sop>',),
+    ('<|assistant|>', '<|user|>'),
+    ("<|{{ item['role'] }}|>", '<|begin_of_image|>'),
+    ('<|user|>', '<|endoftext|>'),
+    ("bos_token + message['role']",),
+    ('<start_of_turn>',),
+    ("'\\n\\nAssistant: ' + eos_token",),
+    ('GPT4 Correct ',),
+    ('USER: ', 'ASSISTANT: '),
+    ('### Instruction:', '<|EOT|>'),
+    ('<|START_OF_TURN_TOKEN|>', '<|USER_TOKEN|>'),
+    ('<|start_header_id|>', '<|end_header_id|>'),
+    ('[gMASK]sop',),
+    ('<用户>',),
+    ("'Assistant: ' + message['content'] + eos_token",),
+    ('<｜Assistant｜>', '<｜User｜>', '<｜end▁of▁sentence｜>'),
+    ('[|system|]', '[|assistant|]', '[|endofturn|]'),
+    ('rwkv-world',),
+    ("{{- 'User: ' + message['content']|trim + '\\n\\n' -}}",),
+    ('<|start_of_role|>',),
+    ("message['role'] + additional_special_tokens[0] + message['content'] + additional_special_tokens[1]",),
+    ('<|role_start|>',),
+    (' Ассистент:',),
+    ('<role>ASSISTANT</role>', "'HUMAN'"),
+    ('<role>ASSISTANT</role>', '"HUMAN"', '<think>'),
+    ('<role>ASSISTANT</role>', '<role>HUMAN</role>', '<|role_end|>'),
+    ('<|header_start|>', '<|header_end|>'),
+    ('<|endofuserprompt|>',),
+    ('<|extra_0|>', '<|extra_4|>'),
+    ('<|start|>', '<|channel|>'),
+    ('<｜hy_Assistant｜>', '<｜hy_begin▁of▁sentence｜>'),
+    ('<｜hy_Assistant｜>', '<｜hy_place▁holder▁no▁3｜>'),
+    ('<|im_assistant|>assistant<|im_middle|>',),
+    ('<seed:bos>',),
+    ("'Assistant: '  + message['content'] + '<|separator|>",),
+    ('[unused9]系统：[unused10]',),
+    ('<|begin|>', '<|end|>', '<|content|>'),
+)
+
+
+def chat_template_refusal(argv: list[str], flags: dict[str, str]) -> str | None:
+    """common/arg.cpp, after every flag is read: a --chat-template that the template engine in use cannot
+    apply is refused with this message, and the binary exits with status 1. With --jinja (the default at
+    the pinned ref) any text is a Jinja template; without it, only a built-in name or a recognised text."""
+    template = flags.get("--chat-template", "")
+    jinja = [f for f in argv if f in ("--jinja", "--no-jinja")]
+    if not template or not jinja or jinja[-1] == "--jinja":
+        return None
+    if template in BUILTIN_CHAT_TEMPLATES or template.startswith("mistral") \
+            or any(all(marker in template for marker in entry) for entry in DETECTED_CHAT_TEMPLATES):
+        return None
+    return (f"error: the supplied chat template is not supported: {template}\n"
+            "note: llama.cpp was started without --jinja, we only support commonly used templates\n")
+
+
 PROFILE_KEYS = {"decode_s", "prefill_tps", "load_s", "n_embd", "kv_bytes_per_token"}
 
 
@@ -382,6 +454,9 @@ def main(argv: list[str]) -> int:
         known = set(json.load(handle))
     try:
         flags = parse_argv(argv, known)
+        refusal = chat_template_refusal(argv, flags)
+        if refusal:
+            raise Refused(refusal)
         profile = parse_profile(os.environ.get("LLAMASIM_PROFILE", "{}"))
     except Refused as exc:
         print(exc, file=sys.stderr)
