@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import subprocess
 import threading
 import time
@@ -27,7 +28,7 @@ import urllib.request
 import pytest
 
 from tests.integration.conftest import playbook
-from tests.support.rehearsal_fleet import GATEWAY_KEY, GATEWAY_PORT, HOST, INVENTORY, bring_up, sim_containers, tear_down
+from tests.support.rehearsal_fleet import GATEWAY_KEY, GATEWAY_PORT, HOST, INVENTORY, OTHERS, bring_up, sim_containers, tear_down
 
 CHAT_MODELS, EMBED_MODEL = ["stheno", "lumimaid"], "embed"    # inventory/rehearsal/group_vars/all/gateway.yml
 WATCHDOG_PORT = 9491  # inventory/rehearsal/group_vars/llamafleet/host.yml
@@ -126,6 +127,46 @@ class FirstUserLoad:
 def rehearsal(tmp_path_factory):
     yield bring_up(str(tmp_path_factory.mktemp("rehearsal-plan")))
     tear_down()
+
+
+def cpu_seconds(names: list[str]) -> dict[str, float]:
+    """Each container's CPU time so far, in seconds: its cgroup's counter (cgroup v1 cpuacct or v2 cpu.stat).
+    Files, not Docker's stats API, which takes a second a container: every container's window is the same."""
+    ids = dict(line.split() for line in subprocess.run(
+        ["docker", "inspect", "--format", "{{.Name}} {{.Id}}", *names], capture_output=True, text=True, check=True).stdout.splitlines())
+    out = {}
+    for name, cid in ids.items():
+        v1 = f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage"
+        v2 = f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat"
+        if os.path.exists(v1):
+            with open(v1, encoding="ascii") as handle:
+                out[name.lstrip("/")] = int(handle.read()) / 1e9
+        else:
+            with open(v2, encoding="ascii") as handle:
+                out[name.lstrip("/")] = int(dict(line.split() for line in handle)["usage_usec"]) / 1e6
+    return out
+
+
+def test_the_fleets_own_cpu_at_the_first_users_load(rehearsal):
+    """Issue 18, item 6: what LiteLLM, the pools (HAProxy), the watchdog, its keeper and Prometheus cost in
+    CPU at the first user's load, per request and as a share of one core. Read from the containers' cgroup
+    counters over 60 s of the load; the simulated servers' own CPU is printed too, but a real llama-server's differs."""
+    others = list(OTHERS)
+    servers = [c["Name"].lstrip("/") for c in sim_containers().values()]
+    with FirstUserLoad() as load:
+        before, started = cpu_seconds(others + servers), time.monotonic()
+        time.sleep(60)
+        after, seconds = cpu_seconds(others + servers), time.monotonic() - started
+    served = len([r for r in load.results if started <= r["started"] <= started + seconds])
+    used = {name: after[name] - before[name] for name in after}
+    rows = [(name.replace("llamafleet-rehearsal-", ""), used[name]) for name in others]
+    rows.append((f"the {len(servers)} simulated servers", sum(used[name] for name in servers)))
+    print(f"\nthe fleet's own CPU (measured on simulated servers, this machine's 2 cores): {seconds:.0f} s at {RATE_PER_MIN} "
+          f"chat requests and {RATE_PER_MIN} embeddings a minute, {served} requests sent in that time, {load.counted()}")
+    for name, cpu in rows:
+        print(f"  {name}: {cpu:.2f} CPU s, {100 * cpu / seconds:.1f}% of one core, {1000 * cpu / max(served, 1):.1f} ms a request")
+    assert served > 0 and not load.failed(), load.failed()[:5]
+    assert all(cpu > 0 for _, cpu in rows), rows   # every component was read, and each did some work
 
 
 def ubatch(container: dict) -> str:
