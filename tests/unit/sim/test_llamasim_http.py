@@ -155,6 +155,23 @@ def test_a_chat_reply_counts_its_tokens_and_the_next_turn_reuses_the_slot(chat_s
     assert body["timings"]["prompt_n"] + body["timings"]["cache_n"] == body["usage"]["prompt_tokens"]
 
 
+def test_a_content_of_typed_text_parts_is_the_texts_joined_by_newlines(chat_server):
+    """common/chat.cpp concat_content_parts: OpenAI's typed parts reach the template as one text, the parts
+    joined by a newline (GuideLLM sends its prompts so). The same prompt either way, so the same count."""
+    def prompt_tokens(content) -> int:
+        status, body = call(chat_server, "POST", "/v1/chat/completions",
+                            {"messages": [{"role": "user", "content": content}], "max_tokens": 1}, key=KEY)
+        assert status == 200, body
+        return body["usage"]["prompt_tokens"]
+
+    joined = prompt_tokens("The lamp is lit.\nThe ships pass the rock at night.")
+    assert prompt_tokens([{"type": "text", "text": "The lamp is lit."},
+                          {"type": "text", "text": "The ships pass the rock at night."}]) == joined
+    # a space joins the next word (" The" is one piece), a newline is a piece of its own: one token more
+    assert prompt_tokens("The lamp is lit. The ships pass the rock at night.") == joined - 1
+    assert prompt_tokens("The lamp is lit.") < joined
+
+
 def stream_events(port: int, body: dict) -> list:
     return events(port, "/v1/chat/completions", body, KEY, timeout=10)
 

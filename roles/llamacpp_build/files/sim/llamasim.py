@@ -440,11 +440,20 @@ def choice(mode: str, text: str, finish_reason: str | None, streamed: bool) -> d
     return {"finish_reason": finish_reason, "index": 0, "message": {"role": "assistant", "content": text}}
 
 
+def message_text(content) -> str:
+    """A message's content as the template sees it: a string as it is; a list of typed parts (OpenAI's
+    format) as their texts joined by newlines (common/chat.cpp concat_content_parts); anything else as JSON."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+        return "\n".join(str(p.get("text", "")) for p in content)
+    return json.dumps(content)
+
+
 def chat_prompt(messages: list[dict]) -> str:
     """The conversation as one text, as a chat template lays it out (one header per message, the
     assistant's turn opened last): a longer history is the shorter one's text plus more."""
-    parts = [f"<|{m.get('role', 'user')}|>\n{m.get('content') if isinstance(m.get('content'), str) else json.dumps(m.get('content'))}\n"
-             for m in messages]
+    parts = [f"<|{m.get('role', 'user')}|>\n{message_text(m.get('content'))}\n" for m in messages]
     return "".join(parts) + "<|assistant|>\n"
 
 
