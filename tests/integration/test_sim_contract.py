@@ -140,6 +140,16 @@ def test_a_chat_completion_has_the_real_ones_fields(pair):
     assert sim["object"] == real["object"]
 
 
+@pytest.mark.parametrize("limits", [{"max_completion_tokens": 4}, {"n_predict": 3, "max_tokens": 6},
+                                    {"max_completion_tokens": 2, "max_tokens": 6}])
+def test_the_reply_length_is_read_from_the_same_field_on_both(pair, limits):
+    """OpenAI's newer max_completion_tokens (GuideLLM sends it), and which field wins when there are several."""
+    body = {"messages": [{"role": "user", "content": "Name a colour."}], "ignore_eos": True, "temperature": 0, **limits}
+    (rs, real), (ss, sim) = both(pair, "POST", "/v1/chat/completions", body, lab_server_key())
+    assert rs == ss == 200
+    assert sim["usage"]["completion_tokens"] == real["usage"]["completion_tokens"], (real["usage"], sim["usage"])
+
+
 @pytest.mark.parametrize("options", [None, {"include_usage": True}], ids=["plain", "include_usage"])
 def test_a_streamed_completion_comes_in_the_real_ones_chunks(pair, options):
     # greedy: a sampled token can end inside a UTF-8 character, and llama-server holds such a token back to

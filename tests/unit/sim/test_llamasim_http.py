@@ -172,6 +172,19 @@ def test_a_content_of_typed_text_parts_is_the_texts_joined_by_newlines(chat_serv
     assert prompt_tokens("The lamp is lit.") < joined
 
 
+@pytest.mark.parametrize("limits,generated", [
+    ({"max_tokens": 5}, 5),
+    ({"max_completion_tokens": 4}, 4),            # OpenAI's newer name, which GuideLLM sends
+    ({"n_predict": 3, "max_tokens": 7}, 3),       # server-schema.cpp: the name first, then its aliases in order
+    ({"max_completion_tokens": 2, "max_tokens": 7}, 2),
+])
+def test_the_reply_length_is_read_as_llama_servers_schema_reads_it(chat_server, limits, generated):
+    status, body = call(chat_server, "POST", "/v1/chat/completions",
+                        {"messages": [{"role": "user", "content": "Hello."}], **limits}, key=KEY)
+    assert status == 200, body
+    assert body["usage"]["completion_tokens"] == generated
+
+
 def stream_events(port: int, body: dict) -> list:
     return events(port, "/v1/chat/completions", body, KEY, timeout=10)
 

@@ -343,8 +343,9 @@ class Server:
             return await self.send(writer, 400, self.error(
                 f"request ({len(tokens)} tokens) exceeds the available context size ({self.n_ctx_slot} tokens), try "
                 f"increasing it", "exceed_context_size_error", 400, n_prompt_tokens=len(tokens), n_ctx=self.n_ctx_slot))
-        limit = body.get("max_tokens", body.get("n_predict", -1))
-        limit = DEFAULT_REPLY_TOKENS if limit is None or int(limit) < 0 else int(limit)
+        # tools/server/server-schema.cpp: n_predict, or its aliases in the order they were added
+        limit = next((body[k] for k in ("n_predict", "max_completion_tokens", "max_tokens") if body.get(k) is not None), -1)
+        limit = DEFAULT_REPLY_TOKENS if int(limit) < 0 else int(limit)
         n_predict = max(min(limit, self.n_ctx_slot - len(tokens)), 1)
         pieces = [(" " if k else "") + WORDS[(len(tokens) + k) % len(WORDS)] for k in range(n_predict)]
         reply = [token for piece in pieces for token in core.tokenize(piece)]
