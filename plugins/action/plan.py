@@ -59,5 +59,6 @@ class ActionModule(ActionBase):
             with open(os.path.join(report_dir, "plan.md"), "w", encoding="utf-8") as handle:
                 handle.write(markdown(planned))
         result.update(changed=False, plan=planned, report_dir=report_dir,
-                      errors=planned["summary"]["errors"], warnings=planned["summary"]["warnings"])
+                      # not `warnings`: Ansible reads a result's warnings as a list of messages to print
+                      error_count=planned["summary"]["errors"], warning_count=planned["summary"]["warnings"])
         return result

@@ -87,11 +87,11 @@ report_dir:
   description: Where the reports are (written unless O(write=false)).
   returned: always
   type: str
-errors:
+error_count:
   description: How many findings are errors (the plan refuses the deployment).
   returned: always
   type: int
-warnings:
+warning_count:
   description: How many findings are warnings.
   returned: always
   type: int
