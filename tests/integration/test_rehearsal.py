@@ -16,16 +16,19 @@ import subprocess
 
 import pytest
 
-from tests.integration.conftest import playbook
+from tests.integration.conftest import CURRENT_IMAGE, playbook
 from tests.support.json_http import call, events
 from tests.support.rehearsal_fleet import GATEWAY_KEY, GATEWAY_PORT, HOST, INVENTORY, bench, bring_up, sim_containers, tear_down
 
 
 def lab_state() -> dict:
-    """What the rehearsal must leave alone: the digest of every file under /etc/llamafleet outside its own
-    directory (the lab's key, watchdog and Prometheus configurations), and the id of every other llamafleet
-    container (a container the rehearsal's play recreated would have a new one)."""
+    """What the rehearsal must leave alone: the digest of the lab build's current-image record and of every file
+    under /etc/llamafleet outside the rehearsal's own directory (the lab's key, watchdog and Prometheus
+    configurations), and the id of every other llamafleet container (one the rehearsal's play recreated
+    would have a new one)."""
     files = {}
+    with open(CURRENT_IMAGE, "rb") as handle:   # the image the lab's servers run, as the lab's build recorded it
+        files[CURRENT_IMAGE] = hashlib.sha256(handle.read()).hexdigest()
     for folder, dirs, names in os.walk("/etc/llamafleet"):
         dirs[:] = [d for d in dirs if os.path.join(folder, d) != "/etc/llamafleet/rehearsal"]
         for name in names:

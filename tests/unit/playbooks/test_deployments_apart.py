@@ -8,8 +8,10 @@ watchdog read it at its next start and listened on the rehearsal's port with the
 The next molecule run of the watchdog role then met it on 9491, and CI failed.
 
 Each value is what a play would use: the inventory's variable over the role's default, templated by Ansible.
-The servers and the gateway's ports and instances come from the fleet model (plan_inventory). Build and cache
-directories are not compared. Their content is named by the digest of its inputs, so sharing them is harmless.
+The servers and the gateway's ports and instances come from the fleet model (plan_inventory). A build directory
+is compared: its per-tag folders are named by the digest of their inputs, but its current-image file names one
+deployment's image. The rehearsal shared the lab's, so the lab's tests and the molecule llama_server scenario
+could read the simulator's image as the lab's.
 """
 from __future__ import annotations
 
@@ -30,13 +32,17 @@ from tests.conftest import ROOT
 
 # (deployment, inventory sources, the roles it runs on this machine)
 DEPLOYMENTS = [
-    ("lab", ["inventory/lab", "inventory/lab2"], ["llama_server", "gateway", "gateway_pools", "watchdog", "monitoring"]),
-    ("rehearsal", ["inventory/rehearsal"], ["llama_server", "gateway", "gateway_pools", "watchdog", "monitoring"]),
+    ("lab", ["inventory/lab", "inventory/lab2"],
+     ["llamacpp_build", "llama_server", "gateway", "gateway_pools", "watchdog", "monitoring"]),
+    ("rehearsal", ["inventory/rehearsal"], ["llamacpp_build", "llama_server", "gateway", "gateway_pools", "watchdog", "monitoring"]),
+    ("CUDA build", ["tests/cuda_build/inventory"], ["llamacpp_build"]),
     ("molecule watchdog", ["molecule/watchdog/inventory.yml"], ["watchdog", "monitoring"]),
 ]
 # what each role claims on its host: (kind, variable); the gateway roles only on the gateway's hosts
 # llama_server_config_dir holds the fleet's one server key: the hosts of one deployment share it (lab, lab2)
 CLAIMS = {
+    # <build dir>/current-image names the image the deployment's servers run (the lab's is read by the tests)
+    "llamacpp_build": [("directory", "llamacpp_build_dir")],
     "llama_server": [("directory", "llama_server_config_dir")],
     "gateway": [("directory", "gateway_dir")],
     "gateway_pools": [("directory", "gateway_pools_dir"), ("container", "gateway_pools_container_name")],
@@ -47,7 +53,7 @@ CLAIMS = {
                    ("directory", "monitoring_config_dir"), ("directory", "monitoring_data_dir")],
 }
 GATEWAY_ROLES = {"gateway", "gateway_pools"}
-FLEET_WIDE = {"llama_server_config_dir"}
+FLEET_WIDE = {"llama_server_config_dir", "llamacpp_build_dir"}
 
 
 def _trusted(value):
@@ -89,11 +95,13 @@ def _claims(sources: list[str], roles: list[str]) -> list[tuple[str, str, str]]:
     defaults = {}
     for role in roles:
         defaults.update(_trusted(loader.load_from_file(os.path.join(ROOT, "roles", role, "defaults", "main.yml"))))
-    hostvars = {}
+    # what the roles use (their defaults under the inventory), and what the plan reads (the inventory alone, as
+    # Ansible's hostvars hold it: a role default is not a host variable, and the plan refuses some of them)
+    hostvars, inventory_vars = {}, {}
     for host in inventory.get_hosts():
-        hv = dict(defaults, **variables.get_vars(host=host, include_hostvars=False))
-        hv.setdefault("playbook_dir", ROOT)
-        hostvars[host.name] = _HostVars(loader, hv)
+        declared = dict(variables.get_vars(host=host, include_hostvars=False), playbook_dir=ROOT)
+        hostvars[host.name] = _HostVars(loader, dict(defaults, **declared))
+        inventory_vars[host.name] = _HostVars(loader, declared)
     gateway_hosts = [h.name for h in inventory.get_hosts("gateway")] if GATEWAY_ROLES & set(roles) else []
     claims = set()
     for host, hv in hostvars.items():
@@ -104,7 +112,7 @@ def _claims(sources: list[str], roles: list[str]) -> list[tuple[str, str, str]]:
     claims = sorted(claims)
     if "llama_server" in roles:
         fleet_hosts = [h.name for h in inventory.get_hosts("llamafleet")]
-        planned = plan_inventory(hostvars, fleet_hosts, os.path.join(ROOT, ".cache", "gguf-headers"), ROOT, gateway_hosts)
+        planned = plan_inventory(inventory_vars, fleet_hosts, os.path.join(ROOT, ".cache", "gguf-headers"), ROOT, gateway_hosts)
         for host, fleet in planned["fleet"].items():
             for server in fleet["servers"]:
                 claims += [("port", str(server["port"]), f"{host} server {server['name']}"),
@@ -116,7 +124,7 @@ def _claims(sources: list[str], roles: list[str]) -> list[tuple[str, str, str]]:
         for instance in gateway["instances"]:
             claims += [("port", str(instance["port"]), f"gateway {instance['name']}"),
                        ("container", prefix + instance["name"], f"gateway {instance['name']}")]
-    else:
+    elif "watchdog" in roles:
         servers = hostvars["instance"]["molecule_servers"]
         claims += [("port", str(s["port"]), f"stand-in {s['name']}") for s in servers]
         claims += [("container", s["container_name"], f"stand-in {s['name']}") for s in servers]
