@@ -16,7 +16,10 @@ could read the simulator's image as the lab's.
 from __future__ import annotations
 
 import collections
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Mapping
 
 import pytest
@@ -86,7 +89,7 @@ class _HostVars(Mapping):
 
 def _claims(sources: list[str], roles: list[str]) -> list[tuple[str, str, str]]:
     """(kind, value, who) once for every port, container name and directory this deployment uses."""
-    if AnsibleCollectionConfig.collection_finder is None:   # once per process (the lookups need it)
+    if AnsibleCollectionConfig.collection_finder is None:   # the lookups need it
         init_plugin_loader()
     loader = DataLoader()
     loader.set_basedir(ROOT)
@@ -131,14 +134,24 @@ def _claims(sources: list[str], roles: list[str]) -> list[tuple[str, str, str]]:
     return claims
 
 
-@pytest.fixture(scope="module")
-def claims() -> dict[tuple[str, str], list[str]]:
-    """Who claims each (kind, value), over every deployment."""
-    owners = collections.defaultdict(list)
+def owners() -> dict[str, list[str]]:
+    """Who claims each "kind value", over every deployment."""
+    out = collections.defaultdict(list)
     for deployment, sources, roles in DEPLOYMENTS:
         for kind, value, who in _claims(sources, roles):
-            owners[(kind, value)].append(f"{deployment}: {who}")
-    return owners
+            out[f"{kind} {value}"].append(f"{deployment}: {who}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def claims() -> dict[tuple[str, str], list[str]]:
+    """owners(), computed in a process of its own: Ansible's plugin loader, once set up, changes how the
+    collection imports for the other tests of this session."""
+    path = os.pathsep.join([ROOT, os.path.join(ROOT, "collections")])
+    result = subprocess.run([sys.executable, __file__], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {tuple(key.split(" ", 1)): who for key, who in json.loads(result.stdout).items()}
 
 
 def test_no_two_deployments_on_the_lab_machine_claim_one_port_container_or_directory(claims):
@@ -158,3 +171,7 @@ def test_the_claims_are_read_from_every_deployment(claims):
     assert claims[("port", "4511")] == ["rehearsal: gateway pool stheno"]
     assert claims[("container", "llamafleet-rehearsal-embed-7")] == ["rehearsal: first-user-sim server embed-7"]
     assert claims[("container", "llamafleet-litellm-1")] == ["lab: gateway litellm-1"]
+
+
+if __name__ == "__main__":
+    print(json.dumps(owners()))
