@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -23,6 +22,7 @@ import pytest
 
 from tests.conftest import FAULT_ROWS, ROOT
 from tests.integration.conftest import playbook
+from tests.support.steady_load import SteadyLoad
 
 WATCHDOG = "http://127.0.0.1:9391"      # watchdog_port, role default
 PROMETHEUS = "http://127.0.0.1:9390"    # monitoring_port, role default
@@ -95,13 +95,12 @@ GATEWAY = "http://127.0.0.1:4000"            # llamafleet_gateway_url of the lab
 GATEWAY_KEY = "sk-llamafleet-lab-gateway-key"  # llamafleet_gateway_key of the lab inventory (documented lab key)
 
 
-class GatewayLoad:
-    """Chat requests through the gateway at a steady rate in the background; counts what failed."""
+class GatewayLoad(SteadyLoad):
+    """Chat requests through the gateway at a steady rate in the background; counts what failed. The load
+    flows 2 s before the fault and 3 s after the server is back."""
 
     def __init__(self, rate_per_s: float = 2.0):
-        self.rate, self.results, self.stop = rate_per_s, [], threading.Event()
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(rate_per_s, lead_s=2, tail_s=3)
 
     def _one(self, i: int) -> None:
         body = json.dumps({"model": "lab-chat", "max_tokens": 8,
@@ -115,28 +114,6 @@ class GatewayLoad:
             ok = False
         with self.lock:
             self.results.append(ok)
-
-    def _run(self) -> None:
-        workers, i, start = [], 0, time.time()
-        while not self.stop.is_set():
-            if time.time() - start >= i / self.rate:
-                worker = threading.Thread(target=self._one, args=(i,), daemon=True)
-                worker.start()
-                workers.append(worker)
-                i += 1
-            time.sleep(0.02)
-        for worker in workers:
-            worker.join(timeout=120)
-
-    def __enter__(self):
-        self.thread.start()
-        time.sleep(2)  # the load is flowing before the fault
-        return self
-
-    def __exit__(self, *exc):
-        time.sleep(3)  # and keeps flowing after the server is back
-        self.stop.set()
-        self.thread.join(timeout=180)
 
     @property
     def failed(self) -> int:

@@ -21,7 +21,6 @@ import http.client
 import json
 import os
 import subprocess
-import threading
 import time
 import urllib.request
 
@@ -29,21 +28,21 @@ import pytest
 
 from tests.integration.conftest import playbook
 from tests.support.rehearsal_fleet import GATEWAY_KEY, GATEWAY_PORT, HOST, INVENTORY, OTHERS, bring_up, sim_containers, tear_down
+from tests.support.steady_load import SteadyLoad
 
 CHAT_MODELS, EMBED_MODEL = ["stheno", "lumimaid"], "embed"    # inventory/rehearsal/group_vars/all/gateway.yml
 WATCHDOG_PORT = 9491  # inventory/rehearsal/group_vars/llamafleet/host.yml
 RATE_PER_MIN = 30      # chat requests a minute, the first user's load; as many embeddings beside them
 
 
-class FirstUserLoad:
+class FirstUserLoad(SteadyLoad):
     """Streamed chat requests and embeddings through the rehearsal's gateway, each at a steady rate, in the
-    background: requests alternate, a chat request then an embedding."""
+    background: requests alternate, a chat request then an embedding. The load flows 10 s before the
+    operation and 10 s after it."""
 
     def __init__(self, rate_per_min: float = RATE_PER_MIN, reply_tokens: int = 32):
-        self.interval, self.reply_tokens = 60.0 / rate_per_min / 2, reply_tokens
-        self.results: list[dict] = []
-        self.lock, self.stop = threading.Lock(), threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(2 * rate_per_min / 60, lead_s=10, tail_s=10)
+        self.reply_tokens = reply_tokens
 
     def _embed(self, i: int) -> None:
         started, error = time.monotonic(), None
@@ -92,28 +91,6 @@ class FirstUserLoad:
             error = f"{type(exc).__name__}: {exc}"
         with self.lock:
             self.results.append({"kind": "chat", "started": started, "ended": time.monotonic(), "error": error})
-
-    def _run(self) -> None:
-        workers, start, i = [], time.monotonic(), 0
-        while not self.stop.is_set():
-            if time.monotonic() - start >= i * self.interval:
-                worker = threading.Thread(target=self._one, args=(i,), daemon=True)
-                worker.start()
-                workers.append(worker)
-                i += 1
-            time.sleep(0.05)
-        for worker in workers:
-            worker.join(timeout=150)
-
-    def __enter__(self):
-        self.thread.start()
-        time.sleep(10)    # the load is flowing before the operation
-        return self
-
-    def __exit__(self, *exc):
-        time.sleep(10)    # and keeps flowing after it
-        self.stop.set()
-        self.thread.join(timeout=200)
 
     def failed(self) -> list[str]:
         return [r["error"] for r in self.results if r["error"]]
