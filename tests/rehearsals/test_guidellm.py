@@ -20,7 +20,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_stats import tpot
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_stats import percentile, tpot
 from tests.conftest import ROOT
 from tests.support.rehearsal_fleet import GATEWAY_KEY, GATEWAY_PORT, bench, bring_up, tear_down
 
@@ -57,7 +57,7 @@ def guidellm(out_dir, prompt_tokens: int, seconds: int) -> list[dict]:
 
 
 def p50_p95(values: list[float]) -> tuple[float, float]:
-    return statistics.median(values), statistics.quantiles(values, n=20, method="inclusive")[18]
+    return percentile(values, 50), percentile(values, 95)
 
 
 def test_guidellm_and_the_bench_agree_on_ttft_and_time_per_output_token(rehearsal, tmp_path_factory):

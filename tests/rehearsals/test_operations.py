@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import subprocess
 import time
 import urllib.request
@@ -57,7 +56,7 @@ class FirstUserLoad(SteadyLoad):
                 error = f"embedding: HTTP {resp.status}: {raw[:200]}"
             elif not json.loads(raw)["data"][0]["embedding"]:
                 error = "embedding: empty vector"
-        except (OSError, ValueError, KeyError, IndexError) as exc:
+        except (OSError, ValueError, KeyError, IndexError, http.client.HTTPException) as exc:
             error = f"embedding: {type(exc).__name__}: {exc}"
         with self.lock:
             self.results.append({"kind": "embed", "started": started, "ended": time.monotonic(), "error": error})
@@ -87,17 +86,18 @@ class FirstUserLoad(SteadyLoad):
                 error = "stream cut short"
             elif not tokens:
                 error = "no token"
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:   # IncompleteRead: a stream cut short
             error = f"{type(exc).__name__}: {exc}"
         with self.lock:
             self.results.append({"kind": "chat", "started": started, "ended": time.monotonic(), "error": error})
 
     def failed(self) -> list[str]:
-        return [r["error"] for r in self.results if r["error"]]
+        return [r["error"] for r in self.results if r["error"]] + self.crashed
 
     def counted(self) -> str:
         chat = sum(r["kind"] == "chat" for r in self.results)
-        return f"{chat} chat requests and {len(self.results) - chat} embeddings, {len(self.failed())} failed"
+        return (f"{chat} chat requests and {len(self.results) - chat} embeddings"
+                + (f" and {len(self.crashed)} that raised" if self.crashed else "") + f", {len(self.failed())} failed")
 
 
 @pytest.fixture(scope="module")
@@ -107,19 +107,22 @@ def rehearsal(tmp_path_factory):
 
 
 def cpu_seconds(names: list[str]) -> dict[str, float]:
-    """Each container's CPU time so far, in seconds: its cgroup's counter (cgroup v1 cpuacct or v2 cpu.stat).
-    Files, not Docker's stats API, which takes a second a container: every container's window is the same."""
-    ids = dict(line.split() for line in subprocess.run(
-        ["docker", "inspect", "--format", "{{.Name}} {{.Id}}", *names], capture_output=True, text=True, check=True).stdout.splitlines())
+    """Each container's CPU time so far, in seconds: its cgroup's counter, found through its main process's
+    /proc/<pid>/cgroup (cgroup v2 cpu.stat, or v1 cpuacct.usage). Files, not Docker's stats API, which takes
+    a second a container: every container's window is the same."""
+    pids = dict(line.split() for line in subprocess.run(
+        ["docker", "inspect", "--format", "{{.Name}} {{.State.Pid}}", *names], capture_output=True, text=True,
+        check=True).stdout.splitlines())
     out = {}
-    for name, cid in ids.items():
-        v1 = f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage"
-        v2 = f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat"
-        if os.path.exists(v1):
-            with open(v1, encoding="ascii") as handle:
+    for name, pid in pids.items():
+        with open(f"/proc/{pid}/cgroup", encoding="ascii") as handle:
+            groups = {controllers: path for _, controllers, path in (line.rstrip("\n").split(":", 2) for line in handle)}
+        v1 = next((path for controllers, path in groups.items() if "cpuacct" in controllers.split(",")), None)
+        if v1 is not None:
+            with open(f"/sys/fs/cgroup/cpuacct{v1}/cpuacct.usage", encoding="ascii") as handle:
                 out[name.lstrip("/")] = int(handle.read()) / 1e9
         else:
-            with open(v2, encoding="ascii") as handle:
+            with open(f"/sys/fs/cgroup{groups['']}/cpu.stat", encoding="ascii") as handle:
                 out[name.lstrip("/")] = int(dict(line.split() for line in handle)["usage_usec"]) / 1e6
     return out
 

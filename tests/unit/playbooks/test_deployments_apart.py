@@ -1,8 +1,10 @@
 """Every deployment the lab machine runs side by side keeps its own ports, container names and directories.
 
-The lab (inventory/lab with inventory/lab2), the first user's host simulated (inventory/rehearsal) and the
-molecule scenarios that run on this machine's Docker share one kernel: a port, a container name or a
-directory that two of them claim is a collision. One did happen: inventory/rehearsal kept the watchdog
+The lab (inventory/lab with inventory/lab2), the first user's host simulated (inventory/rehearsal), the CUDA
+build test's inventory and the molecule watchdog scenario share one kernel: a port, a container name or a
+directory that two of them claim is a collision. (The other molecule scenarios run their roles inside
+instance containers; molecule/llama_server's sibling servers use ports 8311-8312 and names of their own.)
+Directories are compared as whole paths: one nested in another's is not a collision here. One did happen: inventory/rehearsal kept the watchdog
 role's default watchdog_config_dir, so its site.yml overwrote the lab watchdog's config.json. The lab's
 watchdog read it at its next start and listened on the rehearsal's port with the rehearsal's 16 servers.
 The next molecule run of the watchdog role then met it on 9491, and CI failed.

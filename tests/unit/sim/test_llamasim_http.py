@@ -170,6 +170,9 @@ def test_a_content_of_typed_text_parts_is_the_texts_joined_by_newlines(chat_serv
     # a space joins the next word (" The" is one piece), a newline is a piece of its own: one token more
     assert prompt_tokens("The lamp is lit. The ships pass the rock at night.") == joined - 1
     assert prompt_tokens("The lamp is lit.") < joined
+    # a newline goes before a part only once there is text: an empty first part adds none
+    assert prompt_tokens([{"type": "text", "text": ""}, {"type": "text", "text": "The lamp is lit."}]) \
+        == prompt_tokens("The lamp is lit.")
 
 
 @pytest.mark.parametrize("limits,generated", [

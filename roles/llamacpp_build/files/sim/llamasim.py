@@ -443,11 +443,15 @@ def choice(mode: str, text: str, finish_reason: str | None, streamed: bool) -> d
 
 def message_text(content) -> str:
     """A message's content as the template sees it: a string as it is; a list of typed parts (OpenAI's
-    format) as their texts joined by newlines (common/chat.cpp concat_content_parts); anything else as JSON."""
+    format) as their texts joined by newlines (common/chat.cpp concat_content_parts); anything else as JSON
+    (llama-server refuses a part that is neither text nor a media marker; the simulator has no media)."""
     if isinstance(content, str):
         return content
     if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-        return "\n".join(str(p.get("text", "")) for p in content)
+        text = ""
+        for part in content:   # a newline before a part only once there is text (an empty first part adds none)
+            text += ("\n" if text else "") + str(part.get("text", ""))
+        return text
     return json.dumps(content)
 
 
