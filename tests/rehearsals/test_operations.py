@@ -23,10 +23,9 @@ import subprocess
 import time
 import urllib.request
 
-import pytest
-
+from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_probe import health
 from tests.integration.conftest import playbook
-from tests.support.rehearsal_fleet import GATEWAY_KEY, GATEWAY_PORT, HOST, INVENTORY, OTHERS, bring_up, sim_containers, tear_down
+from tests.support.rehearsal_fleet import GATEWAY_KEY, GATEWAY_PORT, HOST, INVENTORY, OTHERS, sim_containers
 from tests.support.steady_load import SteadyLoad
 
 CHAT_MODELS, EMBED_MODEL = ["stheno", "lumimaid"], "embed"    # inventory/rehearsal/group_vars/all/gateway.yml
@@ -98,12 +97,6 @@ class FirstUserLoad(SteadyLoad):
         chat = sum(r["kind"] == "chat" for r in self.results)
         return (f"{chat} chat requests and {len(self.results) - chat} embeddings"
                 + (f" and {len(self.crashed)} that raised" if self.crashed else "") + f", {len(self.failed())} failed")
-
-
-@pytest.fixture(scope="module")
-def rehearsal(tmp_path_factory):
-    yield bring_up(str(tmp_path_factory.mktemp("rehearsal-plan")))
-    tear_down()
 
 
 def cpu_seconds(names: list[str]) -> dict[str, float]:
@@ -198,20 +191,10 @@ def test_d_a_flag_the_servers_refuse_is_rolled_back_at_the_first_server_and_fail
     assert load.results and not load.failed(), load.failed()[:5]
 
 
-def health(port: int) -> int:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-        conn.request("GET", "/health")
-        status = conn.getresponse().status
-        conn.close()
-        return status
-    except OSError:
-        return 0
-
-
 def test_e_the_watchdog_heals_2_killed_and_1_frozen_of_16_servers_under_the_first_users_load(rehearsal):
     found = sim_containers()
     faults = {"chat-2": "kill", "embed-5": "kill", "chat-6": "pause"}
+    reasons = {"kill": "exited", "pause": "paused"}   # what the watchdog names each fault
     ports = {s["name"]: s["port"] for s in rehearsal["plan"]["fleet"][HOST]["servers"] if s["name"] in faults}
     healed: dict[str, float] = {}
     with FirstUserLoad() as load:
@@ -223,7 +206,7 @@ def test_e_the_watchdog_heals_2_killed_and_1_frozen_of_16_servers_under_the_firs
             for name, port in ports.items():
                 if name in healed:
                     continue
-                status = health(port)
+                status = health(f"http://127.0.0.1:{port}", timeout=1)
                 if status != 200:
                     seen_down.add(name)
                 elif name in seen_down:
@@ -238,6 +221,6 @@ def test_e_the_watchdog_heals_2_killed_and_1_frozen_of_16_servers_under_the_firs
     # healed by the watchdog (Docker's restart policy leaves a killed container down), for the reason it saw
     with urllib.request.urlopen(f"http://127.0.0.1:{WATCHDOG_PORT}/metrics", timeout=5) as resp:
         metrics = resp.read().decode()
-    for name, reason in {"chat-2": "exited", "embed-5": "exited", "chat-6": "paused"}.items():
-        assert f'llamafleet_watchdog_restarts_total{{server="{name}",reason="{reason}"}} 1' in metrics, name
+    for name, how in faults.items():
+        assert f'llamafleet_watchdog_restarts_total{{server="{name}",reason="{reasons[how]}"}} 1' in metrics, name
     assert load.results and not load.failed(), load.failed()[:5]
