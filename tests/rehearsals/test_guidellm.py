@@ -22,7 +22,7 @@ import pytest
 
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_stats import percentile, tpot
 from tests.conftest import ROOT
-from tests.support.rehearsal_fleet import GATEWAY_KEY, GATEWAY_PORT, bench, bring_up, tear_down
+from tests.support.rehearsal_fleet import GATEWAY_KEY, GATEWAY_PORT, bench
 
 POOL = "stheno"
 RATE_PER_MIN, SECONDS, PROMPT_TOKENS, REPLY_TOKENS = 30, 120, 500, 256
@@ -31,10 +31,8 @@ TOKENIZER = os.path.join(ROOT, ".cache", "guidellm", "tokenizer")
 
 
 @pytest.fixture(scope="module")
-def rehearsal(tmp_path_factory):
+def guidellm_installed():
     subprocess.run([os.path.join(ROOT, "scripts", "guidellm.sh")], check=True, cwd=ROOT)
-    yield bring_up(str(tmp_path_factory.mktemp("rehearsal-plan")))
-    tear_down()
 
 
 def guidellm(out_dir, prompt_tokens: int, seconds: int) -> list[dict]:
@@ -60,7 +58,7 @@ def p50_p95(values: list[float]) -> tuple[float, float]:
     return percentile(values, 50), percentile(values, 95)
 
 
-def test_guidellm_and_the_bench_agree_on_ttft_and_time_per_output_token(rehearsal, tmp_path_factory):
+def test_guidellm_and_the_bench_agree_on_ttft_and_time_per_output_token(guidellm_installed, rehearsal, tmp_path_factory):
     run = bench(str(tmp_path_factory.mktemp("bench")), {
         "llamafleet_bench_models": [POOL], "llamafleet_bench_rate_per_min": RATE_PER_MIN,
         "llamafleet_bench_arrivals": "constant", "llamafleet_bench_duration_s": SECONDS,

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import statistics
 
-import pytest
-
-from tests.support.rehearsal_fleet import bench, bring_up, tear_down
+from tests.support.rehearsal_fleet import bench
 
 POOL, MODEL = "stheno", "stheno-q4km"
 SLOTS = 12                    # 4 servers x parallel 3 (inventory/rehearsal)
@@ -30,12 +28,6 @@ MODES = {
     "slot-aware": {"llamafleet_bench_conversation_header": False, "llamafleet_bench_models": [POOL]},
     "affine": {"llamafleet_bench_conversation_header": True, "llamafleet_bench_models": [POOL]},
 }
-
-
-@pytest.fixture(scope="module")
-def rehearsal(tmp_path_factory):
-    yield bring_up(str(tmp_path_factory.mktemp("rehearsal-plan")))
-    tear_down()
 
 
 def p95(values: list[float]) -> float:
