@@ -39,6 +39,13 @@ def streamed(port: int, body: dict, key: str) -> list[dict | str]:
     return events(port, "/v1/chat/completions", body, key)
 
 
+def flags_file(folder) -> str:
+    """The pinned llama-server's flags, as the simulator's image carries them (LLAMASIM_FLAGS)."""
+    flags = folder / "flags.json"
+    flags.write_text(json.dumps(sorted(PINNED_FLAGS["0c1e570"])))
+    return str(flags)
+
+
 @contextlib.contextmanager
 def simulated_chat0(flags_dir, profile: dict | None = None):
     """The simulator on a free port with chat-0's own command line (its key file as the host has it)."""
@@ -48,9 +55,7 @@ def simulated_chat0(flags_dir, profile: dict | None = None):
         port = sock.getsockname()[1]
     argv[argv.index("--port") + 1] = str(port)
     argv[argv.index("--api-key-file") + 1] = LAB_KEY_FILE
-    flags = flags_dir / "flags.json"
-    flags.write_text(json.dumps(sorted(PINNED_FLAGS["0c1e570"])))
-    env = dict(os.environ, LLAMASIM_FLAGS=str(flags), **({"LLAMASIM_PROFILE": json.dumps(profile)} if profile else {}))
+    env = dict(os.environ, LLAMASIM_FLAGS=flags_file(flags_dir), **({"LLAMASIM_PROFILE": json.dumps(profile)} if profile else {}))
     proc = subprocess.Popen([sys.executable, PROGRAM, *argv], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -94,10 +99,8 @@ def test_a_command_line_the_real_one_refuses_is_refused_with_its_words(lab, tmp_
     del argv[argv.index("--api-key-file"):argv.index("--api-key-file") + 2]
     real = subprocess.run(["docker", "run", "--rm", "--network", "none", chat0["Config"]["Image"], *argv, *extra],
                           capture_output=True, text=True, timeout=120)
-    flags = tmp_path / "flags.json"
-    flags.write_text(json.dumps(sorted(PINNED_FLAGS["0c1e570"])))
     sim = subprocess.run([sys.executable, PROGRAM, *argv, *extra], capture_output=True, text=True, timeout=60,
-                         env=dict(os.environ, LLAMASIM_FLAGS=str(flags)))
+                         env=dict(os.environ, LLAMASIM_FLAGS=flags_file(tmp_path)))
     assert real.returncode == sim.returncode == 1, (real.stderr[-2000:], sim.stderr[-2000:])
     assert sim.stderr.strip() and sim.stderr.strip() in real.stderr, (real.stderr[-2000:], sim.stderr)
 
