@@ -42,21 +42,72 @@ def plan_speeds(plan_result: dict, group: dict, prompt_tokens: float, alone: dic
 
 
 def predictions(plan_result: dict, group: dict, rate_per_min: float, prompt_tokens: float, reply_tokens: float,
-                alone: dict | None = None) -> dict | None:
+                alone: dict | None = None, routing: str = "pool", mix: dict | None = None) -> dict | None:
     """The plan's figures for one chat group at the load the bench measured (same rate and lengths).
 
     alone: per server {prefill_tps, decode_tps} measured alone; when given, the plan's load model
-    runs on those speeds instead of its roofline ones.
+    runs on those speeds instead of its roofline ones. routing: how the run reached the servers
+    (random, pool or affine). mix: the run's own requests ({"requests": [MixRequest], "n_batch",
+    "conversations"}), for conversations, whose prompts and cache hits differ turn by turn.
     """
-    from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import workload
+    from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import mix_workload, random_routing, workload
 
     speeds = plan_speeds(plan_result, group, prompt_tokens, alone)
     if not speeds or rate_per_min <= 0:
         return None
-    result = workload(group["model"], rate_per_min, int(round(prompt_tokens)), int(round(reply_tokens)), speeds)
+    if mix:
+        result = mix_workload(group["model"], rate_per_min, reply_tokens, speeds, mix["requests"], routing,
+                              mix["n_batch"], mix.get("conversations"))
+    else:
+        model = random_routing if routing == "random" else workload
+        result = model(group["model"], rate_per_min, int(round(prompt_tokens)), int(round(reply_tokens)), speeds)
     out = result.to_dict()
     out["ttft_alone_s"] = sum(s.ttft_s for s in speeds) / len(speeds)
+    out["routing"] = routing
     return out
+
+
+def run_routing(cfg: BenchConfig, mode: str) -> str:
+    """How a run reached its servers, as the load model names it: random (direct, any server), pool
+    (the first free slot: the gateway's pools, or the bench's own pool routing) or affine (the gateway's
+    pools with each conversation's key)."""
+    if mode != "gateway":
+        return "random" if cfg.routing == "random" else "pool"
+    return "affine" if cfg.turns > 0 and cfg.conversation_header else "pool"
+
+
+def run_mix(plan_result: dict, group: dict, records: list[dict], conversations: int) -> dict:
+    """A group's requests of a conversation run, as mix_workload reads them (all of them, warm-up
+    included, count towards what the servers have seen; the measured ones are the mix).
+
+    A turn's home tokens are its conversation's previous prompt: the bench sends stand-in replies
+    (_bench_prompts), so the previous reply is not in a server's cache. A shared prefix (a character
+    card) is warm on the server a request lands on if any of the m earlier requests with that card
+    landed there: 1 - (1 - 1/N)^m, N the group's servers. The card's tokens are its words at the tokens
+    per word the server counted over the whole prompt."""
+    from ansible_collections.llamafleet.fleet.plugins.plugin_utils._server_args import DEFAULTS
+    from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import MixRequest
+
+    n = max(len(group["servers"]), 1)
+    previous: dict[str, float] = {}
+    seen: dict[object, int] = {}
+    requests = []
+    for r in sorted(records, key=lambda r: r["arrival"]):
+        m = seen.get(r.get("shared_prefix"), 0)
+        seen[r.get("shared_prefix")] = m + 1
+        prompt = float(r.get("prompt_tokens") or 0)
+        home = previous.get(r.get("conversation"), 0.0)
+        if r.get("conversation") and prompt:
+            previous[r["conversation"]] = prompt
+        if r["warmup"] or not r["ok"] or not prompt:
+            continue
+        # the card's tokens at the request's own tokens per word (what the server counted over its words)
+        shared = float(r.get("shared_prefix_words") or 0) * prompt / max(float(r.get("prompt_words") or 0), 1.0)
+        requests.append(MixRequest(prompt, home, min(shared, prompt), 1.0 - (1.0 - 1.0 / n) ** m))
+    by_name = {s["name"]: s for servers in (plan_result.get("fleet") or {}).values() for s in servers.get("servers", [])}
+    batches = [int((by_name.get(name, {}).get("args") or {}).get("batch_size") or DEFAULTS["batch_size"])
+               for name in group["servers"]]
+    return {"requests": requests, "n_batch": min(batches), "conversations": conversations}
 
 
 def comparison(predicted: dict | None, measured: dict, slots: int) -> list[dict]:
@@ -66,20 +117,27 @@ def comparison(predicted: dict | None, measured: dict, slots: int) -> list[dict]
     # as the plan defines it: arrival rate x mean slot hold time / slots
     busy = measured["slot_busy_s"]["mean"]
     util = measured["arrival_rate_per_min"] / 60.0 * busy / slots if slots and busy is not None else None
+    interval = measured.get("ttft_interval") or {}
     rows = [
-        ("TTFT p50 (s)", predicted.get("ttft_p50_s"), measured["ttft"]["p50"]),
-        ("TTFT p95 (s)", predicted.get("ttft_p95_s"), measured["ttft"]["p95"]),
+        ("TTFT p50 (s)", predicted.get("ttft_p50_s"), measured["ttft"]["p50"], interval.get("p50")),
+        ("TTFT p95 (s)", predicted.get("ttft_p95_s"), measured["ttft"]["p95"], interval.get("p95")),
         ("tokens/s per request", predicted.get("tokens_per_s_per_request"), measured["decode_tps"]["mean"]),
         ("slot busy per request (s)", predicted.get("service_s"), measured["slot_busy_s"]["mean"]),
         ("utilisation", predicted.get("utilisation"), util),
     ]
     out = []
-    for name, p, m in rows:
+    for name, p, m, *ci in rows:
         if p is None and predicted.get("stable") is False:
             p = math.inf  # the plan says the queue grows without bound at this load
         ratio = (m / p) if (p and m is not None and 0 < p < math.inf) else None
-        out.append({"figure": name, "predicted": p, "measured": m, "ratio": ratio,
-                    "off": ratio is not None and abs(ratio - 1.0) > 0.25})
+        row = {"figure": name, "predicted": p, "measured": m, "ratio": ratio,
+               "off": ratio is not None and abs(ratio - 1.0) > 0.25}
+        if ci and ci[0]:
+            # the measured quantile's 95% interval (quantile_interval): a short run's p95 is uncertain
+            low, high = ci[0]
+            row["interval"] = ci[0]
+            row["within_interval"] = p is not None and (low is None or p >= low) and (high is None or p <= high)
+        out.append(row)
     return out
 
 
@@ -181,14 +239,20 @@ def render_markdown(result: dict) -> str:
                           _f(sp.get("decode_tps"), 1)] if "error" not in a else [name, a["error"], "-", "-", "-"])
         lines += _table(["server", "prompt tok/s alone", "plan", "decode tok/s alone", "plan"], arows)
     lines += ["", "## The plan beside the bench", "",
-              "The plan's model (docs/plan.md) evaluated at the load this run measured: its arrival rate and mean "
-              "prompt and reply lengths. Ratio = measured / predicted; **bold** when off by more than 25%.", ""]
+              "The plan's model (docs/plan.md) evaluated at the load this run measured: its arrival rate and "
+              "prompt and reply lengths (with conversations, each request's turn and shared prefix), and its routing. "
+              "Ratio = measured / predicted; **bold** when off by more than 25%. The 95% interval is the measured "
+              "quantile's, from its order statistics (open where the run has too few requests to bound it).", ""]
     crow = []
     for name, rows_ in result["comparison"].items():
         for r in rows_:
             ratio = _f(r["ratio"], 2)
-            crow.append([name, r["figure"], _f(r["predicted"], 2), _f(r["measured"], 2), f"**{ratio}**" if r["off"] else ratio])
-    lines += _table(["group", "figure", "plan", "bench", "ratio"], crow) if crow else ["No chat group has a plan prediction."]
+            interval = "-" if "interval" not in r else \
+                "{} to {}".format(*(_f(v, 2) if v is not None else "open" for v in r["interval"]))
+            crow.append([name, r["figure"], _f(r["predicted"], 2), _f(r["measured"], 2), interval,
+                         f"**{ratio}**" if r["off"] else ratio])
+    lines += (_table(["group", "figure", "plan", "bench", "bench 95% interval", "ratio"], crow) if crow
+              else ["No chat group has a plan prediction."])
 
     if result.get("errors"):
         lines += ["", "## Errors", ""] + [f"- {count} x {message}" for message, count in result["errors"].items()]
@@ -227,12 +291,16 @@ def assemble(cfg: BenchConfig, target: str, mode: str, started: str, group_list:
         if g["role"] != "chat" or not plan_result or not s["completed"]:
             continue
         load = (s["arrival_rate_per_min"], s["prompt_tokens_mean"] or cfg.prompt_tokens, s["completion_tokens_mean"] or cfg.reply_tokens)
-        predicted[g["name"]] = predictions(plan_result, g, *load)
+        how = {"routing": run_routing(cfg, mode)}
+        if cfg.turns > 0:
+            how["mix"] = run_mix(plan_result, g, [r for r in records if r["group"] == g["name"]], cfg.users)
+            how["mix"] = how["mix"] if how["mix"]["requests"] else None
+        predicted[g["name"]] = predictions(plan_result, g, *load, **how)
         n_slots = sum(slots.get(n, 1) for n in g["servers"])
         compared[g["name"]] = comparison(predicted[g["name"]], s, n_slots)
         alone = {n: v for n, v in (run.get("alone") or {}).items() if "error" not in v}
         if alone:
-            predicted[g["name"] + " (speeds measured alone)"] = p_alone = predictions(plan_result, g, *load, alone=alone)
+            predicted[g["name"] + " (speeds measured alone)"] = p_alone = predictions(plan_result, g, *load, alone=alone, **how)
             compared[g["name"] + " (speeds measured alone)"] = comparison(p_alone, s, n_slots)
     prompt_means = [r.get("prompt_tokens") for r in measured if r["kind"] == "chat" and r.get("prompt_tokens")]
     config_out = dict(cfg.__dict__, mode=cfg.mode)

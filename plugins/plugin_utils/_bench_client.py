@@ -108,8 +108,10 @@ class Runner:
         index = self.n_chat
         self.n_chat += 1
         user, conversation, messages = self.prompts.chat_turn(index)
+        shared_prefix, shared_words = self.prompts.shared_prefix(user)
         rec = {"id": f"chat-{index}", "kind": "chat", "group": group["name"], "user": user, "arrival": arrival,
-               "conversation": conversation,
+               "conversation": conversation, "shared_prefix": shared_prefix, "shared_prefix_words": shared_words,
+               "prompt_words": sum(len(m["content"].split()) for m in messages),
                "warmup": warmup, "ok": False, "server": None, "ttft": None, "latency": None, "itl": []}
         server = None if self.target.gateway_url else await router.acquire(group)
         try:

@@ -136,6 +136,12 @@ class PromptSource:
                 messages.append({"role": "assistant", "content": _prose(rng, reply_words)})
         return user, key, messages
 
+    def shared_prefix(self, user: int) -> tuple[int, int]:
+        """The prefix a user's prompts share with every other user of its character: (the character,
+        the words of its card)."""
+        character = user % self.characters
+        return character, len(self._cards[character].split())
+
     def embed(self, index: int) -> str:
         rng = random.Random(f"{self.seed}-embed-{index}")
         return _prose(rng, max(int(self.embed_tokens / self.tokens_per_word), 1))

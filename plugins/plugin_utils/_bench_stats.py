@@ -34,6 +34,22 @@ def percentile(values: list[float], q: float) -> float | None:
     return data[low] + (data[high] - data[low]) * (rank - low)
 
 
+def quantile_interval(values: list[float], q: float, confidence: float = 0.95) -> list[float | None]:
+    """A distribution-free confidence interval of the q-th quantile (q in 0..1): the order statistics
+    x_(l) and x_(u) with P(l <= B < u) >= confidence, B ~ Binomial(n, q) the count of values below the
+    true quantile. An end that n values cannot bound is None (p95 of 28 values has no upper bound)."""
+    data = sorted(values)
+    n = len(data)
+    below, cdf = 0.0, []  # cdf[k] = P(B <= k)
+    for k in range(n + 1):
+        below += math.comb(n, k) * q ** k * (1 - q) ** (n - k)
+        cdf.append(below)
+    tail = (1.0 - confidence) / 2.0
+    lows = [k for k in range(1, n + 1) if cdf[k - 1] <= tail]
+    highs = [k for k in range(1, n + 1) if cdf[k - 1] >= 1.0 - tail]
+    return [data[lows[-1] - 1] if lows else None, data[highs[0] - 1] if highs else None]
+
+
 def tpot(record: dict) -> float | None:
     """Time per output token after the first, as vLLM defines it."""
     n = record.get("completion_tokens") or 0
@@ -78,6 +94,8 @@ def summarize(records: list[dict], window_s: float | None = None, arrival_span_s
         "prompt_tokens_mean": (sum(r.get("prompt_tokens") or 0 for r in chats) / len(chats)) if chats else None,
         "completion_tokens_mean": (out_tokens / len(chats)) if chats else None,
         "ttft": _dist([r["ttft"] for r in chats if r.get("ttft") is not None]),
+        "ttft_interval": {f"p{q}": quantile_interval([r["ttft"] for r in chats if r.get("ttft") is not None], q / 100)
+                          for q in (50, 95)},
         "itl": _dist(itl),
         "tpot": _dist(tpots),
         "e2el": _dist([r["latency"] for r in done]),

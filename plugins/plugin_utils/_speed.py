@@ -11,6 +11,7 @@ prefill 25-30% of dp4a peak); they are estimates, which the bench playbook measu
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -301,39 +302,178 @@ def random_routing(model_name: str, rpm: float, prompt_tokens: int, reply_tokens
     if not servers:
         raise ValueError(f"random routing for {model_name}: no chat server serves this model")
     lam = rpm / 60.0 / len(servers)
-    tails = []  # (P(wait > 0), decay rate) per server
-    services = []
-    for s in servers:
-        service = s.ttft_s + reply_tokens / (s.batch_decode_tps / s.slots)
-        services.append(service)
-        offered = lam * service
-        if offered >= s.slots:
-            return WorkloadResult(model_name, rpm, sum(x.slots for x in servers), service, offered / s.slots,
-                                  math.inf, math.inf, s.batch_decode_tps / s.slots, False)
-        tails.append((erlang_c(s.slots, offered), s.slots / service - lam))
+    services = [s.ttft_s + reply_tokens / (s.batch_decode_tps / s.slots) for s in servers]
+    tails = random_tails(lam, servers, services)
+    if tails is None:
+        service, s = max(zip(services, servers, strict=True), key=lambda x: lam * x[0] / x[1].slots)
+        return WorkloadResult(model_name, rpm, sum(x.slots for x in servers), service, lam * service / s.slots,
+                              math.inf, math.inf, s.batch_decode_tps / s.slots, False)
     slots = sum(s.slots for s in servers)
     ttft0 = sum(s.ttft_s * s.slots for s in servers) / slots
     service = sum(services) / len(services)
     util = max(lam * sv / s.slots for sv, s in zip(services, servers, strict=True))
-
-    def tail(t: float) -> float:
-        return sum(p * math.exp(-rate * t) for p, rate in tails) / len(tails)
-
-    def wait_quantile(q: float) -> float:
-        if tail(0.0) <= 1 - q:
-            return 0.0
-        low, high = 0.0, 1.0
-        while tail(high) > 1 - q:
-            high *= 2
-        for _step in range(100):  # bisection: the tail is monotone
-            mid = (low + high) / 2
-            low, high = (mid, high) if tail(mid) > 1 - q else (low, mid)
-        return high
-
     stream_tps = sum(s.batch_decode_tps for s in servers) / slots
-    return WorkloadResult(model_name, rpm, slots, service, util, ttft0 + wait_quantile(0.5),
-                          ttft0 + wait_quantile(0.95), stream_tps, True)
+    return WorkloadResult(model_name, rpm, slots, service, util, ttft0 + mixture_quantile([(1.0, 0.0)], tails, 0.5),
+                          ttft0 + mixture_quantile([(1.0, 0.0)], tails, 0.95), stream_tps, True)
 
+
+def random_tails(lam: float, servers: list[Speed], services: list[float]) -> list[tuple[float, float]] | None:
+    """The waiting-time tails of servers that each get lam arrivals a second at random: per server
+    (P(wait > 0), decay rate) of its M/M/c queue (c = its slots); None when one cannot keep up."""
+    tails = []
+    for s, service in zip(servers, services, strict=True):
+        if lam * service >= s.slots:
+            return None
+        tails.append((erlang_c(s.slots, lam * service), s.slots / service - lam))
+    return tails
+
+
+def mixture_quantile(parts: list[tuple[float, float]], tails: list[tuple[float, float]], q: float) -> float:
+    """The q-quantile of x + W over a mixture: x is parts' value with its weight (weights sum to 1),
+    W a wait that exceeds t with probability mean_j(p_j exp(-rate_j t)), drawn independently."""
+    def above(t: float) -> float:  # P(x + W > t)
+        out = 0.0
+        for weight, x in parts:
+            if t < x:
+                out += weight
+            else:
+                out += weight * sum(p * math.exp(-rate * (t - x)) for p, rate in tails) / len(tails)
+        return out
+
+    low, high = 0.0, max(x for _w, x in parts) + 1.0
+    while above(high) > 1 - q:
+        high *= 2
+    for _step in range(100):  # bisection: P(x + W > t) falls with t
+        mid = (low + high) / 2
+        low, high = (mid, high) if above(mid) > 1 - q else (low, mid)
+    return high
+
+
+
+# -- a measured mix of requests: the plan beside a run (issue 18 c) --------------------------------
+ROUTINGS = ("random", "pool", "affine")
+
+
+@dataclass
+class MixRequest:
+    """One request of a run, as the load model sees it: its prompt and what a server's prompt cache can
+    hold of it."""
+    prompt_tokens: float
+    home_tokens: float = 0.0    # cached where its conversation's previous turn ran (0: a first turn)
+    shared_tokens: float = 0.0  # its shared prefix: the system prompt, a character card
+    shared_warm: float = 0.0    # chance that the server it lands on holds that prefix already
+
+
+def home_hit(routing: str, utilisation: float, servers: int, slots_per_server: float,
+             conversations: int | None = None) -> float:
+    """Chance that a turn runs on the server its conversation's previous turn ran on.
+
+    random and pool: 1 / N. affine: a turn goes to its conversation's home unless the home's c slots
+    are all busy (b = rho_home^c, each slot taken as busy independently), then to one of the other
+    N - 1; two turns in a row meet at home (1 - b)^2, or elsewhere b^2 / (N - 1). The pool hashes each
+    conversation to its home (docs/gateway.md), so with C conversations a home holds k of them,
+    k - 1 ~ Binomial(C - 1, 1 / N), and is busy rho k N / C; without C, every home holds its share.
+    """
+    if routing != "affine":
+        return 1.0 / servers
+    if servers == 1:
+        return 1.0
+
+    def meet(rho: float) -> float:
+        busy = min(max(rho, 0.0), 1.0) ** max(slots_per_server, 1)
+        return (1.0 - busy) ** 2 + busy ** 2 / (servers - 1)
+
+    if not conversations:
+        return meet(utilisation)
+    c, p = conversations, 1.0 / servers
+    return sum(math.comb(c - 1, k - 1) * p ** (k - 1) * (1 - p) ** (c - k) * meet(utilisation * k * servers / c)
+               for k in range(1, c + 1))
+
+
+def prompt_outcomes(r: MixRequest, hit: float) -> list[tuple[float, float]]:
+    """(probability, prompt tokens the server computes) of one request: found at home, the shared
+    prefix found, or nothing found."""
+    home = hit if r.home_tokens > 0 else 0.0
+    out = [(home, r.prompt_tokens - r.home_tokens)] if home else []
+    rest = 1.0 - home
+    return out + [(rest * r.shared_warm, r.prompt_tokens - r.shared_tokens), (rest * (1.0 - r.shared_warm), r.prompt_tokens)]
+
+
+def step_s(speed: Speed, generating: float) -> float:
+    """A decode step's seconds with `generating` slots decoding (fractional: an average). The line of
+    workload() between one slot (1 / decode_tps) and all (slots / batch_decode_tps); below one slot,
+    that share of a one-slot step."""
+    t1 = 1.0 / speed.decode_tps
+    if generating <= 1.0:
+        return max(generating, 0.0) * t1
+    tn = speed.slots / speed.batch_decode_tps
+    return t1 + (generating - 1.0) / max(speed.slots - 1, 1) * (tn - t1)
+
+
+def mix_workload(model_name: str, rpm: float, reply_tokens: float, servers: list[Speed], requests: list[MixRequest],
+                 routing: str, n_batch: int, conversations: int | None = None) -> WorkloadResult:
+    """The load model on a run's own mix of requests (their prompts, turns and shared prefixes).
+
+    - The prompt cache: each request computes its prompt less what its server holds (prompt_outcomes:
+      the previous turn at home with home_hit's chance, else the shared prefix when that server is warm).
+    - The queue: workload() (pool, affine) or random_routing() (random) at the mean computed prompt.
+    - Its prefill: llama-server fills a batch of n_batch with the generating slots' tokens first and
+      the prompt after (update_slots), so a prompt of c tokens takes c / (n_batch - g) batches, each
+      also a decode step of the g slots generating beside it (step_s), besides c / prefill_tps; and
+      prompts that overlap on one server share its batches (processor sharing: / (1 - rho_prefill)).
+    - TTFT p50 and p95: quantiles of that prefill plus the queue's wait over the mix (mixture_quantile).
+    """
+    if routing not in ROUTINGS:
+        raise ValueError(f"routing must be one of {', '.join(ROUTINGS)}, got {routing!r}")
+    if not requests:
+        raise ValueError(f"mix_workload for {model_name}: no requests")
+    n = len(servers)
+    slots = sum(s.slots for s in servers)
+    prompt_mean = sum(r.prompt_tokens for r in requests) / len(requests)
+    lam = rpm / 60.0
+    utilisation, result, outcomes = 0.0, None, []
+    for _round in range(20):  # affine's hit rate depends on the utilisation it changes
+        hit = home_hit(routing, utilisation, n, slots / n, conversations)
+        outcomes = [prompt_outcomes(r, hit) for r in requests]
+        computed = sum(p * c for out in outcomes for p, c in out) / len(requests)
+        speeds = [with_prompt(s, prompt_mean, computed) for s in servers]
+        model = random_routing if routing == "random" else workload
+        result = model(model_name, rpm, int(round(prompt_mean)), int(round(reply_tokens)), speeds)
+        if not result.stable or abs(result.utilisation - utilisation) < 1e-6:
+            break
+        utilisation = result.utilisation
+    if not result.stable:
+        return result
+    if routing == "random":
+        services = [s.ttft_s + reply_tokens / (s.batch_decode_tps / s.slots) for s in speeds]
+        tails = random_tails(lam / n, speeds, services)
+        busy = sum(busy_beside(s.slots, 1, lam / n * sv) for s, sv in zip(speeds, services, strict=True)) / n
+    else:
+        offered = lam * result.service_s
+        tails = [(erlang_c(slots, offered), slots / result.service_s - lam)]
+        busy = busy_beside(slots, n, offered)
+    decode_s = result.service_s - sum(s.ttft_s for s in speeds) / n
+    generating = max(busy - 1.0, 0.0) * decode_s / result.service_s  # the others' share of time spent decoding
+    parts = []
+    for out in outcomes:
+        for p, c in out:
+            per_server = [c / s.prefill_tps + c / max(n_batch - generating, 1.0) * step_s(s, generating) for s in servers]
+            parts.append((p / len(requests), sum(per_server) / n))
+    # another prompt prefilling on the same server when one starts (the chance is that server's share
+    # of time spent prefilling) takes half of each batch while both run: the start waits for about
+    # that prompt's residual prefill, E[x^2] / (2 E[x])
+    mean_x = sum(w * x for w, x in parts)
+    overlap = min(lam / n * mean_x, 0.9)
+    residual = sum(w * x * x for w, x in parts) / (2.0 * mean_x) if mean_x > 0 else 0.0
+    parts = [part for w, x in parts for part in ((w * (1.0 - overlap), x), (w * overlap, x + residual))]
+    # the wait of M/G/c, Allen and Cunneen's approximation: M/M/c's x (1 + Cs^2) / 2, with Cs^2 the
+    # squared coefficient of variation of the service time; here replies have reply_tokens each
+    # (the run's), so a service varies with its prefill only
+    mean_x = sum(w * x for w, x in parts)
+    cs2 = sum(w * (x - mean_x) ** 2 for w, x in parts) / result.service_s ** 2
+    tails = [(p, rate * 2.0 / (1.0 + cs2)) for p, rate in tails]
+    return dataclasses.replace(result, ttft_p50_s=mixture_quantile(parts, tails, 0.5),
+                               ttft_p95_s=mixture_quantile(parts, tails, 0.95))
 
 # -- conversations and the prompt cache (conversation-affine pools, issue 13) ---------------------
 @dataclass

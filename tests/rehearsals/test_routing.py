@@ -21,7 +21,7 @@ from tests.support.rehearsal_fleet import bench
 
 POOL, MODEL = "stheno", "stheno-q4km"
 SLOTS = 12                    # 4 servers x parallel 3 (inventory/rehearsal)
-SERVICE_S = 15.0              # a request's slot time, about: 1.7-4.7 s of prefill + 256 tokens at ~20 tok/s
+SERVICE_S = 17.0              # a request's slot time: 15.7 s at 41% and 17.8 s at 94% busy measured (docs/sim.md)
 LOADS = {"40%": 0.4, "80%": 0.8}
 MODES = {
     "random": {"llamafleet_bench_direct": True, "llamafleet_bench_routing": "random", "llamafleet_bench_models": [MODEL]},
@@ -32,6 +32,14 @@ MODES = {
 
 def p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20, method="inclusive")[18] if len(values) > 1 else values[0]
+
+
+def _interval(row: dict) -> str:
+    """The measured quantile's 95% interval, and whether the plan is inside it (comparison())."""
+    if "interval" not in row:
+        return ""
+    low, high = ("open" if v is None else f"{v:.2f}" for v in row["interval"])
+    return f" (measured 95%: {low} to {high}, plan {'inside' if row['within_interval'] else 'outside'})"
 
 
 def later_turns(records: list[dict], first: int = 3) -> list[dict]:
@@ -69,9 +77,9 @@ def test_routing_at_40_and_80_percent_busy(rehearsal, tmp_path_factory):
                          f"p95 {f['p95']:.2f} s; turns 3+ p50 {f['late_p50']:.2f} s p95 {f['late_p95']:.2f} s; "
                          f"prompt tokens from the cache {statistics.mean(cached):.0f}/request")
             for group, rows in run["comparison"].items():
-                lines.append(f"    plan beside it ({group}): " + "; ".join(
-                    f"{row['figure']} {row['predicted']:.2f} vs {row['measured']:.2f}" for row in rows
-                    if row["predicted"] is not None and row["measured"] is not None))
+                lines.append(f"    plan beside it ({group}, {run['predictions'][group]['routing']}): " + "; ".join(
+                    f"{row['figure']} {row['predicted']:.2f} vs {row['measured']:.2f}" + _interval(row)
+                    for row in rows if row["predicted"] is not None and row["measured"] is not None))
     for load in LOADS:
         r, s, a = (figures[(load, m)] for m in MODES)
         lines.append(f"  {load}: slot-aware/random TTFT p95 {s['p95'] / r['p95']:.2f} (goal at 80%: <= 0.5); "

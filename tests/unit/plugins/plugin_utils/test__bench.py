@@ -8,18 +8,27 @@ import math
 
 import pytest
 
-from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench import assemble, comparison, predictions, render_markdown
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench import (
+    assemble,
+    comparison,
+    predictions,
+    render_markdown,
+    run_mix,
+    run_routing,
+)
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_prompts import PromptSource, arrival_times
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_settings import BenchError, config, groups
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_stats import (
     metrics_delta,
     parse_metrics,
     percentile,
+    quantile_interval,
     server_from_headers,
     stream_warnings,
     summarize,
     tpot,
 )
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import MixRequest
 
 
 # -- percentiles -----------------------------------------------------------------------------------------
@@ -398,3 +407,74 @@ def test_in_random_order_every_conversation_takes_its_turns_in_order():
 def test_without_turns_users_keep_their_rotation():
     source = PromptSource(250, 64, seed=5, users=3)
     assert [source.chat_turn(i)[0] for i in range(6)] == [0, 1, 2, 0, 1, 2]
+
+
+def test_run_routing_names_how_a_run_reached_its_servers():
+    direct = config({"routing": "random", "turns": 4})
+    assert run_routing(direct, "per-server") == "random"
+    assert run_routing(config({"routing": "pool"}), "per-server") == "pool"
+    assert run_routing(config({"turns": 4}), "gateway") == "affine"
+    assert run_routing(config({"turns": 4, "conversation_header": False}), "gateway") == "pool"
+    assert run_routing(config({"turns": 0}), "gateway") == "pool"  # no conversations, no key to be affine on
+
+
+def _turn(arrival, conversation, prompt, prefix, warmup=False, ok=True):
+    # 100 words of card in a prompt of prompt / 2.5 words: 250 tokens of card
+    return {"arrival": arrival, "conversation": conversation, "prompt_tokens": prompt, "shared_prefix": prefix,
+            "shared_prefix_words": 100, "prompt_words": prompt / 2.5, "warmup": warmup, "ok": ok}
+
+
+def test_run_mix_by_hand():
+    plan = {"fleet": {"h": {"servers": [{"name": "chat-0", "args": {"batch_size": 128}},
+                                        {"name": "chat-1", "args": {}}]}}}
+    group = {"name": "g", "model": "m", "servers": ["chat-0", "chat-1"]}
+    records = [_turn(0.0, "a", 300, 0, warmup=True),   # counts as seen, is not measured
+               _turn(1.0, "b", 310, 0),
+               _turn(2.0, "a", 650, 0),
+               _turn(3.0, "c", 200, 1),
+               _turn(4.0, "b", 640, 0, ok=False)]     # failed: not in the mix
+    mix = run_mix(plan, group, records, conversations=3)
+    assert mix["n_batch"] == 128                      # the smaller: chat-1 has llama-server's 2048
+    assert mix["conversations"] == 3
+    # card 0 seen once before b's first turn, twice before a's second: 1 - (1/2)^1, 1 - (1/2)^2; card 1 never;
+    # a's second turn finds its first turn's 300 tokens at home; c's card is capped at its prompt
+    assert mix["requests"] == [MixRequest(310, 0.0, 250, 0.5), MixRequest(650, 300.0, 250, 0.75),
+                               MixRequest(200, 0.0, 200, 0.0)]
+
+
+def test_predictions_of_random_routing_are_random_routings():
+    # one server alone, random or not: the same queue; two servers: random queues at each one,
+    # so its p95 is the mixture's (test__gateway holds random_routing itself)
+    two = dict(PLAN, servers=PLAN["servers"] + [dict(PLAN["servers"][0], name="chat-1")])
+    group = {"name": "g", "model": "m", "servers": ["chat-0", "chat-1"]}
+    pooled = predictions(two, group, 30, 200, 64)
+    scattered = predictions(two, group, 30, 200, 64, routing="random")
+    assert scattered["routing"] == "random" and pooled["routing"] == "pool"
+    assert scattered["ttft_p95_s"] > pooled["ttft_p95_s"]
+
+
+def test_shared_prefix_is_the_users_character_card():
+    source = PromptSource(prompt_tokens=500, embed_tokens=64, seed=1, users=6, characters=4, turns=2)
+    user, _key, messages = source.chat_turn(0)
+    character, words = source.shared_prefix(user)
+    assert character == user % 4
+    assert messages[0]["role"] == "system" and words == len(messages[0]["content"].split())
+    assert source.shared_prefix(user + 4) == (character, words)   # the same card, another user
+
+
+def test_quantile_interval_of_order_statistics():
+    values = [float(v) for v in range(10, 0, -1)]          # 1..10, unsorted
+    # the textbook 95% interval of a median of 10: the 2nd and 9th smallest (coverage 97.9%)
+    assert quantile_interval(values, 0.5) == [2.0, 9.0]
+    # p95 of 28 values: all 28 fall below the true p95 with chance 0.95^28 = 0.24, so nothing bounds it above
+    assert quantile_interval([float(v) for v in range(28)], 0.95)[1] is None
+    assert quantile_interval([], 0.5) == [None, None]
+
+
+def test_comparison_says_whether_the_plan_is_inside_the_measured_interval():
+    measured = summarize(records()[:2], window_s=10.0, arrival_span_s=5.0)
+    measured["ttft_interval"] = {"p50": [0.4, 0.6], "p95": [1.0, None]}
+    rows = {r["figure"]: r for r in comparison({"ttft_p50_s": 0.7, "ttft_p95_s": 5.0, "stable": True}, measured, slots=2)}
+    assert rows["TTFT p50 (s)"]["interval"] == [0.4, 0.6] and rows["TTFT p50 (s)"]["within_interval"] is False
+    assert rows["TTFT p95 (s)"]["within_interval"] is True      # no upper bound: 5.0 is not ruled out
+    assert "interval" not in rows["tokens/s per request"]

@@ -11,13 +11,19 @@ from ansible_collections.llamafleet.fleet.plugins.plugin_utils._memory import se
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._shapes import model_info_from_shape
 from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import (
     Device,
+    MixRequest,
     Speed,
     busy_beside,
     erlang_c,
+    home_hit,
     layer_params,
+    mix_workload,
+    mixture_quantile,
+    prompt_outcomes,
     server_speed,
     shared_step_s,
     stalled_decode_s,
+    step_s,
     workload,
 )
 from tests.support.toy import toy
@@ -263,3 +269,77 @@ def test_one_token_ubatches_upload_cpu_layers_per_token():
     # 512 uploads of the 20 MiB of CPU weights (layers 0-1; the output layer is on the GPU) at 3 GB/s:
     # 512 x 6,990.51 us = 3.579 s
     assert s.ttft_s == pytest.approx(512 / 131_831.45 + 512 * 6990.51e-6 + 2527.51e-6, rel=1e-5)
+
+
+# -- a measured mix of requests (mix_workload, the plan beside a run) --------------------------------
+# a server of 3 slots: 25 tok/s alone (a 40 ms step), 50 tok/s with all three (60 ms a step), prefill 300 tok/s
+THREE_SLOTS = Speed(decode_tps=25.0, prefill_tps=300.0, ttft_s=1.04, batch_decode_tps=50.0, slots=3)
+
+
+def test_home_hit_by_hand():
+    assert home_hit("random", 0.9, 4, 3) == 0.25
+    assert home_hit("pool", 0.9, 4, 3) == 0.25
+    # balanced homes, rho 0.5, 2 slots: b = 0.25; (1 - b)^2 + b^2 / 3 = 0.5625 + 0.0625 / 3
+    assert home_hit("affine", 0.5, 4, 2) == pytest.approx(0.5625 + 0.0625 / 3)
+    # 2 conversations hashed over 2 one-slot servers at rho 0.5: alone at home (p 1/2) it is busy 0.5,
+    # b = 0.5, meeting 0.25 + 0.25 / 1; sharing the home (p 1/2) it is busy 1.0: both turns go to the
+    # other server, meeting 1.0; 0.5 x 0.5 + 0.5 x 1.0
+    assert home_hit("affine", 0.5, 2, 1, conversations=2) == pytest.approx(0.75)
+    assert home_hit("affine", 0.3, 1, 3) == 1.0
+
+
+def test_prompt_outcomes_by_hand():
+    later = MixRequest(prompt_tokens=1000, home_tokens=700, shared_tokens=300, shared_warm=0.5)
+    assert prompt_outcomes(later, 0.4) == [(0.4, 300), (0.3, 700), (0.3, 1000)]
+    first = MixRequest(prompt_tokens=400, shared_tokens=300, shared_warm=0.25)
+    assert prompt_outcomes(first, 0.9) == [(0.25, 100), (0.75, 400)]  # a first turn has no home to hit
+
+
+def test_step_s_between_one_slot_and_all():
+    assert step_s(THREE_SLOTS, 0.0) == 0.0
+    assert step_s(THREE_SLOTS, 0.5) == pytest.approx(0.02)
+    assert step_s(THREE_SLOTS, 1.0) == pytest.approx(0.04)
+    assert step_s(THREE_SLOTS, 2.0) == pytest.approx(0.05)
+    assert step_s(THREE_SLOTS, 3.0) == pytest.approx(0.06)
+
+
+def test_mixture_quantile_by_hand():
+    # no spread, a wait above t with probability 0.5 e^-t: p95 where 0.5 e^-t = 0.05, t = ln 10
+    assert mixture_quantile([(1.0, 0.0)], [(0.5, 1.0)], 0.95) == pytest.approx(math.log(10), abs=1e-6)
+    # two values, never a wait: the median is the lower, p95 the upper
+    parts = [(0.5, 1.0), (0.5, 3.0)]
+    assert mixture_quantile(parts, [(0.0, 1.0)], 0.5) == pytest.approx(1.0, abs=1e-6)
+    assert mixture_quantile(parts, [(0.0, 1.0)], 0.95) == pytest.approx(3.0, abs=1e-6)
+
+
+def test_mix_workload_with_almost_no_load_is_the_prompt_computed():
+    # 1 request an hour: no wait, no other slot busy, nothing overlapping; 300 tokens at 300 tok/s
+    r = mix_workload("m", 1 / 60, 64, [THREE_SLOTS], [MixRequest(300)], "pool", 128)
+    assert r.ttft_p50_s == pytest.approx(1.0, rel=1e-3)
+    assert r.ttft_p95_s == pytest.approx(1.0, rel=1e-3)
+
+
+def test_mix_workload_affine_finds_the_history_pool_does_not():
+    # every turn has 700 of its 1000 tokens at home; 4 idle servers: affine finds home always
+    # (300 tokens: 1.0 s), pool 1 in 4 (the rest 1000 tokens: 3.33 s), so pool's p50 is the cold prefill
+    turns = [MixRequest(1000, home_tokens=700)] * 8
+    affine = mix_workload("m", 1 / 60, 64, [THREE_SLOTS] * 4, turns, "affine", 128)
+    pool = mix_workload("m", 1 / 60, 64, [THREE_SLOTS] * 4, turns, "pool", 128)
+    assert affine.ttft_p50_s == pytest.approx(1.0, rel=1e-3)
+    assert pool.ttft_p50_s == pytest.approx(1000 / 300, rel=1e-3)
+
+
+def test_mix_workload_decodes_beside_a_prompt_and_waits():
+    # at 15 requests a minute on 3 slots some slots are generating while a prompt fills: each of its
+    # batches carries their decode step, so it takes longer than the prompt alone, and some wait
+    r = mix_workload("m", 15, 64, [THREE_SLOTS], [MixRequest(600)] * 10, "pool", 128)
+    assert r.stable
+    assert r.ttft_p50_s > 2.0
+    assert r.ttft_p95_s > r.ttft_p50_s
+
+
+def test_mix_workload_refuses_an_unknown_routing_and_no_requests():
+    with pytest.raises(ValueError, match="routing must be one of random, pool, affine"):
+        mix_workload("m", 1, 64, [THREE_SLOTS], [MixRequest(300)], "roundrobin", 128)
+    with pytest.raises(ValueError, match="no requests"):
+        mix_workload("m", 1, 64, [THREE_SLOTS], [], "pool", 128)
