@@ -30,6 +30,7 @@ CODES: dict[str, frozenset[str]] = {
     "capacity-exceeded": frozenset({ERROR, WARNING}),
     "cache-reuse-without-shift": frozenset({WARNING}),
     "cont-batching-single-slot": frozenset({INFO}),
+    "host-cpu": frozenset({INFO, WARNING}),
     # the GPU host's software stack (the gpu_stack rule)
     "cuda-arch-unsupported": frozenset({ERROR}),
     "cuda-source-unsupported": frozenset({ERROR}),

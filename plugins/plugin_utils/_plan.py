@@ -102,14 +102,15 @@ def _memory(host: dict, server: dict, model: ModelInfo, args: dict) -> ServerMem
 
 
 def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] | None = None,
-              gateway_mib: float = 0.0) -> dict:
+              gateway_mib: float = 0.0, gateway_rpm: float | None = None) -> dict:
     """Plan one normalized host: servers, devices, workloads and findings.
 
     pooled: model -> {prompt_tokens, reply_tokens} of the gateway pool its chat servers sit in; their
     queueing is planned per pool (all hosts together, see gateway_workloads), not per host, and their
     speed for the pool's request shape.
     gateway_mib: host RAM of the gateway (its LiteLLM instances and the pools' HAProxy) when this
-    host is also a gateway host (_gateway.pools' memory_mib).
+    host is also a gateway host (_gateway.pools' memory_mib); gateway_rpm: the requests a minute its
+    pools are declared to take then (host_cpu).
     """
     pooled = pooled or {}
     name = host["host"]
@@ -131,6 +132,7 @@ def plan_host(host: dict, models: dict[str, ModelInfo], pooled: dict[str, dict] 
     # serves are refused on it as on the real host it rehearses.
     stack = _gpu_stack(host, findings) if backend == "cuda" else None
     host_out, ram_device = _host_ram(host, mems, gateway_mib, findings)
+    findings.extend(host_cpu(host, gateway_rpm))
     host_out["gpu_stack"] = stack if host["backend"] == "cuda" else None
     devices.extend([ram_device] if ram_device else [])
     speeds = _speeds(host, models, mems, gpus, pooled)
@@ -244,6 +246,52 @@ def _measured_speed(host: dict, server: dict, gpus: dict[int, dict]) -> dict | N
     """The speeds playbooks/calibrate.yml measured for this server's model on its device, if any."""
     device_name = gpus[server["gpu"]]["name"] if host["planned_as"] == "cuda" and server["gpu"] in gpus else "cpu"
     return ((host.get("calibration") or {}).get("speed") or {}).get(server["model"], {}).get(device_name)
+
+
+# The fleet's own CPU per request and per server, measured on the lab machine's cores (not a Celeron)
+# at the first user's load, 30 chat requests and 30 embeddings a minute on the simulated first user's
+# host (docs/sim.md, "The fleet's own CPU"): LiteLLM 2.73 s and the pools 0.69 s of CPU in 60 s for 60
+# requests; the watchdog and its keeper 1.89 s in 60 s for 16 servers.
+GATEWAY_CPU_S_PER_REQUEST = (2.73 + 0.69) / 60
+WATCHDOG_CPU_SHARE_PER_SERVER = 1.89 / 60 / 16
+HOST_CPU_WARN = 0.5   # of the host's cores: the rest is the servers' own launches, sampling and HTTP
+
+
+def host_cpu(host: dict, gateway_rpm: float | None) -> list[dict]:
+    """host-cpu: the host's cores against what the fleet runs on them, when the inventory declares them.
+
+    - The gateway (on a gateway host) and the watchdog, at the lab's measured cost per request and per
+      server (above): a slower CPU takes more, so this is a floor.
+    - On CUDA, every llama-server waits for its GPU by spinning on a core: the CUDA runtime's default
+      schedule (cudaDeviceScheduleAuto) spins while a process has no more CUDA contexts than the host
+      has logical processors, and ggml-cuda keeps the default (ggml-cuda.cu sets cudaDeviceScheduleSpin
+      for compute capability 12.1 only). With more chat servers than cores, servers decoding at once
+      take turns on the cores between their tokens. Not measured on a GPU here.
+    A warning when the servers outnumber the cores or the fleet's share passes HOST_CPU_WARN; else info.
+    """
+    cores = host.get("host_cpu_cores")
+    if not cores:
+        return []
+    chat = [s for s in host["servers"] if s["role"] == "chat"]
+    share = len(host["servers"]) * WATCHDOG_CPU_SHARE_PER_SERVER
+    parts = [f"the watchdog over {len(host['servers'])} server(s) {len(host['servers']) * WATCHDOG_CPU_SHARE_PER_SERVER:.1%}"]
+    if gateway_rpm:
+        gateway = gateway_rpm / 60.0 * GATEWAY_CPU_S_PER_REQUEST
+        share += gateway
+        parts.insert(0, f"the gateway (LiteLLM and the pools) at {gateway_rpm:g} requests/min {gateway:.1%}")
+    text = (f"{host['host']}: {cores} CPU core(s); the fleet's own work takes about {share:.1%} of one core: "
+            f"{' and '.join(parts)}, at the cost per request and per server measured on the lab's cores (a slower "
+            f"CPU takes more)")
+    spins = host["planned_as"] == "cuda" and len(chat) > cores
+    if spins:
+        text += (f". {len(chat)} chat servers on CUDA outnumber the cores: each llama-server waits for its GPU "
+                 f"by spinning on a core (the CUDA runtime's default schedule, which ggml-cuda keeps), so servers "
+                 f"decoding at once take turns on the {cores} core(s) between their tokens and decode slower than "
+                 f"planned; not measured on a GPU here. Watch the host's CPU under load (playbooks/bench.yml "
+                 f"beside `top`); fewer chat servers per host, or a host with more cores, avoids it")
+    level = "warning" if spins or share > HOST_CPU_WARN * cores else "info"
+    return [finding(level, "host-cpu", host["host"], None, text, cores=cores, fleet_cpu_share=round(share, 4),
+                    chat_servers=len(chat))]
 
 
 def _speeds(host: dict, models: dict[str, ModelInfo], mems: dict[str, ServerMemory], gpus: dict[int, dict],
@@ -688,9 +736,12 @@ def plan(hosts: list[dict], models: dict[str, dict[str, ModelInfo]],
         pools_ = pools(gateway, [dict(reach.get(h, {}), host=h, servers=f["servers"]) for h, f in fleet.items()])
     pooled = {p["model"]: pool_load(p, hosts) for p in (pools_ or {}).get("pools", []) if p["role"] == "chat"}
     gateway_hosts = set((pools_ or {}).get("hosts", []))
+    declared = [pool_load(p, hosts)["requests_per_minute"] for p in (pools_ or {}).get("pools", [])]
+    gateway_rpm = sum(rpm for rpm in declared if rpm) or None
     for host in hosts:
-        part = plan_host(host, models[host["host"]], pooled,
-                         pools_["memory_mib"] if host["host"] in gateway_hosts else 0.0)
+        on_gateway = host["host"] in gateway_hosts
+        part = plan_host(host, models[host["host"]], pooled, pools_["memory_mib"] if on_gateway else 0.0,
+                         gateway_rpm if on_gateway else None)
         for key in result:
             result[key].extend(part[key])
         simulate(fleet[host["host"]], part["sim_profiles"])

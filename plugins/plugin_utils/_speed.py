@@ -506,9 +506,8 @@ def conversation_cache(prompt_tokens: float, reply_tokens: float, turns: int, sh
     prompt and reply, which the client sends back); elsewhere only S (every server keeps the few
     shared prefixes warm). Averaged over the turns, the history part is (T - 1)(u + R) / 2.
     - slot-aware only: the turn lands on the previous turn's server by chance, 1 / N.
-    - conversation-affine: it goes home unless every slot of the home server is busy, then
-      anywhere: 1 - b + b / N, with b = rho^c (each of the home's c slots busy with the pool's
-      utilisation rho, taken as independent: a rough figure that errs high at high load).
+    - conversation-affine: it goes home unless every slot of the home server is busy (home_hit,
+      with the homes hashed over the active conversations when they are declared).
     The home keeps the conversation's last context in its prompt cache (cache_ram) between turns:
     S + T (u + R) tokens at the end; the cache a server needs is that for its share of the active
     conversations.
@@ -522,9 +521,8 @@ def conversation_cache(prompt_tokens: float, reply_tokens: float, turns: int, sh
             f"{shared_prefix_tokens:g}-token shared prefix: the mean prompt of such a conversation is at least "
             f"{shared_prefix_tokens + reply_tokens * (turns - 1) / 2:g}")
     history = (turns - 1) * (message + reply_tokens) / 2
-    busy = min(max(utilisation, 0.0), 1.0) ** max(slots_per_server, 1)
-    hit_slot_aware = 1.0 / servers if turns > 1 else 0.0
-    hit_affine = (1.0 - busy + busy / servers) if turns > 1 else 0.0
+    hit_slot_aware = home_hit("pool", utilisation, servers, slots_per_server) if turns > 1 else 0.0
+    hit_affine = home_hit("affine", utilisation, servers, slots_per_server, active_conversations) if turns > 1 else 0.0
     computed = {name: prompt_tokens - shared_prefix_tokens - hit * history
                 for name, hit in (("slot_aware", hit_slot_aware), ("affine", hit_affine))}
     kv_conversation = (shared_prefix_tokens + turns * (message + reply_tokens)) * kv_mib_per_token

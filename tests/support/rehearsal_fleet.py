@@ -24,11 +24,12 @@ def sim_containers() -> dict[str, dict]:
     return {c["Config"]["Labels"]["llamafleet.server"]: c for c in out}
 
 
-def bring_up(plan_dir: str) -> dict:
+def bring_up(plan_dir: str, extra: dict | None = None) -> dict:
     """site.yml on the rehearsal inventory, from whatever state the machine was left in (another
-    checkout's key included, as the lab fixture allows): its containers, plan and output."""
-    result = playbook("site.yml", "-i", INVENTORY, "-e", json.dumps({"llamafleet_report_dir": plan_dir,
-                                                                      "llama_server_recreate_whole_groups": True}))
+    checkout's key included, as the lab fixture allows), with these extra variables: its containers,
+    plan and output. Whole groups are recreated at once: no client is under load then."""
+    result = playbook("site.yml", "-i", INVENTORY, "-e", json.dumps(dict(extra or {}, llamafleet_report_dir=plan_dir,
+                                                                          llama_server_recreate_whole_groups=True)))
     with open(os.path.join(plan_dir, "plan.json"), encoding="utf-8") as handle:
         planned = json.load(handle)
     return {"containers": sim_containers(), "plan": planned, "stdout": result.stdout}

@@ -1022,3 +1022,25 @@ def test_inputs_later_plays_read_are_errors_of_the_plan():
     assert (f["level"], f["host"], f["server"]) == ("error", "h", None)
     assert f["message"].startswith("h: llama_server_api_key must be")
     assert result["summary"]["errors"] == plan([host], {"h": MODELS})["summary"]["errors"] + 1
+
+
+def test_host_cpu_says_what_the_fleet_takes_of_declared_cores():
+    assert "host-cpu" not in codes(cuda_host())  # no cores declared: nothing to hold them against
+    [f] = [f for f in findings(cuda_host(llamafleet_host_cpu_cores=2)) if f["code"] == "host-cpu"]
+    # one chat server, two cores: no spinning beyond the cores; the watchdog over 2 servers at the lab's
+    # 1.89 s of CPU a minute for 16: 2 x 1.89 / 60 / 16 = 0.39% of one core
+    assert f["level"] == "info" and f["fleet_cpu_share"] == pytest.approx(0.0039, abs=1e-4)
+    assert "h: 2 CPU core(s); the fleet's own work takes about 0.4% of one core" in f["message"]
+
+
+def test_host_cpu_warns_when_cuda_servers_outnumber_the_cores():
+    two_cards = cuda_host(llamafleet_host_cpu_cores=1, llamafleet_gpus=[{"index": 0, "name": "P106-100"},
+                                                                         {"index": 1, "name": "P106-100"}])
+    two_cards["llamafleet_servers"].append(dict(copy.deepcopy(two_cards["llamafleet_servers"][0]),
+                                                name="chat-1", gpu=1, port=8101))
+    [f] = [f for f in findings(two_cards) if f["code"] == "host-cpu"]
+    assert f["level"] == "warning" and f["chat_servers"] == 2
+    assert "2 chat servers on CUDA outnumber the cores: each llama-server waits for its GPU by spinning" in f["message"]
+    # the same servers with a core each: info
+    [f] = [f for f in findings(dict(two_cards, llamafleet_host_cpu_cores=2)) if f["code"] == "host-cpu"]
+    assert f["level"] == "info" and "spinning" not in f["message"]
