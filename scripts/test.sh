@@ -17,7 +17,7 @@ if [ "${1:-}" = "--cuda-build" ]; then
   section "done"
   exit 0
 elif [ "${1:-}" = "--rehearsals" ]; then
-  section "rehearsals on the simulated first user's host (docs/sim.md): routing and the plan beside it, a rolling restart, the watchdog, GuideLLM beside the bench"
+  section "rehearsals on the simulated first user's host (docs/sim.md): the seed beside the plan, routing and the plan beside it, a rolling restart, the watchdog, GuideLLM beside the bench"
   pytest -q -s tests/rehearsals
   section "done"
   exit 0

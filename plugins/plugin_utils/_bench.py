@@ -291,10 +291,8 @@ def assemble(cfg: BenchConfig, target: str, mode: str, started: str, group_list:
         if g["role"] != "chat" or not plan_result or not s["completed"]:
             continue
         load = (s["arrival_rate_per_min"], s["prompt_tokens_mean"] or cfg.prompt_tokens, s["completion_tokens_mean"] or cfg.reply_tokens)
-        how = {"routing": run_routing(cfg, mode)}
-        if cfg.turns > 0:
-            how["mix"] = run_mix(plan_result, g, [r for r in records if r["group"] == g["name"]], cfg.users)
-            how["mix"] = how["mix"] if how["mix"]["requests"] else None
+        mix = run_mix(plan_result, g, [r for r in records if r["group"] == g["name"]], cfg.users) if cfg.turns > 0 else None
+        how = {"routing": run_routing(cfg, mode), "mix": mix if mix and mix["requests"] else None}
         predicted[g["name"]] = predictions(plan_result, g, *load, **how)
         n_slots = sum(slots.get(n, 1) for n in g["servers"])
         compared[g["name"]] = comparison(predicted[g["name"]], s, n_slots)

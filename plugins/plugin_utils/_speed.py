@@ -349,9 +349,10 @@ def mixture_quantile(parts: list[tuple[float, float]], tails: list[tuple[float, 
     return high
 
 
-
 # -- a measured mix of requests: the plan beside a run (issue 18 c) --------------------------------
-ROUTINGS = ("random", "pool", "affine")
+# How a load reaches its servers, as the load model tells them apart (not the pools' own routing names,
+# _gateway.ROUTINGS): any server at random, the first free slot, or a conversation's home first.
+LOAD_ROUTINGS = ("random", "pool", "affine")
 
 
 @dataclass
@@ -419,12 +420,13 @@ def mix_workload(model_name: str, rpm: float, reply_tokens: float, servers: list
     - The queue: workload() (pool, affine) or random_routing() (random) at the mean computed prompt.
     - Its prefill: llama-server fills a batch of n_batch with the generating slots' tokens first and
       the prompt after (update_slots), so a prompt of c tokens takes c / (n_batch - g) batches, each
-      also a decode step of the g slots generating beside it (step_s), besides c / prefill_tps; and
-      prompts that overlap on one server share its batches (processor sharing: / (1 - rho_prefill)).
+      also a decode step of the g slots generating beside it (step_s), besides c / prefill_tps; and a
+      prompt that starts while another is prefilling on its server shares the batches with it.
+    - The wait: M/G/c by Allen and Cunneen's approximation (M/M/c's x (1 + Cs^2) / 2).
     - TTFT p50 and p95: quantiles of that prefill plus the queue's wait over the mix (mixture_quantile).
     """
-    if routing not in ROUTINGS:
-        raise ValueError(f"routing must be one of {', '.join(ROUTINGS)}, got {routing!r}")
+    if routing not in LOAD_ROUTINGS:
+        raise ValueError(f"routing must be one of {', '.join(LOAD_ROUTINGS)}, got {routing!r}")
     if not requests:
         raise ValueError(f"mix_workload for {model_name}: no requests")
     n = len(servers)
@@ -474,6 +476,7 @@ def mix_workload(model_name: str, rpm: float, reply_tokens: float, servers: list
     tails = [(p, rate * 2.0 / (1.0 + cs2)) for p, rate in tails]
     return dataclasses.replace(result, ttft_p50_s=mixture_quantile(parts, tails, 0.5),
                                ttft_p95_s=mixture_quantile(parts, tails, 0.95))
+
 
 # -- conversations and the prompt cache (conversation-affine pools, issue 13) ---------------------
 @dataclass

@@ -73,12 +73,13 @@ def figures(run: dict) -> dict:
 def test_a_the_seed_beside_llamafleets_plan_at_the_first_users_load(rehearsal, tmp_path_factory):
     ours = bench(str(tmp_path_factory.mktemp("first-user-llamafleet")), dict(SIDES["llamafleet"], **LOAD))
     # the seed: every server recreated at once with one slot (its clients are not under load here)
-    bring_up(str(tmp_path_factory.mktemp("first-user-seed-plan")),
-             {"llamafleet_server_layout": seed_layout(), "llamafleet_workload": {}})
+    as_seed = {"llamafleet_server_layout": seed_layout(), "llamafleet_workload": {}}
+    bring_up(str(tmp_path_factory.mktemp("first-user-seed-plan")), as_seed)
     try:
         chat = sim_containers()["chat-0"]["Config"]["Cmd"]
         assert chat[chat.index("--parallel") + 1] == "1", chat
-        seed = bench(str(tmp_path_factory.mktemp("first-user-seed")), dict(SIDES["seed"], **LOAD))
+        # the bench plans the seed too, so the plan beside it is the seed's (one slot a server)
+        seed = bench(str(tmp_path_factory.mktemp("first-user-seed")), dict(SIDES["seed"], **LOAD, **as_seed))
     finally:
         bring_up(str(tmp_path_factory.mktemp("first-user-back")))   # the rehearsal as declared again
     s, o = figures(seed), figures(ours)
@@ -95,7 +96,8 @@ def test_a_the_seed_beside_llamafleets_plan_at_the_first_users_load(rehearsal, t
         for group, rows in run["comparison"].items():
             lines.append(f"  plan beside the {side} ({group}): " + "; ".join(
                 f"{row['figure']} {row['predicted']:.2f} vs {row['measured']:.2f}" for row in rows
-                if row["predicted"] is not None and row["measured"] is not None))
+                if row["predicted"] is not None and row["measured"] is not None)
+                + ("" if run["predictions"][group].get("stable", True) else " (the plan: the queue grows without bound)"))
     print("\n" + "\n".join(lines) + "\n" + json.dumps({"seed": s, "llamafleet": o}))
     assert o["failed"] == 0, o
     assert o["requests"] == s["requests"] >= 55   # both sides were offered the same load

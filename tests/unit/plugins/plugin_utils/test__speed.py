@@ -343,3 +343,32 @@ def test_mix_workload_refuses_an_unknown_routing_and_no_requests():
         mix_workload("m", 1, 64, [THREE_SLOTS], [MixRequest(300)], "roundrobin", 128)
     with pytest.raises(ValueError, match="no requests"):
         mix_workload("m", 1, 64, [THREE_SLOTS], [], "pool", 128)
+
+
+# one slot: 25 tok/s, prefill 300 tok/s (TTFT 1.0 s + one 40 ms step for 300 tokens)
+ONE_SLOT_25 = Speed(decode_tps=25.0, prefill_tps=300.0, ttft_s=1.04, batch_decode_tps=25.0, slots=1)
+
+
+def test_mix_workload_pool_by_hand():
+    # 6/min = 0.1/s of 300-token prompts, 64-token replies, on one one-slot server:
+    # service 1.04 + 64/25 = 3.6 s, a = 0.36, Erlang C(1, a) = 0.36, decay 1/3.6 - 0.1 = 0.17778/s;
+    # nothing decodes beside a prompt (one slot): x = 300/300 = 1.0 s; another prompt is prefilling with
+    # chance 0.1 x 1.0 = 0.1, adding its residual E[x^2]/2E[x] = 0.5 s: x = 1.0 (0.9) or 1.5 (0.1);
+    # Cs^2 = (0.9 x 0.025^2 + 0.1 x 0.475^2) / 3.6^2 = 0.001736: decay x 2 / 1.001736 = 0.35494/s.
+    # p50: P(x + W > 1.0) = 0.9 x 0.36 + 0.1 = 0.424 < 0.5, so 1.0 s.
+    # p95: 0.9 x 0.36 e^-r(t-1) + 0.1 x 0.36 e^-r(t-1.5) = 0.05 -> e^-rt = 0.05 / 0.52337 -> t = 6.616 s
+    r = mix_workload("m", 6, 64, [ONE_SLOT_25], [MixRequest(300)], "pool", 128)
+    assert r.service_s == pytest.approx(3.6) and r.utilisation == pytest.approx(0.36)
+    assert r.ttft_p50_s == pytest.approx(1.0, abs=1e-6)
+    assert r.ttft_p95_s == pytest.approx(6.616, abs=2e-3)
+
+
+def test_mix_workload_random_by_hand():
+    # the same load over two such servers at random: each 0.05/s, a = 0.18, C(1, a) = 0.18, decay
+    # 1/3.6 - 0.05 = 0.22778/s; overlap 0.05 x 1.0: x = 1.0 (0.95) or 1.5 (0.05); Cs^2 = 0.011875 / 12.96,
+    # decay x 2 / 1.000916 = 0.45514/s; p95: 0.95 x 0.18 e^-r(t-1) + 0.05 x 0.18 e^-r(t-1.5) = 0.05
+    # -> e^-rt = 0.05 / 0.287384 -> t = 3.842 s
+    r = mix_workload("m", 6, 64, [ONE_SLOT_25] * 2, [MixRequest(300)], "random", 128)
+    assert r.utilisation == pytest.approx(0.18)
+    assert r.ttft_p50_s == pytest.approx(1.0, abs=1e-6)
+    assert r.ttft_p95_s == pytest.approx(3.842, abs=2e-3)
