@@ -67,13 +67,15 @@ def predictions(plan_result: dict, group: dict, rate_per_min: float, prompt_toke
     return out
 
 
-def run_routing(cfg: BenchConfig, mode: str) -> str:
+def run_routing(cfg: BenchConfig, mode: str, pool: dict | None = None) -> str:
     """How a run reached its servers, as the load model names it: random (direct, any server), pool
-    (the first free slot: the gateway's pools, or the bench's own pool routing) or affine (the gateway's
-    pools with each conversation's key)."""
+    (the first free slot: the gateway's pools, or the bench's own pool routing) or affine (a gateway
+    pool whose routing is affine, given each conversation's key). pool: the group's pool in the plan
+    (plan.json's gateway.pools); pools are leastconn unless the inventory says affine."""
     if mode != "gateway":
         return "random" if cfg.routing == "random" else "pool"
-    return "affine" if cfg.turns > 0 and cfg.conversation_header else "pool"
+    keyed = cfg.turns > 0 and cfg.conversation_header
+    return "affine" if keyed and (pool or {}).get("routing") == "affine" else "pool"
 
 
 def run_mix(plan_result: dict, group: dict, records: list[dict], conversations: int) -> dict:
@@ -292,7 +294,8 @@ def assemble(cfg: BenchConfig, target: str, mode: str, started: str, group_list:
             continue
         load = (s["arrival_rate_per_min"], s["prompt_tokens_mean"] or cfg.prompt_tokens, s["completion_tokens_mean"] or cfg.reply_tokens)
         mix = run_mix(plan_result, g, [r for r in records if r["group"] == g["name"]], cfg.users) if cfg.turns > 0 else None
-        how = {"routing": run_routing(cfg, mode), "mix": mix if mix and mix["requests"] else None}
+        pool = next((p for p in ((plan_result.get("gateway") or {}).get("pools") or []) if p.get("alias") == g["name"]), None)
+        how = {"routing": run_routing(cfg, mode, pool), "mix": mix if mix and mix["requests"] else None}
         predicted[g["name"]] = predictions(plan_result, g, *load, **how)
         n_slots = sum(slots.get(n, 1) for n in g["servers"])
         compared[g["name"]] = comparison(predicted[g["name"]], s, n_slots)

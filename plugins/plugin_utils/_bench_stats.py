@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 from ansible_collections.llamafleet.fleet.plugins.module_utils.llamafleet_probe import parse_metrics as prometheus_samples
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._speed import binomial_pmf
 
 PERCENTILES = (50, 95, 99)
 
@@ -42,7 +43,7 @@ def quantile_interval(values: list[float], q: float, confidence: float = 0.95) -
     n = len(data)
     below, cdf = 0.0, []  # cdf[k] = P(B <= k)
     for k in range(n + 1):
-        below += math.comb(n, k) * q ** k * (1 - q) ** (n - k)
+        below += binomial_pmf(n, k, q)
         cdf.append(below)
     tail = (1.0 - confidence) / 2.0
     lows = [k for k in range(1, n + 1) if cdf[k - 1] <= tail]

@@ -173,6 +173,14 @@ def stalled_decode_s(reply_tokens: float, stream_tps: float, others_per_s: float
 
 
 # -- queueing --------------------------------------------------------------------------------------
+def binomial_pmf(n: int, k: int, p: float) -> float:
+    """P(B = k), B ~ Binomial(n, p), in logs: math.comb(n, k) overflows a float from n ~ 1,030."""
+    if p <= 0.0 or p >= 1.0:
+        return 1.0 if k == (0 if p <= 0.0 else n) else 0.0
+    return math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+                    + k * math.log(p) + (n - k) * math.log1p(-p))
+
+
 def erlang_c(servers: int, offered: float) -> float:
     """Probability that an arrival waits in an M/M/c queue with offered load a = lambda/mu."""
     if offered >= servers:
@@ -247,11 +255,7 @@ def workload(model_name: str, rpm: float, prompt_tokens: int, reply_tokens: int,
 
     def serve(busy: float) -> tuple[float, float]:
         """(service time, decode time of the reply) when `busy` slots of a server are busy on average."""
-        steps = []  # a decode step's seconds on each server at that occupancy
-        for s in servers:
-            b = min(max(busy, 1.0), s.slots)
-            t1, tn = 1.0 / s.decode_tps, s.slots / s.batch_decode_tps
-            steps.append(t1 + (b - 1) / (s.slots - 1) * (tn - t1) if s.slots > 1 else t1)
+        steps = [step_s(s, min(max(busy, 1.0), s.slots)) for s in servers]  # a decode step's seconds on each server
         stream_tps = sum(s.slots / t for s, t in zip(servers, steps, strict=True)) / slots
         # prompts that start beside a reply on its server: each other busy slot takes a new
         # request once per service time; each holds the reply for its prefill (stalled_decode_s)
@@ -374,6 +378,9 @@ def home_hit(routing: str, utilisation: float, servers: int, slots_per_server: f
     N - 1; two turns in a row meet at home (1 - b)^2, or elsewhere b^2 / (N - 1). The pool hashes each
     conversation to its home (docs/gateway.md), so with C conversations a home holds k of them,
     k - 1 ~ Binomial(C - 1, 1 / N), and is busy rho k N / C; without C, every home holds its share.
+    The home's load counts the conversation's own turns: right for open-loop arrivals (the bench's),
+    high for a client that waits for each reply before its next turn, whose home it never finds busy
+    with itself.
     """
     if routing != "affine":
         return 1.0 / servers
@@ -387,8 +394,7 @@ def home_hit(routing: str, utilisation: float, servers: int, slots_per_server: f
     if not conversations:
         return meet(utilisation)
     c, p = conversations, 1.0 / servers
-    return sum(math.comb(c - 1, k - 1) * p ** (k - 1) * (1 - p) ** (c - k) * meet(utilisation * k * servers / c)
-               for k in range(1, c + 1))
+    return sum(binomial_pmf(c - 1, k - 1, p) * meet(utilisation * k * servers / c) for k in range(1, c + 1))
 
 
 def prompt_outcomes(r: MixRequest, hit: float) -> list[tuple[float, float]]:
@@ -419,7 +425,8 @@ def mix_workload(model_name: str, rpm: float, reply_tokens: float, servers: list
       the previous turn at home with home_hit's chance, else the shared prefix when that server is warm).
     - The queue: workload() (pool, affine) or random_routing() (random) at the mean computed prompt.
     - Its prefill: llama-server fills a batch of n_batch with the generating slots' tokens first and
-      the prompt after (update_slots), so a prompt of c tokens takes c / (n_batch - g) batches, each
+      the prompt after (update_slots), so a prompt of c tokens takes c / (n_batch - g) batches (a mean:
+      kept fractional, as a prompt's first and last batches are shared with other work), each
       also a decode step of the g slots generating beside it (step_s), besides c / prefill_tps; and a
       prompt that starts while another is prefilling on its server shares the batches with it.
     - The wait: M/G/c by Allen and Cunneen's approximation (M/M/c's x (1 + Cs^2) / 2).

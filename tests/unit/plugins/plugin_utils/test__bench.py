@@ -413,9 +413,12 @@ def test_run_routing_names_how_a_run_reached_its_servers():
     direct = config({"routing": "random", "turns": 4})
     assert run_routing(direct, "per-server") == "random"
     assert run_routing(config({"routing": "pool"}), "per-server") == "pool"
-    assert run_routing(config({"turns": 4}), "gateway") == "affine"
-    assert run_routing(config({"turns": 4, "conversation_header": False}), "gateway") == "pool"
-    assert run_routing(config({"turns": 0}), "gateway") == "pool"  # no conversations, no key to be affine on
+    affine, leastconn = {"alias": "g", "routing": "affine"}, {"alias": "g", "routing": "leastconn"}
+    assert run_routing(config({"turns": 4}), "gateway", affine) == "affine"
+    assert run_routing(config({"turns": 4}), "gateway", leastconn) == "pool"   # the key is sent, the pool ignores it
+    assert run_routing(config({"turns": 4}), "gateway") == "pool"              # a group with no pool in the plan
+    assert run_routing(config({"turns": 4, "conversation_header": False}), "gateway", affine) == "pool"
+    assert run_routing(config({"turns": 0}), "gateway", affine) == "pool"  # no conversations, no key to be affine on
 
 
 def _turn(arrival, conversation, prompt, prefix, warmup=False, ok=True):
@@ -466,6 +469,11 @@ def test_quantile_interval_of_order_statistics():
     values = [float(v) for v in range(10, 0, -1)]          # 1..10, unsorted
     # the textbook 95% interval of a median of 10: the 2nd and 9th smallest (coverage 97.9%)
     assert quantile_interval(values, 0.5) == [2.0, 9.0]
+    # of 28: the 9th and 20th (P(B <= 8) = 0.018, P(B <= 9) = 0.044; P(B <= 19) = 0.982, P(B <= 18) = 0.956)
+    assert quantile_interval([float(v) for v in range(1, 29)], 0.5) == [9.0, 20.0]
+    # of 2,000 (a 66-minute run at 30 a minute): about 1000 -/+ 1.96 sqrt(2000 x 0.25) = 956..1044
+    low, high = quantile_interval([float(v) for v in range(1, 2001)], 0.5)
+    assert 950 <= low <= 960 and 1040 <= high <= 1050
     # p95 of 28 values: all 28 fall below the true p95 with chance 0.95^28 = 0.24, so nothing bounds it above
     assert quantile_interval([float(v) for v in range(28)], 0.95)[1] is None
     assert quantile_interval([], 0.5) == [None, None]

@@ -286,6 +286,9 @@ def test_home_hit_by_hand():
     # other server, meeting 1.0; 0.5 x 0.5 + 0.5 x 1.0
     assert home_hit("affine", 0.5, 2, 1, conversations=2) == pytest.approx(0.75)
     assert home_hit("affine", 0.3, 1, 3) == 1.0
+    # 2,000 conversations over 4 homes: every home holds close to its share (500), so the same as balanced
+    # homes, (1 - b)^2 + b^2 / 3 with b = 0.5^2; math.comb would overflow a float here
+    assert home_hit("affine", 0.5, 4, 2, conversations=2000) == pytest.approx(0.5625 + 0.0625 / 3, rel=0.05)
 
 
 def test_prompt_outcomes_by_hand():
@@ -354,7 +357,7 @@ def test_mix_workload_pool_by_hand():
     # service 1.04 + 64/25 = 3.6 s, a = 0.36, Erlang C(1, a) = 0.36, decay 1/3.6 - 0.1 = 0.17778/s;
     # nothing decodes beside a prompt (one slot): x = 300/300 = 1.0 s; another prompt is prefilling with
     # chance 0.1 x 1.0 = 0.1, adding its residual E[x^2]/2E[x] = 0.5 s: x = 1.0 (0.9) or 1.5 (0.1);
-    # Cs^2 = (0.9 x 0.025^2 + 0.1 x 0.475^2) / 3.6^2 = 0.001736: decay x 2 / 1.001736 = 0.35494/s.
+    # mean 1.05, Cs^2 = (0.9 x 0.05^2 + 0.1 x 0.45^2) / 3.6^2 = 0.001736: decay x 2 / 1.001736 = 0.35494/s.
     # p50: P(x + W > 1.0) = 0.9 x 0.36 + 0.1 = 0.424 < 0.5, so 1.0 s.
     # p95: 0.9 x 0.36 e^-r(t-1) + 0.1 x 0.36 e^-r(t-1.5) = 0.05 -> e^-rt = 0.05 / 0.52337 -> t = 6.616 s
     r = mix_workload("m", 6, 64, [ONE_SLOT_25], [MixRequest(300)], "pool", 128)
