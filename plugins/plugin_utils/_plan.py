@@ -274,7 +274,7 @@ def host_cpu(host: dict, gateway_rpm: float | None) -> list[dict]:
         return []
     chat = [s for s in host["servers"] if s["role"] == "chat"]
     share = len(host["servers"]) * WATCHDOG_CPU_SHARE_PER_SERVER
-    parts = [f"the watchdog over {len(host['servers'])} server(s) {len(host['servers']) * WATCHDOG_CPU_SHARE_PER_SERVER:.1%}"]
+    parts = [f"the watchdog over {len(host['servers'])} server(s) {share:.1%}"]
     if gateway_rpm:
         gateway = gateway_rpm / 60.0 * GATEWAY_CPU_S_PER_REQUEST
         share += gateway

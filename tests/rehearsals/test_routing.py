@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import statistics
 
+from ansible_collections.llamafleet.fleet.plugins.plugin_utils._bench_stats import percentile
 from tests.support.rehearsal_fleet import bench
 
 POOL, MODEL = "stheno", "stheno-q4km"
@@ -28,10 +29,6 @@ MODES = {
     "slot-aware": {"llamafleet_bench_conversation_header": False, "llamafleet_bench_models": [POOL]},
     "affine": {"llamafleet_bench_conversation_header": True, "llamafleet_bench_models": [POOL]},
 }
-
-
-def p95(values: list[float]) -> float:
-    return statistics.quantiles(values, n=20, method="inclusive")[18] if len(values) > 1 else values[0]
 
 
 def _interval(row: dict) -> str:
@@ -71,8 +68,8 @@ def test_routing_at_40_and_80_percent_busy(rehearsal, tmp_path_factory):
             late = [r["ttft"] for r in later_turns(measured)]
             every = [r["ttft"] for r in measured]
             cached = [r.get("cached_tokens") or 0 for r in measured]
-            figures[(load, mode)] = f = {"p50": statistics.median(every), "p95": p95(every),
-                                         "late_p50": statistics.median(late), "late_p95": p95(late)}
+            figures[(load, mode)] = f = {"p50": statistics.median(every), "p95": percentile(every, 95),
+                                         "late_p50": statistics.median(late), "late_p95": percentile(late, 95)}
             lines.append(f"  {load} busy ({rate} req/min), {mode}: n={len(measured)}, 0 failed; TTFT p50 {f['p50']:.2f} s "
                          f"p95 {f['p95']:.2f} s; turns 3+ p50 {f['late_p50']:.2f} s p95 {f['late_p95']:.2f} s; "
                          f"prompt tokens from the cache {statistics.mean(cached):.0f}/request")
